@@ -1,0 +1,101 @@
+# tlog wire and storage messages, format version 1.
+#
+# Framing: standard Cap'n Proto stream framing (segment table, then segments), no RPC.
+# One TCP connection serves one vdisk. Client -> server: one HandshakeRequest, then a stream of
+# ClientMessage. Server -> client: one HandshakeResponse, then a stream of ServerMessage.
+# Aggregation is never sent on the wire: it is what the server seals and stores.
+
+@0xb3f1c4d2a9e87f61;
+
+struct HandshakeRequest {
+  version @0 :UInt32;              # protocol version, 1
+  vdiskId @1 :Text;                # 1..=128 bytes of [A-Za-z0-9._-]
+  firstSequence @2 :UInt64;        # the first sequence the client will send
+  token @3 :Text;                  # optional auth token ("" = none)
+  resetFirstSequence @4 :Bool;     # start a new sequence space at firstSequence
+}
+
+enum HandshakeStatus {
+  ok @0;
+  badRequest @1;
+  badVersion @2;
+  badVdisk @3;
+  unauthorized @4;
+  fenced @5;
+  internalError @6;
+}
+
+struct HandshakeResponse {
+  version @0 :UInt32;
+  status @1 :HandshakeStatus;
+  lastFlushedSequence @2 :UInt64;  # 0 when nothing is flushed yet
+  hasFlushed @3 :Bool;             # false when the vdisk has no flushed block
+  message @4 :Text;
+}
+
+enum Operation {
+  write @0;        # set `data` at byte offset lba*512
+  writeZeroes @1;  # zero (trim) `size` bytes at byte offset lba*512; `data` is empty
+}
+
+struct Block {
+  sequence @0 :UInt64;
+  lba @1 :UInt64;        # in 512-byte sectors
+  size @2 :UInt64;       # bytes covered by the operation
+  hash @3 :Data;         # BLAKE3-256 of `data` (32 bytes)
+  data @4 :Data;
+  timestamp @5 :UInt64;  # nanoseconds since the Unix epoch
+  operation @6 :UInt16;  # an Operation ordinal; unknown values are refused
+}
+
+struct ClientMessage {
+  union {
+    block @0 :Block;
+    forceFlush @1 :Void;
+    disconnect @2 :Void;
+  }
+}
+
+struct SequenceRange {
+  first @0 :UInt64;
+  last @1 :UInt64;       # inclusive
+}
+
+enum ErrorCode {
+  badHash @0;
+  outOfOrder @1;
+  tooLarge @2;
+  unknownOperation @3;
+  badMessage @4;
+  fenced @5;
+  notAttached @6;
+  internalError @7;
+  badSize @8;
+}
+
+struct ServerError {
+  code @0 :ErrorCode;
+  sequence @1 :UInt64;          # the offending block's sequence, 0 if none
+  expectedSequence @2 :UInt64;  # for outOfOrder: the sequence the server expects
+  message @3 :Text;
+}
+
+struct ServerMessage {
+  union {
+    received @0 :SequenceRange;
+    flushed @1 :SequenceRange;
+    forceFlushReceived @2 :Void;
+    error @3 :ServerError;
+  }
+}
+
+struct Aggregation {
+  formatVersion @0 :UInt32;      # 1
+  vdiskId @1 :Text;
+  firstSequence @2 :UInt64;
+  lastSequence @3 :UInt64;
+  timestamp @4 :UInt64;          # ns since the Unix epoch, when sealed
+  blocks @5 :List(Block);
+  prev @6 :Data;                 # key of the previous aggregation, 32 zero bytes for the first
+  epoch @7 :UInt64;
+}

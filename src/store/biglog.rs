@@ -1,0 +1,805 @@
+//! BigLog: a log of segments, each a data file plus a preallocated memory-mapped index.
+//!
+//! After netlog's BigLog (see [`super::format`] for the byte layout). Offsets are u64 and
+//! strictly increasing across segments; a segment is named by its base offset, zero-padded to
+//! 20 digits so names sort. The segment with the highest base is *hot* and takes writes.
+//! Timestamps are non-decreasing (a clock step back is clamped to the last timestamp).
+//!
+//! Durability: [`BigLog::write`] returns once the bytes are in the page cache; [`BigLog::sync`]
+//! fsyncs the data file and then msyncs the index, so after `sync` returns everything written
+//! before it survives a crash. On open, the hot segment's tail is validated and a torn last entry
+//! is cut back (and logged); damage before the tail is never repaired silently: reads of the
+//! damaged entries fail with [`Error::Corrupt`] naming the segment and offset.
+
+use super::format::{self, IndexEntry, Slot, DATA_HEADER_LEN, ENTRY_LEN, INDEX_HEADER_LEN};
+use crate::error::{Error, IoContext, Result};
+use memmap2::{Mmap, MmapMut};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Options of a BigLog.
+#[derive(Clone, Debug)]
+pub struct BigLogOptions {
+    /// Data bytes after which the hot segment is split automatically (default 512 MiB).
+    pub segment_bytes: u64,
+    /// Index slots preallocated per segment (default 131072: one per 4 KiB of a 512 MiB
+    /// segment). A full index splits the segment too.
+    pub index_capacity: u64,
+}
+
+impl Default for BigLogOptions {
+    fn default() -> Self {
+        BigLogOptions { segment_bytes: 512 << 20, index_capacity: 131_072 }
+    }
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+enum IndexMap {
+    Ro(Mmap),
+    Rw(MmapMut),
+}
+
+impl IndexMap {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            IndexMap::Ro(m) => m,
+            IndexMap::Rw(m) => m,
+        }
+    }
+}
+
+/// Damage found in a segment's index before its tail.
+#[derive(Clone, Debug)]
+pub struct Damage {
+    /// Index slot that is corrupt.
+    pub slot: u64,
+    /// First offset that cannot be read because of it.
+    pub offset: u64,
+}
+
+pub(crate) struct Segment {
+    pub base: u64,
+    data_path: PathBuf,
+    index_path: PathBuf,
+    data: File,
+    index: IndexMap,
+    capacity: u64,
+    /// Readable real entries: slots `0..entries` are valid entries.
+    entries: u64,
+    /// Next relative offset (the marker's).
+    next_ro: u64,
+    /// Data file length (the marker's data offset).
+    data_len: u64,
+    pub damage: Option<Damage>,
+}
+
+/// What one index entry holds, as returned by the readers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// Base offset of the segment holding it.
+    pub segment: u64,
+    /// First offset of the entry.
+    pub offset: u64,
+    /// Offsets the entry holds (1 for `write`, N for `write_n`).
+    pub count: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Position in the segment's data file.
+    pub data_offset: u64,
+    /// Bytes in the data file.
+    pub data_len: u32,
+    pub(crate) data_crc: u32,
+}
+
+fn segment_name(base: u64) -> String {
+    format!("{base:020}")
+}
+
+impl Segment {
+    fn slot(&self, i: u64) -> Slot {
+        let b = self.index.bytes();
+        let start = INDEX_HEADER_LEN + (i as usize) * ENTRY_LEN;
+        if start + ENTRY_LEN > b.len() {
+            return Slot::Invalid;
+        }
+        IndexEntry::decode(&b[start..start + ENTRY_LEN])
+    }
+
+    fn entry(&self, i: u64) -> Option<IndexEntry> {
+        match self.slot(i) {
+            Slot::Valid(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn put_slot(&mut self, i: u64, bytes: &[u8; ENTRY_LEN]) -> Result<()> {
+        let start = INDEX_HEADER_LEN + (i as usize) * ENTRY_LEN;
+        match &mut self.index {
+            IndexMap::Rw(m) => {
+                m[start..start + ENTRY_LEN].copy_from_slice(bytes);
+                Ok(())
+            }
+            IndexMap::Ro(_) => Err(Error::InvalidArgument("store opened read-only".into())),
+        }
+    }
+
+    fn create(dir: &Path, base: u64, capacity: u64) -> Result<Segment> {
+        let name = segment_name(base);
+        let data_path = dir.join(format!("{name}.data"));
+        let index_path = dir.join(format!("{name}.index"));
+        let data = OpenOptions::new().read(true).write(true).create_new(true).open(&data_path).ctx(|| format!("create {}", data_path.display()))?;
+        data.write_all_at(&format::encode_data_header(), 0).ctx(|| format!("write {}", data_path.display()))?;
+        let index = OpenOptions::new().read(true).write(true).create_new(true).open(&index_path).ctx(|| format!("create {}", index_path.display()))?;
+        let len = INDEX_HEADER_LEN as u64 + capacity * ENTRY_LEN as u64;
+        index.set_len(len).ctx(|| format!("preallocate {}", index_path.display()))?;
+        index.write_all_at(&format::encode_index_header(base, capacity), 0).ctx(|| format!("write {}", index_path.display()))?;
+        let map = map_rw(&index, &index_path)?;
+        let mut seg = Segment {
+            base,
+            data_path,
+            index_path,
+            data,
+            index: IndexMap::Rw(map),
+            capacity,
+            entries: 0,
+            next_ro: 0,
+            data_len: DATA_HEADER_LEN,
+            damage: None,
+        };
+        seg.put_slot(0, &IndexEntry::marker(0, DATA_HEADER_LEN).encode())?;
+        seg.data.sync_all().ctx(|| format!("fsync {}", seg.data_path.display()))?;
+        seg.flush_index()?;
+        sync_dir(dir)?;
+        Ok(seg)
+    }
+
+    fn flush_index(&self) -> Result<()> {
+        if let IndexMap::Rw(m) = &self.index {
+            m.flush().ctx(|| format!("msync {}", self.index_path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Opens a segment. With `repair` (the hot segment of a writable store) a torn tail is cut.
+    fn open(dir: &Path, base: u64, writable: bool, repair: bool) -> Result<Segment> {
+        let name = segment_name(base);
+        let data_path = dir.join(format!("{name}.data"));
+        let index_path = dir.join(format!("{name}.index"));
+        let data = OpenOptions::new().read(true).write(writable).open(&data_path).ctx(|| format!("open {}", data_path.display()))?;
+        let mut hdr = [0u8; DATA_HEADER_LEN as usize];
+        let file_len = data.metadata().ctx(|| format!("stat {}", data_path.display()))?.len();
+        if file_len < DATA_HEADER_LEN {
+            return Err(Error::Format { path: data_path, detail: format!("data file of {file_len} bytes is shorter than its header") });
+        }
+        data.read_exact_at(&mut hdr, 0).ctx(|| format!("read {}", data_path.display()))?;
+        format::check_data_header(&data_path, &hdr)?;
+        let index_file = OpenOptions::new().read(true).write(writable).open(&index_path).ctx(|| format!("open {}", index_path.display()))?;
+        let index = if writable { IndexMap::Rw(map_rw(&index_file, &index_path)?) } else { IndexMap::Ro(map_ro(&index_file, &index_path)?) };
+        let (hbase, capacity) = format::check_index_header(&index_path, index.bytes())?;
+        if hbase != base {
+            return Err(Error::Format { path: index_path, detail: format!("index header names base offset {hbase}, file name says {base}") });
+        }
+        let max_cap = ((index.bytes().len() - INDEX_HEADER_LEN) / ENTRY_LEN) as u64;
+        let capacity = capacity.min(max_cap);
+        let mut seg = Segment { base, data_path, index_path, data, index, capacity, entries: 0, next_ro: 0, data_len: DATA_HEADER_LEN, damage: None };
+
+        // Walk the slots: valid prefix, then the first non-valid slot.
+        let mut last_valid: Option<(u64, IndexEntry)> = None;
+        let mut i = 0u64;
+        let mut first_bad: Option<u64> = None;
+        while i < capacity {
+            match seg.slot(i) {
+                Slot::Valid(e) => {
+                    if let Some((_, p)) = last_valid {
+                        let sane = e.relative_offset > p.relative_offset && e.data_offset >= p.data_offset && !p.is_marker();
+                        if !sane {
+                            first_bad = Some(i);
+                            break;
+                        }
+                    }
+                    last_valid = Some((i, e));
+                }
+                Slot::Empty => break,
+                Slot::Invalid => {
+                    first_bad = Some(i);
+                    break;
+                }
+            }
+            i += 1;
+        }
+        // Is the bad slot followed by more written slots? Then it is damage, not a torn tail.
+        let mut mid_damage = false;
+        if let Some(b) = first_bad {
+            let mut j = b + 1;
+            while j < capacity {
+                if seg.slot(j) != Slot::Empty {
+                    mid_damage = true;
+                    break;
+                }
+                j += 1;
+            }
+            if !mid_damage && !repair {
+                // A torn tail we may not repair (read-only open or a sealed segment): report it.
+                mid_damage = true;
+            }
+        }
+        if mid_damage {
+            let b = first_bad.unwrap_or(0);
+            let (entries, next_ro) = match last_valid {
+                Some((idx, e)) if e.is_marker() => (idx, e.relative_offset as u64),
+                Some((idx, e)) => (idx + 1, e.relative_offset as u64 + 1),
+                None => (0, 0),
+            };
+            seg.entries = entries;
+            seg.next_ro = next_ro;
+            seg.data_len = file_len;
+            seg.damage = Some(Damage { slot: b, offset: base + next_ro });
+            tracing::warn!(segment = %name, slot = b, "index damaged before its tail; entries from offset {} on are unreadable", base + next_ro);
+            return Ok(seg);
+        }
+
+        if let Some(b) = first_bad {
+            tracing::warn!(segment = %name, slot = b, "torn index slot at the tail: cleared");
+            seg.put_slot(b, &[0u8; ENTRY_LEN])?;
+        }
+        let Some((last_idx, last)) = last_valid else {
+            if repair {
+                tracing::warn!(segment = %name, "index has no entry: reset to empty");
+                seg.put_slot(0, &IndexEntry::marker(0, DATA_HEADER_LEN).encode())?;
+                seg.data.set_len(DATA_HEADER_LEN).ctx(|| format!("truncate {}", seg.data_path.display()))?;
+                seg.flush_index()?;
+                seg.data.sync_all().ctx(|| format!("fsync {}", seg.data_path.display()))?;
+            }
+            return Ok(seg);
+        };
+        // Real entries are slots 0..n; verify the trailing ones' data, dropping torn ones.
+        let mut n = if last.is_marker() { last_idx } else { last_idx + 1 };
+        let mut marker = if last.is_marker() { Some(last) } else { None };
+        let mut cut = false;
+        loop {
+            if n == 0 {
+                let m = IndexEntry::marker(0, DATA_HEADER_LEN);
+                if marker != Some(m) {
+                    cut = true;
+                }
+                marker = Some(m);
+                break;
+            }
+            let e = seg.entry(n - 1).ok_or_else(|| Error::Corrupt { location: format!("segment {name} slot {}", n - 1), detail: "entry vanished".into() })?;
+            let end = e.data_offset + e.data_len as u64;
+            let mut ok = end <= file_len;
+            let mut count = 0u64;
+            if ok {
+                let mut buf = vec![0u8; e.data_len as usize];
+                ok = seg.data.read_exact_at(&mut buf, e.data_offset).is_ok() && crc32fast::hash(&buf) == e.data_crc;
+                if ok {
+                    match format::parse_records(&buf) {
+                        Some(r) => count = r.len() as u64,
+                        None => ok = false,
+                    }
+                }
+            }
+            let expect = IndexEntry::marker((e.relative_offset as u64 + count) as u32, end);
+            if ok {
+                if marker.map(|m| m.relative_offset as u64 != e.relative_offset as u64 + count || m.data_offset != end).unwrap_or(true) {
+                    cut = true;
+                    marker = Some(expect);
+                }
+                break;
+            }
+            tracing::warn!(segment = %name, offset = base + e.relative_offset as u64, "torn entry at the tail: cut back");
+            cut = true;
+            marker = Some(IndexEntry::marker(e.relative_offset, e.data_offset));
+            n -= 1;
+        }
+        let marker = marker.unwrap_or_else(|| IndexEntry::marker(0, DATA_HEADER_LEN));
+        seg.entries = n;
+        seg.next_ro = marker.relative_offset as u64;
+        seg.data_len = marker.data_offset;
+        if cut || file_len != marker.data_offset || first_bad.is_some() {
+            if !repair {
+                return Ok(seg);
+            }
+            seg.put_slot(n, &marker.encode())?;
+            let mut j = n + 1;
+            while j < capacity && seg.slot(j) != Slot::Empty {
+                seg.put_slot(j, &[0u8; ENTRY_LEN])?;
+                j += 1;
+            }
+            if file_len != marker.data_offset {
+                tracing::warn!(segment = %name, "data file of {file_len} bytes cut back to {}", marker.data_offset);
+                seg.data.set_len(marker.data_offset).ctx(|| format!("truncate {}", seg.data_path.display()))?;
+            }
+            seg.data.sync_all().ctx(|| format!("fsync {}", seg.data_path.display()))?;
+            seg.flush_index()?;
+        }
+        Ok(seg)
+    }
+
+    fn info(&self, i: u64) -> Option<EntryInfo> {
+        let e = self.entry(i)?;
+        let next = if i + 1 < self.entries { self.entry(i + 1)?.relative_offset as u64 } else { self.next_ro };
+        Some(EntryInfo {
+            segment: self.base,
+            offset: self.base + e.relative_offset as u64,
+            count: next.saturating_sub(e.relative_offset as u64),
+            timestamp: e.timestamp,
+            data_offset: e.data_offset,
+            data_len: e.data_len,
+            data_crc: e.data_crc,
+        })
+    }
+
+    /// Slot of the entry holding relative offset `ro` (binary search), if any.
+    fn find(&self, ro: u64) -> Option<u64> {
+        if self.entries == 0 || ro >= self.next_ro {
+            return None;
+        }
+        let (mut lo, mut hi) = (0u64, self.entries); // answer in [lo, hi)
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let r = self.entry(mid).map(|e| e.relative_offset as u64)?;
+            if r <= ro {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
+
+    /// First slot whose timestamp is >= ts.
+    fn seek_time(&self, ts: u64) -> u64 {
+        let (mut lo, mut hi) = (0u64, self.entries);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let t = self.entry(mid).map(|e| e.timestamp).unwrap_or(u64::MAX);
+            if t < ts {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn read_data(&self, info: &EntryInfo) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; info.data_len as usize];
+        let loc = || format!("segment {} offset {}", segment_name(self.base), info.offset);
+        if info.data_offset + info.data_len as u64 > self.data_len.max(info.data_offset + info.data_len as u64) {
+            return Err(Error::Corrupt { location: loc(), detail: "entry extends past the data file".into() });
+        }
+        self.data.read_exact_at(&mut buf, info.data_offset).map_err(|e| Error::Corrupt { location: loc(), detail: format!("data unreadable: {e}") })?;
+        if crc32fast::hash(&buf) != info.data_crc {
+            return Err(Error::Corrupt { location: loc(), detail: "data checksum mismatch".into() });
+        }
+        Ok(buf)
+    }
+
+    fn first_ts(&self) -> Option<u64> {
+        if self.entries == 0 { None } else { self.entry(0).map(|e| e.timestamp) }
+    }
+
+    fn last_ts(&self) -> Option<u64> {
+        if self.entries == 0 { None } else { self.entry(self.entries - 1).map(|e| e.timestamp) }
+    }
+}
+
+fn map_rw(f: &File, path: &Path) -> Result<MmapMut> {
+    crate::store::mmap::map_mut(f).ctx(|| format!("mmap {}", path.display()))
+}
+
+fn map_ro(f: &File, path: &Path) -> Result<Mmap> {
+    crate::store::mmap::map(f).ctx(|| format!("mmap {}", path.display()))
+}
+
+/// Fsyncs a directory so created, renamed or removed entries are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("fsync directory {}", dir.display()))
+}
+
+struct Inner {
+    segments: Vec<Segment>,
+    last_ts: u64,
+}
+
+/// A segmented append-only log in one directory. Share it with `Arc<BigLog>`; all methods take
+/// `&self` (reads run concurrently, writes are serialised).
+pub struct BigLog {
+    dir: PathBuf,
+    opts: BigLogOptions,
+    writable: bool,
+    /// Held for the life of a writable log: one writer process per directory.
+    _lock: Option<File>,
+    inner: RwLock<Inner>,
+    /// Bumped on every write; streamers wait on it.
+    wake: (Mutex<u64>, Condvar),
+}
+
+/// Summary of one segment, for `tlog store inspect`.
+#[derive(Clone, Debug)]
+pub struct SegmentSummary {
+    /// Base offset.
+    pub base: u64,
+    /// Index entries.
+    pub entries: u64,
+    /// Offsets held (embedded offsets counted).
+    pub offsets: u64,
+    /// First and last timestamps (ns), if any entry.
+    pub time_range: Option<(u64, u64)>,
+    /// Data file bytes.
+    pub data_bytes: u64,
+    /// Index file bytes.
+    pub index_bytes: u64,
+    /// Damage before the tail, if any.
+    pub damage: Option<Damage>,
+}
+
+impl BigLog {
+    /// Opens (creating if needed) the log in `dir` for writing; validates and repairs the tail.
+    ///
+    /// Errors: I/O, or [`Error::Format`] when a file is not a segment of this format version.
+    pub fn open(dir: impl AsRef<Path>, opts: BigLogOptions) -> Result<BigLog> {
+        Self::open_mode(dir.as_ref(), opts, true)
+    }
+
+    /// Opens an existing log without changing anything (for inspect and verify).
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<BigLog> {
+        Self::open_mode(dir.as_ref(), BigLogOptions::default(), false)
+    }
+
+    fn open_mode(dir: &Path, opts: BigLogOptions, writable: bool) -> Result<BigLog> {
+        if opts.index_capacity < 2 {
+            return Err(Error::InvalidArgument("index_capacity must be at least 2 slots".into()));
+        }
+        if writable {
+            std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+        } else if !dir.is_dir() {
+            return Err(Error::NotFound(format!("store directory {}", dir.display())));
+        }
+        let lock = if writable {
+            let p = dir.join("LOCK");
+            let f = OpenOptions::new().create(true).truncate(false).write(true).open(&p).ctx(|| format!("open {}", p.display()))?;
+            match f.try_lock() {
+                Ok(()) => Some(f),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::InvalidArgument(format!("store {} is in use by another process (lock {} held)", dir.display(), p.display())))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(format!("lock {}", p.display()), e)),
+            }
+        } else {
+            None
+        };
+        let mut bases = Vec::new();
+        for ent in std::fs::read_dir(dir).ctx(|| format!("list {}", dir.display()))? {
+            let ent = ent.ctx(|| format!("list {}", dir.display()))?;
+            let name = ent.file_name().to_string_lossy().to_string();
+            if let Some(stem) = name.strip_suffix(".data") {
+                if stem.len() == 20 {
+                    if let Ok(b) = stem.parse::<u64>() {
+                        bases.push(b);
+                    }
+                }
+            }
+        }
+        bases.sort_unstable();
+        let mut segments = Vec::with_capacity(bases.len());
+        for (i, &b) in bases.iter().enumerate() {
+            let hot = i + 1 == bases.len();
+            segments.push(Segment::open(dir, b, writable, writable && hot)?);
+        }
+        if segments.is_empty() && writable {
+            segments.push(Segment::create(dir, 0, opts.index_capacity)?);
+        }
+        let last_ts = segments.iter().rev().find_map(|s| s.last_ts()).unwrap_or(0);
+        let log = BigLog { dir: dir.to_path_buf(), opts, writable, _lock: lock, inner: RwLock::new(Inner { segments, last_ts }), wake: (Mutex::new(0), Condvar::new()) };
+        if writable {
+            // A hot segment damaged before its tail takes no more writes: start a new one.
+            let damaged = log.read()?.segments.last().map(|s| s.damage.is_some()).unwrap_or(false);
+            if damaged {
+                log.split()?;
+            }
+        }
+        Ok(log)
+    }
+
+    fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, Inner>> {
+        self.inner.read().map_err(|_| Error::InvalidArgument("store lock poisoned by a panic".into()))
+    }
+
+    fn write_lock(&self) -> Result<std::sync::RwLockWriteGuard<'_, Inner>> {
+        if !self.writable {
+            return Err(Error::InvalidArgument(format!("store {} opened read-only", self.dir.display())));
+        }
+        self.inner.write().map_err(|_| Error::InvalidArgument("store lock poisoned by a panic".into()))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one record stamped now; returns its offset.
+    pub fn write(&self, data: &[u8]) -> Result<u64> {
+        self.write_n_at(&[data], now_ns())
+    }
+
+    /// Appends N records under one index entry (embedded offsets), stamped now; returns the
+    /// first offset (the others follow consecutively).
+    pub fn write_n(&self, records: &[&[u8]]) -> Result<u64> {
+        self.write_n_at(records, now_ns())
+    }
+
+    /// Appends N records with the given timestamp (ns); a timestamp older than the last one is
+    /// clamped to it, so timestamps never decrease. Errors on an empty `records`.
+    pub fn write_n_at(&self, records: &[&[u8]], timestamp: u64) -> Result<u64> {
+        if records.is_empty() {
+            return Err(Error::InvalidArgument("write_n needs at least one record".into()));
+        }
+        let buf = format::frame_records(records)?;
+        let n = records.len() as u64;
+        let mut g = self.write_lock()?;
+        let need_split = {
+            let s = g.segments.last().ok_or_else(|| Error::InvalidArgument("store has no segment".into()))?;
+            s.entries > 0
+                && (s.entries + 2 > s.capacity || s.data_len + buf.len() as u64 > self.opts.segment_bytes || s.next_ro + n > u32::MAX as u64)
+        };
+        if need_split {
+            self.split_locked(&mut g)?;
+        }
+        let ts = timestamp.max(g.last_ts);
+        let s = g.segments.last_mut().ok_or_else(|| Error::InvalidArgument("store has no segment".into()))?;
+        if s.entries + 2 > s.capacity {
+            return Err(Error::InvalidArgument(format!("index capacity {} too small", s.capacity)));
+        }
+        s.data.write_all_at(&buf, s.data_len).ctx(|| format!("write {}", s.data_path.display()))?;
+        let e = IndexEntry { relative_offset: s.next_ro as u32, data_len: buf.len() as u32, timestamp: ts, data_offset: s.data_len, data_crc: crc32fast::hash(&buf) };
+        let slot = s.entries;
+        s.put_slot(slot, &e.encode())?;
+        let next_ro = s.next_ro + n;
+        let data_len = s.data_len + buf.len() as u64;
+        s.put_slot(slot + 1, &IndexEntry::marker(next_ro as u32, data_len).encode())?;
+        let offset = s.base + s.next_ro;
+        s.entries += 1;
+        s.next_ro = next_ro;
+        s.data_len = data_len;
+        g.last_ts = ts;
+        drop(g);
+        self.notify();
+        Ok(offset)
+    }
+
+    fn notify(&self) {
+        if let Ok(mut n) = self.wake.0.lock() {
+            *n += 1;
+            self.wake.1.notify_all();
+        }
+    }
+
+    /// Waits up to `timeout` for a write after generation `seen`; returns the current generation.
+    pub(crate) fn wait_for_write(&self, seen: u64, timeout: Duration) -> u64 {
+        let Ok(g) = self.wake.0.lock() else { return seen };
+        if *g != seen {
+            return *g;
+        }
+        match self.wake.1.wait_timeout(g, timeout) {
+            Ok((g, _)) => *g,
+            Err(_) => seen,
+        }
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.wake.0.lock().map(|g| *g).unwrap_or(0)
+    }
+
+    /// Makes everything written so far durable: fsync of the hot data file, then msync of its
+    /// index. (Sealed segments were synced when they were split.)
+    pub fn sync(&self) -> Result<()> {
+        let g = self.read()?;
+        if let Some(s) = g.segments.last() {
+            s.data.sync_data().ctx(|| format!("fsync {}", s.data_path.display()))?;
+            s.flush_index()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new hot segment at the next offset (the old one is synced first).
+    pub fn split(&self) -> Result<()> {
+        let mut g = self.write_lock()?;
+        self.split_locked(&mut g)
+    }
+
+    fn split_locked(&self, g: &mut Inner) -> Result<()> {
+        let next = match g.segments.last() {
+            Some(s) => {
+                s.data.sync_all().ctx(|| format!("fsync {}", s.data_path.display()))?;
+                s.flush_index()?;
+                let mut next = s.base + s.next_ro;
+                if let Some(d) = &s.damage {
+                    // Offsets past damage are unknown: leave room for any the damaged index named.
+                    next = next.max(d.offset) + (s.capacity.saturating_sub(s.entries));
+                }
+                next
+            }
+            None => 0,
+        };
+        if g.segments.last().map(|s| s.base == next && s.entries == 0 && s.damage.is_none()).unwrap_or(false) {
+            return Ok(()); // already an empty hot segment
+        }
+        let seg = Segment::create(&self.dir, next, self.opts.index_capacity)?;
+        g.segments.push(seg);
+        Ok(())
+    }
+
+    /// Drops the oldest segment (its files are deleted). Refuses to drop the hot segment.
+    pub fn trim(&self) -> Result<()> {
+        let mut g = self.write_lock()?;
+        if g.segments.len() < 2 {
+            return Err(Error::InvalidArgument("cannot trim the hot segment (split first)".into()));
+        }
+        let s = g.segments.remove(0);
+        std::fs::remove_file(&s.data_path).ctx(|| format!("remove {}", s.data_path.display()))?;
+        std::fs::remove_file(&s.index_path).ctx(|| format!("remove {}", s.index_path.display()))?;
+        sync_dir(&self.dir)
+    }
+
+    /// First readable offset (after trims).
+    pub fn first_offset(&self) -> Result<u64> {
+        Ok(self.read()?.segments.first().map(|s| s.base).unwrap_or(0))
+    }
+
+    /// The next offset to be written.
+    pub fn next_offset(&self) -> Result<u64> {
+        Ok(self.read()?.segments.last().map(|s| s.base + s.next_ro).unwrap_or(0))
+    }
+
+    /// Per-segment summaries, oldest first.
+    pub fn segments(&self) -> Result<Vec<SegmentSummary>> {
+        let g = self.read()?;
+        Ok(g.segments
+            .iter()
+            .map(|s| SegmentSummary {
+                base: s.base,
+                entries: s.entries,
+                offsets: s.next_ro,
+                time_range: s.first_ts().zip(s.last_ts()),
+                data_bytes: s.data.metadata().map(|m| m.len()).unwrap_or(s.data_len),
+                index_bytes: s.index.bytes().len() as u64,
+                damage: s.damage.clone(),
+            })
+            .collect())
+    }
+
+    /// Index entry holding `offset`. Offsets before the first are [`Error::NotFound`]; offsets
+    /// in a damaged region are [`Error::Corrupt`]. Returns `Ok(None)` at or past the end.
+    pub fn entry_info(&self, offset: u64) -> Result<Option<EntryInfo>> {
+        let g = self.read()?;
+        Self::entry_info_locked(&g, offset)
+    }
+
+    fn entry_info_locked(g: &Inner, offset: u64) -> Result<Option<EntryInfo>> {
+        let first = g.segments.first().map(|s| s.base).unwrap_or(0);
+        if offset < first {
+            return Err(Error::NotFound(format!("offset {offset} was trimmed (first offset is {first})")));
+        }
+        let si = g.segments.partition_point(|s| s.base <= offset).saturating_sub(1);
+        let Some(s) = g.segments.get(si) else { return Ok(None) };
+        let ro = offset - s.base;
+        if let Some(slot) = s.find(ro) {
+            return Ok(s.info(slot));
+        }
+        if let Some(d) = &s.damage {
+            if offset >= d.offset && g.segments.get(si + 1).map(|n| offset < n.base).unwrap_or(true) && si + 1 < g.segments.len() {
+                return Err(Error::Corrupt { location: format!("segment {} offset {offset}", segment_name(s.base)), detail: format!("index slot {} is corrupt", d.slot) });
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where a reader positioned at `offset` continues after an error there.
+    pub(crate) fn resume_after(&self, offset: u64) -> Result<u64> {
+        let g = self.read()?;
+        let si = g.segments.partition_point(|s| s.base <= offset).saturating_sub(1);
+        let Some(s) = g.segments.get(si) else { return Ok(offset + 1) };
+        if let Some(slot) = s.find(offset - s.base) {
+            if let Some(i) = s.info(slot) {
+                return Ok(i.offset + i.count.max(1));
+            }
+        }
+        Ok(g.segments.get(si + 1).map(|n| n.base).unwrap_or(offset + 1))
+    }
+
+    /// Reads and verifies the entry `info` (from [`BigLog::entry_info`]); returns its records.
+    pub fn read_entry(&self, info: &EntryInfo) -> Result<Vec<Vec<u8>>> {
+        let g = self.read()?;
+        let s = g.segments.iter().find(|s| s.base == info.segment).ok_or_else(|| Error::NotFound(format!("segment {} was trimmed", segment_name(info.segment))))?;
+        let data = s.read_data(info)?;
+        let recs = format::parse_records(&data).ok_or_else(|| Error::Corrupt { location: format!("segment {} offset {}", segment_name(s.base), info.offset), detail: "record framing does not parse".into() })?;
+        if recs.len() as u64 != info.count {
+            return Err(Error::Corrupt {
+                location: format!("segment {} offset {}", segment_name(s.base), info.offset),
+                detail: format!("entry holds {} records, index says {}", recs.len(), info.count),
+            });
+        }
+        Ok(recs.into_iter().map(|r| r.to_vec()).collect())
+    }
+
+    /// Reads the record at `offset` (verified). `Ok(None)` past the end.
+    pub fn read_at(&self, offset: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let Some(info) = self.entry_info(offset)? else { return Ok(None) };
+        let mut recs = self.read_entry(&info)?;
+        let i = (offset - info.offset) as usize;
+        if i >= recs.len() {
+            return Ok(None);
+        }
+        Ok(Some((info.timestamp, recs.swap_remove(i))))
+    }
+
+    /// First offset whose timestamp is >= `ts` (ns); the next offset when none is.
+    /// Binary search over segments, then over the segment's index.
+    pub fn seek_time(&self, ts: u64) -> Result<u64> {
+        let g = self.read()?;
+        let si = g.segments.partition_point(|s| s.last_ts().map(|l| l < ts).unwrap_or(true) && s.entries > 0);
+        // Segments with no entries (an empty hot segment) sort as "all before".
+        for s in &g.segments[si.min(g.segments.len())..] {
+            if s.entries == 0 {
+                continue;
+            }
+            let slot = s.seek_time(ts);
+            if slot < s.entries {
+                return Ok(s.base + s.entry(slot).map(|e| e.relative_offset as u64).unwrap_or(0));
+            }
+        }
+        Ok(g.segments.last().map(|s| s.base + s.next_ro).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> BigLogOptions {
+        BigLogOptions { segment_bytes: 4096, index_capacity: 16 }
+    }
+
+    #[test]
+    fn write_read_split_trim() {
+        let d = tempfile::tempdir().unwrap();
+        let log = BigLog::open(d.path(), small()).unwrap();
+        assert_eq!(log.write(b"a").unwrap(), 0);
+        assert_eq!(log.write_n(&[b"b", b"c", b"d"]).unwrap(), 1);
+        assert_eq!(log.write(b"e").unwrap(), 4);
+        assert_eq!(log.read_at(2).unwrap().unwrap().1, b"c");
+        log.split().unwrap();
+        assert_eq!(log.write(b"f").unwrap(), 5);
+        assert_eq!(log.segments().unwrap().len(), 2);
+        log.sync().unwrap();
+        drop(log);
+        let log = BigLog::open(d.path(), small()).unwrap();
+        assert_eq!(log.next_offset().unwrap(), 6);
+        assert_eq!(log.read_at(5).unwrap().unwrap().1, b"f");
+        log.trim().unwrap();
+        assert!(log.read_at(0).is_err());
+        assert_eq!(log.read_at(5).unwrap().unwrap().1, b"f");
+    }
+
+    #[test]
+    fn auto_split_on_capacity() {
+        let d = tempfile::tempdir().unwrap();
+        let log = BigLog::open(d.path(), BigLogOptions { segment_bytes: 1 << 20, index_capacity: 4 }).unwrap();
+        for i in 0..10u8 {
+            log.write(&[i]).unwrap();
+        }
+        assert!(log.segments().unwrap().len() >= 3);
+        for i in 0..10u8 {
+            assert_eq!(log.read_at(i as u64).unwrap().unwrap().1, vec![i]);
+        }
+    }
+}
