@@ -181,6 +181,22 @@ impl Segment {
         data.read_exact_at(&mut hdr, 0).ctx(|| format!("read {}", data_path.display()))?;
         format::check_data_header(&data_path, &hdr)?;
         let index_file = OpenOptions::new().read(true).write(writable).open(&index_path).ctx(|| format!("open {}", index_path.display()))?;
+        let index_len = index_file.metadata().ctx(|| format!("stat {}", index_path.display()))?.len();
+        if index_len < INDEX_HEADER_LEN as u64 {
+            return Err(Error::Format { path: index_path, detail: format!("index file of {index_len} bytes is shorter than its header") });
+        }
+        if writable && repair {
+            // A cut-short index (torn preallocation, a copy gone wrong) is extended back to its
+            // capacity; the missing slots read as empty.
+            let mut h = [0u8; INDEX_HEADER_LEN];
+            index_file.read_exact_at(&mut h, 0).ctx(|| format!("read {}", index_path.display()))?;
+            let (_, cap) = format::check_index_header(&index_path, &h)?;
+            let want = INDEX_HEADER_LEN as u64 + cap * ENTRY_LEN as u64;
+            if index_len < want {
+                tracing::warn!(segment = %name, "index file of {index_len} bytes extended to {want}");
+                index_file.set_len(want).ctx(|| format!("extend {}", index_path.display()))?;
+            }
+        }
         let index = if writable { IndexMap::Rw(map_rw(&index_file, &index_path)?) } else { IndexMap::Ro(map_ro(&index_file, &index_path)?) };
         let (hbase, capacity) = format::check_index_header(&index_path, index.bytes())?;
         if hbase != base {
@@ -456,8 +472,8 @@ impl BigLog {
     }
 
     fn open_mode(dir: &Path, opts: BigLogOptions, writable: bool) -> Result<BigLog> {
-        if opts.index_capacity < 2 {
-            return Err(Error::InvalidArgument("index_capacity must be at least 2 slots".into()));
+        if opts.index_capacity < 2 || opts.index_capacity > u32::MAX as u64 {
+            return Err(Error::InvalidArgument("index_capacity must be 2 to 4294967295 slots".into()));
         }
         if writable {
             std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;

@@ -12,7 +12,7 @@
 //! (`write` stores one record, `write_n` several: the embedded offsets).
 //!
 //! Index file (`<base>.index`): 32-byte header `b"TLOGSEGI"`, version u32, entry size u32 (32),
-//! base offset u64, capacity u64 (slots); then `capacity` slots of 32 bytes:
+//! base offset u64, capacity u32 (slots), CRC-32 of header bytes 0..28; then `capacity` slots of 32 bytes:
 //!
 //! | bytes  | field           | meaning                                                   |
 //! |--------|-----------------|-----------------------------------------------------------|
@@ -150,7 +150,9 @@ pub fn encode_index_header(base: u64, capacity: u64) -> [u8; INDEX_HEADER_LEN] {
     b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     b[12..16].copy_from_slice(&(ENTRY_LEN as u32).to_le_bytes());
     b[16..24].copy_from_slice(&base.to_le_bytes());
-    b[24..32].copy_from_slice(&capacity.to_le_bytes());
+    b[24..28].copy_from_slice(&(capacity as u32).to_le_bytes());
+    let crc = crc32fast::hash(&b[0..28]);
+    b[28..32].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
@@ -167,7 +169,10 @@ pub fn check_index_header(path: &Path, b: &[u8]) -> Result<(u64, u64)> {
     if es as usize != ENTRY_LEN {
         return Err(Error::Format { path: path.into(), detail: format!("index entry size {es}, expected {ENTRY_LEN}") });
     }
-    Ok((le_u64(&b[16..24]), le_u64(&b[24..32])))
+    if crc32fast::hash(&b[0..28]) != u32::from_le_bytes([b[28], b[29], b[30], b[31]]) {
+        return Err(Error::Format { path: path.into(), detail: "index header checksum mismatch".into() });
+    }
+    Ok((le_u64(&b[16..24]), u32::from_le_bytes([b[24], b[25], b[26], b[27]]) as u64))
 }
 
 /// Frames records as stored in the data file: each `len: u32 LE` then the bytes.
@@ -231,11 +236,15 @@ mod tests {
     fn golden_headers() {
         assert_eq!(encode_data_header(), *b"TLOGSEGD\x01\x00\x00\x00\x00\x00\x00\x00");
         let h = encode_index_header(0x1122, 4);
-        assert_eq!(&h[..], b"TLOGSEGI\x01\x00\x00\x00\x20\x00\x00\x00\x22\x11\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00");
+        assert_eq!(&h[..28], b"TLOGSEGI\x01\x00\x00\x00\x20\x00\x00\x00\x22\x11\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00");
+        assert_eq!(h[28..32], crc32fast::hash(&h[..28]).to_le_bytes());
         assert_eq!(check_index_header(Path::new("x"), &h).unwrap(), (0x1122, 4));
         let mut v2 = h;
         v2[8] = 2;
         assert!(check_index_header(Path::new("x"), &v2).unwrap_err().to_string().contains("version 2"));
+        let mut flipped = h;
+        flipped[24] ^= 1;
+        assert!(check_index_header(Path::new("x"), &flipped).unwrap_err().to_string().contains("checksum"));
         assert!(check_data_header(Path::new("x"), b"TLOGSEGX\x01\x00\x00\x00\x00\x00\x00\x00").is_err());
     }
 
