@@ -1,0 +1,189 @@
+//! Shards: Reed-Solomon k+m over the sealed bytes (reed-solomon-erasure, GF(2^8)), each shard
+//! behind a versioned header so a bad shard is detected alone and rebuilt from the others.
+//!
+//! Shard layout (little-endian):
+//!
+//! | bytes        | field                                               |
+//! |--------------|-----------------------------------------------------|
+//! | 0..8         | magic `b"TLOGSHRD"`                                 |
+//! | 8..10        | format version (1)                                  |
+//! | 10, 11, 12   | shard index, k, m                                   |
+//! | 13..16       | reserved (0)                                        |
+//! | 16..48       | key (BLAKE3-256 of the sealed bytes)                |
+//! | 48..56       | id of the AES key that sealed it                    |
+//! | 56..68       | AES-GCM nonce                                       |
+//! | 68..72       | reserved (0)                                        |
+//! | 72..80       | epoch                                               |
+//! | 80..88       | first sequence                                      |
+//! | 88..96       | last sequence                                       |
+//! | 96..128      | prev (key of the previous aggregation)              |
+//! | 128..136     | sealed length (bytes before padding)                |
+//! | 136..140     | shard length (bytes of shard data)                  |
+//! | 140..142     | vdisk id length n                                   |
+//! | 142..142+n   | vdisk id (UTF-8)                                    |
+//! | next 32      | BLAKE3-256 of every header byte before it + data    |
+//! | rest         | shard data                                          |
+
+use crate::backend::Key;
+use crate::error::{Error, Result};
+use reed_solomon_erasure::galois_8::ReedSolomon;
+
+/// Magic of a shard.
+pub const SHARD_MAGIC: [u8; 8] = *b"TLOGSHRD";
+/// Shard format version.
+pub const SHARD_VERSION: u16 = 1;
+const FIXED: usize = 142;
+
+/// A shard's header fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardHeader {
+    /// Index of this shard (0..k+m).
+    pub index: u8,
+    /// Data shards.
+    pub k: u8,
+    /// Parity shards.
+    pub m: u8,
+    /// Aggregation key.
+    pub key: Key,
+    /// Id of the sealing AES key.
+    pub key_id: [u8; 8],
+    /// AES-GCM nonce.
+    pub nonce: [u8; 12],
+    /// Writer epoch.
+    pub epoch: u64,
+    /// First sequence in the aggregation.
+    pub first_sequence: u64,
+    /// Last sequence in the aggregation.
+    pub last_sequence: u64,
+    /// Previous aggregation's key.
+    pub prev: Key,
+    /// Sealed bytes before padding.
+    pub sealed_len: u64,
+    /// The vdisk.
+    pub vdisk: String,
+}
+
+impl ShardHeader {
+    /// Encodes header + checksum + data into one shard.
+    pub fn encode_shard(&self, data: &[u8]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(FIXED + self.vdisk.len() + 32 + data.len());
+        b.extend_from_slice(&SHARD_MAGIC);
+        b.extend_from_slice(&SHARD_VERSION.to_le_bytes());
+        b.extend_from_slice(&[self.index, self.k, self.m, 0, 0, 0]);
+        b.extend_from_slice(&self.key);
+        b.extend_from_slice(&self.key_id);
+        b.extend_from_slice(&self.nonce);
+        b.extend_from_slice(&[0; 4]);
+        for v in [self.epoch, self.first_sequence, self.last_sequence] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&self.prev);
+        b.extend_from_slice(&self.sealed_len.to_le_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(self.vdisk.len() as u16).to_le_bytes());
+        b.extend_from_slice(self.vdisk.as_bytes());
+        let mut h = blake3::Hasher::new();
+        h.update(&b);
+        h.update(data);
+        b.extend_from_slice(h.finalize().as_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    /// Parses and verifies a shard; returns the header and the shard data. Errors name what is
+    /// wrong (magic, version, length, checksum).
+    pub fn decode_shard(b: &[u8]) -> Result<(ShardHeader, &[u8])> {
+        let bad = |d: String| Error::Corrupt { location: "shard".into(), detail: d };
+        if b.len() < FIXED + 32 || b[0..8] != SHARD_MAGIC {
+            return Err(bad("not a tlog shard (bad magic or too short)".into()));
+        }
+        let v = u16::from_le_bytes([b[8], b[9]]);
+        if v != SHARD_VERSION {
+            return Err(bad(format!("shard format version {v}, this build reads {SHARD_VERSION}")));
+        }
+        let u = |p: usize| crate::store::format::le_u64(&b[p..p + 8]);
+        let n = u16::from_le_bytes([b[140], b[141]]) as usize;
+        let shard_len = u32::from_le_bytes([b[136], b[137], b[138], b[139]]) as usize;
+        let hdr_end = FIXED + n;
+        if b.len() != hdr_end + 32 + shard_len {
+            return Err(bad(format!("shard of {} bytes, header says {}", b.len(), hdr_end + 32 + shard_len)));
+        }
+        let data = &b[hdr_end + 32..];
+        let mut h = blake3::Hasher::new();
+        h.update(&b[..hdr_end]);
+        h.update(data);
+        if h.finalize().as_bytes() != &b[hdr_end..hdr_end + 32] {
+            return Err(bad("shard checksum mismatch".into()));
+        }
+        let arr32 = |p: usize| -> Key {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&b[p..p + 32]);
+            k
+        };
+        let mut key_id = [0u8; 8];
+        key_id.copy_from_slice(&b[48..56]);
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&b[56..68]);
+        let vdisk = String::from_utf8(b[FIXED..hdr_end].to_vec()).map_err(|_| bad("vdisk id is not UTF-8".into()))?;
+        Ok((
+            ShardHeader {
+                index: b[10],
+                k: b[11],
+                m: b[12],
+                key: arr32(16),
+                key_id,
+                nonce,
+                epoch: u(72),
+                first_sequence: u(80),
+                last_sequence: u(88),
+                prev: arr32(96),
+                sealed_len: u(128),
+                vdisk,
+            },
+            data,
+        ))
+    }
+}
+
+/// Splits `sealed` into k data shards (zero-padded to equal length) and m parity shards.
+pub fn encode(rs: &ReedSolomon, sealed: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let k = rs.data_shard_count();
+    let total = rs.total_shard_count();
+    let len = sealed.len().div_ceil(k).max(1);
+    let mut shards: Vec<Vec<u8>> = Vec::with_capacity(total);
+    for i in 0..k {
+        let start = (i * len).min(sealed.len());
+        let end = ((i + 1) * len).min(sealed.len());
+        let mut s = Vec::with_capacity(len);
+        s.extend_from_slice(&sealed[start..end]);
+        s.resize(len, 0);
+        shards.push(s);
+    }
+    for _ in k..total {
+        shards.push(vec![0u8; len]);
+    }
+    rs.encode(&mut shards).map_err(|e| Error::Seal(format!("Reed-Solomon encode: {e:?}")))?;
+    Ok(shards)
+}
+
+/// Rebuilds the sealed bytes from at least k shards (`None` = missing), truncated to
+/// `sealed_len`.
+pub fn reconstruct(rs: &ReedSolomon, mut shards: Vec<Option<Vec<u8>>>, sealed_len: u64) -> Result<Vec<u8>> {
+    let have = shards.iter().filter(|s| s.is_some()).count();
+    let k = rs.data_shard_count();
+    if have < k {
+        return Err(Error::Seal(format!("only {have} intact shards, {k} needed")));
+    }
+    if shards[..k].iter().any(|s| s.is_none()) {
+        rs.reconstruct_data(&mut shards).map_err(|e| Error::Seal(format!("Reed-Solomon reconstruct: {e:?}")))?;
+    }
+    let mut out = Vec::with_capacity(sealed_len as usize);
+    for s in shards.into_iter().take(k) {
+        out.extend_from_slice(&s.ok_or_else(|| Error::Seal("data shard missing after reconstruction".into()))?);
+    }
+    if (out.len() as u64) < sealed_len {
+        return Err(Error::Seal(format!("shards hold {} bytes, sealed length is {sealed_len}", out.len())));
+    }
+    out.truncate(sealed_len as usize);
+    Ok(out)
+}

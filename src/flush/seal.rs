@@ -1,0 +1,355 @@
+//! Seal and unseal an aggregation (DESIGN.md §6).
+//!
+//! seal: aggregation bytes (Cap'n Proto) → lz4_flex block compression with a size prefix →
+//! AES-256-GCM (aes-gcm crate; 96-bit nonce, 128-bit tag appended) → key = BLAKE3-256 of the
+//! sealed bytes → Reed-Solomon k+m shards, each with a [`ShardHeader`].
+//!
+//! Nonce: never a fixed configured value. `nonce = BLAKE3-keyed(nonce_key, vdisk len ‖ vdisk ‖
+//! epoch ‖ counter ‖ attach_random)[..12]`, where `nonce_key` is derived from the AES key
+//! (BLAKE3 `derive_key`), `counter` counts aggregations within one attach of one epoch and
+//! `attach_random` is 16 random bytes drawn at every attach. (vdisk, epoch, counter) is unique
+//! while epochs grow; the random part keeps it unique even if a crash lost an epoch bump.
+//! The nonce is stored in every shard header.
+//!
+//! Associated data: `b"tlog-aad-v1"` ‖ vdisk len u16 ‖ vdisk ‖ epoch ‖ first sequence ‖ last
+//! sequence ‖ prev, so a shard header cannot be moved to another vdisk, epoch or chain position.
+
+use super::aggregate::{self, Aggregation};
+use super::erasure::{self, ShardHeader};
+use crate::backend::Key;
+use crate::error::{Error, IoContext, Result};
+use crate::wire::Block;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use reed_solomon_erasure::galois_8::ReedSolomon;
+use std::path::Path;
+
+/// Largest decompressed aggregation accepted on unseal (1 GiB).
+pub const MAX_AGGREGATION_BYTES: usize = 1 << 30;
+
+/// The AES-256 key with its derived id and nonce key. Never logged (Debug shows the id only).
+#[derive(Clone)]
+pub struct SealKey {
+    aes: [u8; 32],
+    id: [u8; 8],
+    nonce_key: [u8; 32],
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealKey(id {})", self.id_hex())
+    }
+}
+
+impl SealKey {
+    /// From 32 raw bytes.
+    pub fn from_bytes(aes: [u8; 32]) -> SealKey {
+        let idb = blake3::derive_key("tlog 2026 key id v1", &aes);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&idb[..8]);
+        SealKey { aes, id, nonce_key: blake3::derive_key("tlog 2026 nonce key v1", &aes) }
+    }
+
+    /// Parses 64 hex digits (surrounding whitespace ignored).
+    pub fn from_hex(s: &str) -> Result<SealKey> {
+        let v = hex::decode(s.trim()).map_err(|e| Error::Config(format!("AES key is not hex: {e}")))?;
+        let a: [u8; 32] = v.try_into().map_err(|v: Vec<u8>| Error::Config(format!("AES key has {} bytes, AES-256 needs 32 (64 hex digits)", v.len())))?;
+        Ok(Self::from_bytes(a))
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> Result<SealKey> {
+        let mut a = [0u8; 32];
+        getrandom::getrandom(&mut a).map_err(|e| Error::Seal(format!("no randomness for a new key: {e}")))?;
+        Ok(Self::from_bytes(a))
+    }
+
+    /// Reads a key file (64 hex digits).
+    pub fn load(path: &Path) -> Result<SealKey> {
+        let s = std::fs::read_to_string(path).ctx(|| format!("read key file {}", path.display()))?;
+        Self::from_hex(&s).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes the key as hex to a new file with mode 0600 (fails if the file exists).
+    pub fn store_new(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).ctx(|| format!("create key file {}", path.display()))?;
+        f.write_all(hex::encode(self.aes).as_bytes()).ctx(|| format!("write {}", path.display()))?;
+        f.sync_all().ctx(|| format!("fsync {}", path.display()))
+    }
+
+    /// The key id (8 bytes derived from the key; safe to show).
+    pub fn id(&self) -> [u8; 8] {
+        self.id
+    }
+
+    /// The key id in hex.
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+}
+
+/// A sealed aggregation: its key and its k+m encoded shards.
+#[derive(Clone, Debug)]
+pub struct Sealed {
+    /// BLAKE3-256 of the sealed bytes.
+    pub key: Key,
+    /// k+m shards with headers; shard i goes to backend i.
+    pub shards: Vec<Vec<u8>>,
+    /// First and last sequence.
+    pub first_sequence: u64,
+    /// Last sequence.
+    pub last_sequence: u64,
+    /// Sealed bytes (before erasure coding).
+    pub sealed_len: usize,
+    /// Plain (Cap'n Proto) bytes.
+    pub plain_len: usize,
+}
+
+/// What identifies one aggregation's nonce and chain position.
+#[derive(Clone, Debug)]
+pub struct SealContext<'a> {
+    /// The vdisk.
+    pub vdisk: &'a str,
+    /// Writer epoch.
+    pub epoch: u64,
+    /// Aggregations sealed in this attach before this one.
+    pub counter: u64,
+    /// Random bytes drawn at attach.
+    pub attach_random: [u8; 16],
+    /// Key of the previous aggregation.
+    pub prev: Key,
+    /// Timestamp (ns) to record.
+    pub timestamp: u64,
+}
+
+/// Seals and unseals with one key and one k+m geometry.
+pub struct Sealer {
+    key: SealKey,
+    k: usize,
+    m: usize,
+    rs: ReedSolomon,
+}
+
+fn aad(vdisk: &str, epoch: u64, first: u64, last: u64, prev: &Key) -> Vec<u8> {
+    let mut a = Vec::with_capacity(64 + vdisk.len());
+    a.extend_from_slice(b"tlog-aad-v1");
+    a.extend_from_slice(&(vdisk.len() as u16).to_le_bytes());
+    a.extend_from_slice(vdisk.as_bytes());
+    for v in [epoch, first, last] {
+        a.extend_from_slice(&v.to_le_bytes());
+    }
+    a.extend_from_slice(prev);
+    a
+}
+
+impl Sealer {
+    /// A sealer for k data + m parity shards. Errors when k or m is out of range
+    /// (1 ≤ k, 0 ≤ m, k + m ≤ 255).
+    pub fn new(key: SealKey, k: usize, m: usize) -> Result<Sealer> {
+        if k == 0 || k + m > 255 {
+            return Err(Error::Config(format!("k = {k}, m = {m}: need k >= 1 and k + m <= 255")));
+        }
+        let rs = if m == 0 { ReedSolomon::new(k, 1) } else { ReedSolomon::new(k, m) }.map_err(|e| Error::Config(format!("Reed-Solomon k={k} m={m}: {e:?}")))?;
+        Ok(Sealer { key, k, m, rs })
+    }
+
+    /// The key.
+    pub fn key(&self) -> &SealKey {
+        &self.key
+    }
+
+    /// k.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// m.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// The nonce of an aggregation (see the module doc).
+    pub fn nonce(&self, c: &SealContext) -> [u8; 12] {
+        let mut h = blake3::Hasher::new_keyed(&self.key.nonce_key);
+        h.update(&(c.vdisk.len() as u16).to_le_bytes());
+        h.update(c.vdisk.as_bytes());
+        h.update(&c.epoch.to_le_bytes());
+        h.update(&c.counter.to_le_bytes());
+        h.update(&c.attach_random);
+        let mut n = [0u8; 12];
+        n.copy_from_slice(&h.finalize().as_bytes()[..12]);
+        n
+    }
+
+    /// Seals `blocks` (non-empty, in sequence order) into k+m shards.
+    pub fn seal(&self, c: &SealContext, blocks: &[Block]) -> Result<Sealed> {
+        let (first, last) = match (blocks.first(), blocks.last()) {
+            (Some(f), Some(l)) => (f.sequence, l.sequence),
+            _ => return Err(Error::InvalidArgument("cannot seal an empty aggregation".into())),
+        };
+        let plain = aggregate::encode(c.vdisk, blocks, &c.prev, c.epoch, c.timestamp);
+        let compressed = lz4_flex::compress_prepend_size(&plain);
+        let nonce = self.nonce(c);
+        let cipher = Aes256Gcm::new_from_slice(&self.key.aes).map_err(|e| Error::Seal(format!("AES key: {e}")))?;
+        let a = aad(c.vdisk, c.epoch, first, last, &c.prev);
+        let sealed = cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: &compressed, aad: &a }).map_err(|_| Error::Seal("AES-GCM encryption failed".into()))?;
+        let key: Key = *blake3::hash(&sealed).as_bytes();
+        let data_shards = erasure::encode(&self.rs, &sealed)?;
+        let total = self.k + self.m;
+        let mut shards = Vec::with_capacity(total);
+        for (i, d) in data_shards.iter().take(total).enumerate() {
+            let h = ShardHeader {
+                index: i as u8,
+                k: self.k as u8,
+                m: self.m as u8,
+                key,
+                key_id: self.key.id,
+                nonce,
+                epoch: c.epoch,
+                first_sequence: first,
+                last_sequence: last,
+                prev: c.prev,
+                sealed_len: sealed.len() as u64,
+                vdisk: c.vdisk.to_string(),
+            };
+            shards.push(h.encode_shard(d));
+        }
+        Ok(Sealed { key, shards, first_sequence: first, last_sequence: last, sealed_len: sealed.len(), plain_len: plain.len() })
+    }
+
+    /// Checks shards fetched for `key` and rebuilds the sealed bytes; returns (header, sealed).
+    /// `shards[i]` is what backend i returned (`None` when missing or unreachable). Shards
+    /// whose checksum fails or that name another key are dropped (and counted in the error when
+    /// fewer than k remain).
+    pub fn reassemble(&self, key: &Key, shards: Vec<Option<Vec<u8>>>) -> Result<(ShardHeader, Vec<u8>)> {
+        let mut header: Option<ShardHeader> = None;
+        let mut slots: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut problems = Vec::new();
+        for (i, s) in shards.into_iter().enumerate() {
+            let Some(s) = s else { continue };
+            match ShardHeader::decode_shard(&s) {
+                Ok((h, d)) if &h.key == key && h.index as usize == i => {
+                    if slots.is_empty() {
+                        slots = vec![None; h.k as usize + h.m as usize];
+                    }
+                    if (h.index as usize) < slots.len() {
+                        slots[h.index as usize] = Some(d.to_vec());
+                    }
+                    header.get_or_insert(h);
+                }
+                Ok((h, _)) => problems.push(format!("backend {i}: shard names key {} index {}", hex::encode(h.key), h.index)),
+                Err(e) => problems.push(format!("backend {i}: {e}")),
+            }
+        }
+        let h = header.ok_or_else(|| Error::ChainBroken { key: hex::encode(key), detail: format!("no intact shard found ({})", if problems.is_empty() { "all missing".into() } else { problems.join("; ") }) })?;
+        let rs = if h.k as usize == self.k && h.m as usize == self.m && self.m > 0 {
+            None
+        } else {
+            Some(ReedSolomon::new(h.k as usize, (h.m as usize).max(1)).map_err(|e| Error::Seal(format!("{e:?}")))?)
+        };
+        if h.m == 0 {
+            slots.push(None);
+        }
+        let sealed = erasure::reconstruct(rs.as_ref().unwrap_or(&self.rs), slots, h.sealed_len)
+            .map_err(|e| Error::ChainBroken { key: hex::encode(key), detail: format!("{e}{}", if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) }) })?;
+        if blake3::hash(&sealed).as_bytes() != key {
+            return Err(Error::ChainBroken { key: hex::encode(key), detail: "rebuilt bytes do not hash to the key".into() });
+        }
+        Ok((h, sealed))
+    }
+
+    /// Decrypts and decodes sealed bytes described by `h`.
+    pub fn open(&self, h: &ShardHeader, sealed: &[u8]) -> Result<Aggregation> {
+        if h.key_id != self.key.id {
+            return Err(Error::WrongKey { key: hex::encode(h.key), sealed_with: hex::encode(h.key_id), configured: self.key.id_hex() });
+        }
+        let cipher = Aes256Gcm::new_from_slice(&self.key.aes).map_err(|e| Error::Seal(format!("AES key: {e}")))?;
+        let a = aad(&h.vdisk, h.epoch, h.first_sequence, h.last_sequence, &h.prev);
+        let compressed = cipher
+            .decrypt(Nonce::from_slice(&h.nonce), Payload { msg: sealed, aad: &a })
+            .map_err(|_| Error::Seal(format!("aggregation {}: AES-GCM authentication failed (wrong key or tampered data)", hex::encode(h.key))))?;
+        if compressed.len() < 4 {
+            return Err(Error::Seal("compressed aggregation shorter than its size prefix".into()));
+        }
+        let size = u32::from_le_bytes([compressed[0], compressed[1], compressed[2], compressed[3]]) as usize;
+        if size > MAX_AGGREGATION_BYTES {
+            return Err(Error::Seal(format!("aggregation claims {size} bytes, the limit is {MAX_AGGREGATION_BYTES}")));
+        }
+        let plain = lz4_flex::decompress_size_prepended(&compressed).map_err(|e| Error::Seal(format!("lz4: {e}")))?;
+        let agg = aggregate::decode(&plain)?;
+        if agg.vdisk_id != h.vdisk || agg.first_sequence != h.first_sequence || agg.last_sequence != h.last_sequence || agg.prev != h.prev || agg.epoch != h.epoch {
+            return Err(Error::Seal(format!("aggregation {} does not match its shard header", hex::encode(h.key))));
+        }
+        Ok(agg)
+    }
+
+    /// [`Sealer::reassemble`] then [`Sealer::open`].
+    pub fn unseal(&self, key: &Key, shards: Vec<Option<Vec<u8>>>) -> Result<Aggregation> {
+        let (h, sealed) = self.reassemble(key, shards)?;
+        self.open(&h, &sealed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Operation;
+
+    fn blocks(n: u64) -> Vec<Block> {
+        (1..=n).map(|i| Block::new(i, i * 8, Operation::Write, vec![i as u8; 4096], 4096, i)).collect()
+    }
+
+    fn ctx() -> SealContext<'static> {
+        SealContext { vdisk: "vd", epoch: 1, counter: 0, attach_random: [3; 16], prev: [0; 32], timestamp: 5 }
+    }
+
+    #[test]
+    fn seal_unseal_with_m_lost_and_a_corrupt_one() {
+        let s = Sealer::new(SealKey::from_bytes([9; 32]), 4, 2).unwrap();
+        let b = blocks(10);
+        let sealed = s.seal(&ctx(), &b).unwrap();
+        assert_eq!(sealed.shards.len(), 6);
+        let mut shards: Vec<Option<Vec<u8>>> = sealed.shards.iter().cloned().map(Some).collect();
+        shards[0] = None;
+        shards[3] = None;
+        let agg = s.unseal(&sealed.key, shards.clone()).unwrap();
+        assert_eq!(agg.blocks, b);
+        // A third loss (a corrupt shard) is one too many.
+        if let Some(x) = shards[1].as_mut() {
+            let l = x.len();
+            x[l - 1] ^= 1;
+        }
+        let e = s.unseal(&sealed.key, shards).unwrap_err().to_string();
+        assert!(e.contains("chain broken") && e.contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn wrong_key_is_named() {
+        let s = Sealer::new(SealKey::from_bytes([9; 32]), 2, 1).unwrap();
+        let sealed = s.seal(&ctx(), &blocks(2)).unwrap();
+        let other = Sealer::new(SealKey::from_bytes([8; 32]), 2, 1).unwrap();
+        let e = other.unseal(&sealed.key, sealed.shards.into_iter().map(Some).collect()).unwrap_err();
+        assert!(matches!(e, Error::WrongKey { .. }), "{e}");
+    }
+
+    #[test]
+    fn nonces_differ_per_counter_epoch_and_attach() {
+        let s = Sealer::new(SealKey::from_bytes([1; 32]), 2, 1).unwrap();
+        let mut c = ctx();
+        let n0 = s.nonce(&c);
+        c.counter = 1;
+        let n1 = s.nonce(&c);
+        c.epoch = 2;
+        let n2 = s.nonce(&c);
+        c.attach_random = [4; 16];
+        let n3 = s.nonce(&c);
+        let all = [n0, n1, n2, n3];
+        for i in 0..4 {
+            for j in i + 1..4 {
+                assert_ne!(all[i], all[j]);
+            }
+        }
+    }
+}

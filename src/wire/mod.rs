@@ -1,0 +1,448 @@
+//! Wire protocol v1 (schema/tlog.capnp): typed messages and their Cap'n Proto encoding.
+//!
+//! Sans-IO: [`FrameDecoder`] takes bytes and yields whole frames; the `decode_*` functions turn
+//! a frame into a typed message and the `encode_*` functions a typed message into a frame.
+//! Framing is Cap'n Proto's standard stream framing (segment count − 1 as u32 LE, each segment's
+//! size in words as u32 LE, padding to 8 bytes, then the segments).
+
+mod frame;
+
+pub use frame::{Frame, FrameDecoder};
+
+use crate::error::{Error, Result};
+use crate::tlog_capnp as schema;
+use capnp::message::{Builder, ReaderOptions};
+
+/// Protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Bytes of a BLAKE3-256 hash.
+pub const HASH_LEN: usize = 32;
+/// Bytes per LBA unit (`lba` counts 512-byte sectors).
+pub const SECTOR: u64 = 512;
+
+/// What a block does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Set `data` at byte offset `lba * 512`.
+    Write,
+    /// Zero `size` bytes at byte offset `lba * 512` (trim); no data.
+    WriteZeroes,
+}
+
+impl Operation {
+    /// The wire ordinal.
+    pub fn ordinal(self) -> u16 {
+        match self {
+            Operation::Write => 0,
+            Operation::WriteZeroes => 1,
+        }
+    }
+
+    /// From the wire ordinal; `None` for unknown operations.
+    pub fn from_ordinal(v: u16) -> Option<Self> {
+        match v {
+            0 => Some(Operation::Write),
+            1 => Some(Operation::WriteZeroes),
+            _ => None,
+        }
+    }
+}
+
+/// One write of a vdisk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// Per-vdisk sequence, strictly increasing.
+    pub sequence: u64,
+    /// Logical block address in 512-byte sectors.
+    pub lba: u64,
+    /// Bytes covered (equals `data.len()` for writes).
+    pub size: u64,
+    /// BLAKE3-256 of `data`.
+    pub hash: [u8; HASH_LEN],
+    /// Payload (empty for write_zeroes).
+    pub data: Vec<u8>,
+    /// Nanoseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Wire ordinal of the operation (kept raw so unknown values can be refused by the session).
+    pub operation: u16,
+}
+
+impl Block {
+    /// A block with its hash computed.
+    pub fn new(sequence: u64, lba: u64, op: Operation, data: Vec<u8>, size: u64, timestamp: u64) -> Block {
+        let hash = *blake3::hash(&data).as_bytes();
+        Block { sequence, lba, size, hash, data, timestamp, operation: op.ordinal() }
+    }
+
+    /// Bytes this block holds in memory (for buffer accounting).
+    pub fn mem_size(&self) -> u64 {
+        self.data.len() as u64 + 96
+    }
+}
+
+/// The first message of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeRequest {
+    /// Protocol version.
+    pub version: u32,
+    /// The vdisk this connection serves.
+    pub vdisk_id: String,
+    /// First sequence the client will send.
+    pub first_sequence: u64,
+    /// Auth token ("" for none).
+    pub token: String,
+    /// Start a new sequence space at `first_sequence`.
+    pub reset_first_sequence: bool,
+}
+
+/// Handshake outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeStatus {
+    /// Attached.
+    Ok,
+    /// Malformed request.
+    BadRequest,
+    /// Unsupported protocol version.
+    BadVersion,
+    /// Invalid vdisk id.
+    BadVdisk,
+    /// Wrong or missing token.
+    Unauthorized,
+    /// Refused because a newer writer owns the vdisk.
+    Fenced,
+    /// Server-side failure.
+    InternalError,
+}
+
+/// The server's answer to a handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeResponse {
+    /// Protocol version of the server.
+    pub version: u32,
+    /// Outcome.
+    pub status: HandshakeStatus,
+    /// Last flushed sequence (meaningful when `has_flushed`).
+    pub last_flushed_sequence: u64,
+    /// Whether any block of the vdisk is flushed.
+    pub has_flushed: bool,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Client → server messages after the handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// A write.
+    Block(Block),
+    /// Flush the current buffer now.
+    ForceFlush,
+    /// Polite goodbye.
+    Disconnect,
+}
+
+/// Server error codes (schema `ErrorCode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// `hash` is not BLAKE3 of `data`.
+    BadHash,
+    /// Sequence gap; `expected_sequence` says which comes next.
+    OutOfOrder,
+    /// Frame or block over its limit.
+    TooLarge,
+    /// Operation ordinal unknown.
+    UnknownOperation,
+    /// Undecodable message.
+    BadMessage,
+    /// The connection was superseded by a newer one for the vdisk.
+    Fenced,
+    /// A message before the handshake.
+    NotAttached,
+    /// Server-side failure.
+    InternalError,
+    /// `size` does not match the data.
+    BadSize,
+}
+
+/// An error reported to the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError {
+    /// The code.
+    pub code: ErrorCode,
+    /// The offending block's sequence (0 if none).
+    pub sequence: u64,
+    /// For `OutOfOrder`: the expected sequence.
+    pub expected_sequence: u64,
+    /// Detail.
+    pub message: String,
+}
+
+/// Server → client messages after the handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerMessage {
+    /// Blocks `first..=last` are in the server's memory.
+    Received(u64, u64),
+    /// Blocks `first..=last` are durable.
+    Flushed(u64, u64),
+    /// The force flush was taken.
+    ForceFlushReceived,
+    /// An error.
+    Error(ServerError),
+}
+
+fn to_frame(b: &Builder<capnp::message::HeapAllocator>) -> Vec<u8> {
+    capnp::serialize::write_message_to_words(b)
+}
+
+fn capnp_err(e: capnp::Error) -> Error {
+    Error::Protocol(e.to_string())
+}
+
+/// Reader options for a frame of at most `max_bytes`.
+pub fn reader_options(max_bytes: usize) -> ReaderOptions {
+    let mut o = ReaderOptions::new();
+    o.traversal_limit_in_words(Some(max_bytes / 8 + 1024)).nesting_limit(16);
+    o
+}
+
+/// Encodes a handshake request frame.
+pub fn encode_handshake_request(r: &HandshakeRequest) -> Vec<u8> {
+    let mut m = Builder::new_default();
+    let mut b = m.init_root::<schema::handshake_request::Builder>();
+    b.set_version(r.version);
+    b.set_vdisk_id(r.vdisk_id.as_str());
+    b.set_first_sequence(r.first_sequence);
+    b.set_token(r.token.as_str());
+    b.set_reset_first_sequence(r.reset_first_sequence);
+    to_frame(&m)
+}
+
+/// Decodes a handshake request frame.
+pub fn decode_handshake_request(f: &Frame) -> Result<HandshakeRequest> {
+    let m = f.reader()?;
+    let r = m.get_root::<schema::handshake_request::Reader>().map_err(capnp_err)?;
+    Ok(HandshakeRequest {
+        version: r.get_version(),
+        vdisk_id: r.get_vdisk_id().map_err(capnp_err)?.to_string().map_err(|_| Error::Protocol("vdiskId is not UTF-8".into()))?,
+        first_sequence: r.get_first_sequence(),
+        token: if r.has_token() { r.get_token().map_err(capnp_err)?.to_string().map_err(|_| Error::Protocol("token is not UTF-8".into()))? } else { String::new() },
+        reset_first_sequence: r.get_reset_first_sequence(),
+    })
+}
+
+fn status_to(s: HandshakeStatus) -> schema::HandshakeStatus {
+    use schema::HandshakeStatus as S;
+    match s {
+        HandshakeStatus::Ok => S::Ok,
+        HandshakeStatus::BadRequest => S::BadRequest,
+        HandshakeStatus::BadVersion => S::BadVersion,
+        HandshakeStatus::BadVdisk => S::BadVdisk,
+        HandshakeStatus::Unauthorized => S::Unauthorized,
+        HandshakeStatus::Fenced => S::Fenced,
+        HandshakeStatus::InternalError => S::InternalError,
+    }
+}
+
+fn status_from(s: schema::HandshakeStatus) -> HandshakeStatus {
+    use schema::HandshakeStatus as S;
+    match s {
+        S::Ok => HandshakeStatus::Ok,
+        S::BadRequest => HandshakeStatus::BadRequest,
+        S::BadVersion => HandshakeStatus::BadVersion,
+        S::BadVdisk => HandshakeStatus::BadVdisk,
+        S::Unauthorized => HandshakeStatus::Unauthorized,
+        S::Fenced => HandshakeStatus::Fenced,
+        S::InternalError => HandshakeStatus::InternalError,
+    }
+}
+
+/// Encodes a handshake response frame.
+pub fn encode_handshake_response(r: &HandshakeResponse) -> Vec<u8> {
+    let mut m = Builder::new_default();
+    let mut b = m.init_root::<schema::handshake_response::Builder>();
+    b.set_version(r.version);
+    b.set_status(status_to(r.status));
+    b.set_last_flushed_sequence(r.last_flushed_sequence);
+    b.set_has_flushed(r.has_flushed);
+    b.set_message(r.message.as_str());
+    to_frame(&m)
+}
+
+/// Decodes a handshake response frame.
+pub fn decode_handshake_response(f: &Frame) -> Result<HandshakeResponse> {
+    let m = f.reader()?;
+    let r = m.get_root::<schema::handshake_response::Reader>().map_err(capnp_err)?;
+    Ok(HandshakeResponse {
+        version: r.get_version(),
+        status: status_from(r.get_status().map_err(|e| Error::Protocol(format!("unknown handshake status {}", e.0)))?),
+        last_flushed_sequence: r.get_last_flushed_sequence(),
+        has_flushed: r.get_has_flushed(),
+        message: r.get_message().map_err(capnp_err)?.to_string().unwrap_or_default(),
+    })
+}
+
+/// Fills a schema Block from a [`Block`].
+pub fn write_block(mut b: schema::block::Builder, x: &Block) {
+    b.set_sequence(x.sequence);
+    b.set_lba(x.lba);
+    b.set_size(x.size);
+    b.set_hash(&x.hash);
+    b.set_data(&x.data);
+    b.set_timestamp(x.timestamp);
+    b.set_operation(x.operation);
+}
+
+/// Reads a schema Block into a [`Block`] (copies the data). Errors on a hash that is not
+/// 32 bytes.
+pub fn read_block(r: schema::block::Reader) -> Result<Block> {
+    let h = r.get_hash().map_err(capnp_err)?;
+    let hash: [u8; HASH_LEN] = h.try_into().map_err(|_| Error::Protocol(format!("block {}: hash of {} bytes, expected 32", r.get_sequence(), h.len())))?;
+    Ok(Block {
+        sequence: r.get_sequence(),
+        lba: r.get_lba(),
+        size: r.get_size(),
+        hash,
+        data: r.get_data().map_err(capnp_err)?.to_vec(),
+        timestamp: r.get_timestamp(),
+        operation: r.get_operation(),
+    })
+}
+
+/// Encodes a client message frame.
+pub fn encode_client_message(msg: &ClientMessage) -> Vec<u8> {
+    let mut m = Builder::new_default();
+    let mut b = m.init_root::<schema::client_message::Builder>();
+    match msg {
+        ClientMessage::Block(x) => write_block(b.init_block(), x),
+        ClientMessage::ForceFlush => b.set_force_flush(()),
+        ClientMessage::Disconnect => b.set_disconnect(()),
+    }
+    to_frame(&m)
+}
+
+/// Decodes a client message frame.
+pub fn decode_client_message(f: &Frame) -> Result<ClientMessage> {
+    let m = f.reader()?;
+    let r = m.get_root::<schema::client_message::Reader>().map_err(capnp_err)?;
+    use schema::client_message::Which;
+    match r.which().map_err(|e| Error::Protocol(format!("unknown client message {}", e.0)))? {
+        Which::Block(b) => Ok(ClientMessage::Block(read_block(b.map_err(capnp_err)?)?)),
+        Which::ForceFlush(()) => Ok(ClientMessage::ForceFlush),
+        Which::Disconnect(()) => Ok(ClientMessage::Disconnect),
+    }
+}
+
+fn code_to(c: ErrorCode) -> schema::ErrorCode {
+    use schema::ErrorCode as E;
+    match c {
+        ErrorCode::BadHash => E::BadHash,
+        ErrorCode::OutOfOrder => E::OutOfOrder,
+        ErrorCode::TooLarge => E::TooLarge,
+        ErrorCode::UnknownOperation => E::UnknownOperation,
+        ErrorCode::BadMessage => E::BadMessage,
+        ErrorCode::Fenced => E::Fenced,
+        ErrorCode::NotAttached => E::NotAttached,
+        ErrorCode::InternalError => E::InternalError,
+        ErrorCode::BadSize => E::BadSize,
+    }
+}
+
+fn code_from(c: schema::ErrorCode) -> ErrorCode {
+    use schema::ErrorCode as E;
+    match c {
+        E::BadHash => ErrorCode::BadHash,
+        E::OutOfOrder => ErrorCode::OutOfOrder,
+        E::TooLarge => ErrorCode::TooLarge,
+        E::UnknownOperation => ErrorCode::UnknownOperation,
+        E::BadMessage => ErrorCode::BadMessage,
+        E::Fenced => ErrorCode::Fenced,
+        E::NotAttached => ErrorCode::NotAttached,
+        E::InternalError => ErrorCode::InternalError,
+        E::BadSize => ErrorCode::BadSize,
+    }
+}
+
+/// Encodes a server message frame.
+pub fn encode_server_message(msg: &ServerMessage) -> Vec<u8> {
+    let mut m = Builder::new_default();
+    let mut b = m.init_root::<schema::server_message::Builder>();
+    match msg {
+        ServerMessage::Received(f, l) => {
+            let mut r = b.init_received();
+            r.set_first(*f);
+            r.set_last(*l);
+        }
+        ServerMessage::Flushed(f, l) => {
+            let mut r = b.init_flushed();
+            r.set_first(*f);
+            r.set_last(*l);
+        }
+        ServerMessage::ForceFlushReceived => b.set_force_flush_received(()),
+        ServerMessage::Error(e) => {
+            let mut r = b.init_error();
+            r.set_code(code_to(e.code));
+            r.set_sequence(e.sequence);
+            r.set_expected_sequence(e.expected_sequence);
+            r.set_message(e.message.as_str());
+        }
+    }
+    to_frame(&m)
+}
+
+/// Decodes a server message frame.
+pub fn decode_server_message(f: &Frame) -> Result<ServerMessage> {
+    let m = f.reader()?;
+    let r = m.get_root::<schema::server_message::Reader>().map_err(capnp_err)?;
+    use schema::server_message::Which;
+    Ok(match r.which().map_err(|e| Error::Protocol(format!("unknown server message {}", e.0)))? {
+        Which::Received(x) => {
+            let x = x.map_err(capnp_err)?;
+            ServerMessage::Received(x.get_first(), x.get_last())
+        }
+        Which::Flushed(x) => {
+            let x = x.map_err(capnp_err)?;
+            ServerMessage::Flushed(x.get_first(), x.get_last())
+        }
+        Which::ForceFlushReceived(()) => ServerMessage::ForceFlushReceived,
+        Which::Error(x) => {
+            let x = x.map_err(capnp_err)?;
+            ServerMessage::Error(ServerError {
+                code: code_from(x.get_code().map_err(|e| Error::Protocol(format!("unknown error code {}", e.0)))?),
+                sequence: x.get_sequence(),
+                expected_sequence: x.get_expected_sequence(),
+                message: x.get_message().map_err(capnp_err)?.to_string().unwrap_or_default(),
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_frame(bytes: &[u8]) -> Frame {
+        let mut d = FrameDecoder::new(1 << 20);
+        // Feed byte by byte: the decoder must cope with any split.
+        for b in bytes {
+            d.push(std::slice::from_ref(b));
+        }
+        let f = d.next_frame().unwrap().unwrap();
+        assert!(d.next_frame().unwrap().is_none());
+        f
+    }
+
+    #[test]
+    fn roundtrip_all_messages() {
+        let hs = HandshakeRequest { version: 1, vdisk_id: "vd-1".into(), first_sequence: 9, token: "t".into(), reset_first_sequence: true };
+        assert_eq!(decode_handshake_request(&one_frame(&encode_handshake_request(&hs))).unwrap(), hs);
+        let resp = HandshakeResponse { version: 1, status: HandshakeStatus::Fenced, last_flushed_sequence: 7, has_flushed: true, message: "m".into() };
+        assert_eq!(decode_handshake_response(&one_frame(&encode_handshake_response(&resp))).unwrap(), resp);
+        let b = Block::new(3, 8, Operation::Write, vec![1, 2, 3], 3, 42);
+        for m in [ClientMessage::Block(b), ClientMessage::ForceFlush, ClientMessage::Disconnect] {
+            assert_eq!(decode_client_message(&one_frame(&encode_client_message(&m))).unwrap(), m);
+        }
+        let e = ServerError { code: ErrorCode::OutOfOrder, sequence: 5, expected_sequence: 4, message: "gap".into() };
+        for m in [ServerMessage::Received(1, 2), ServerMessage::Flushed(3, 4), ServerMessage::ForceFlushReceived, ServerMessage::Error(e)] {
+            assert_eq!(decode_server_message(&one_frame(&encode_server_message(&m))).unwrap(), m);
+        }
+    }
+}
