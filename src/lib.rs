@@ -9,9 +9,14 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod client;
+pub mod config;
 pub mod error;
 pub mod flush;
+pub mod namespace;
 pub mod net;
+pub mod replay;
+pub mod session;
 pub mod store;
 pub mod wire;
 

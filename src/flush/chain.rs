@@ -75,3 +75,67 @@ mod tests {
         assert!(HeadRecord::decode(&c).is_err());
     }
 }
+
+/// Fetches the shards of `key` from every backend in parallel; `None` where a backend has
+/// none or fails (the failure is logged).
+pub fn fetch_shards(backends: &[std::sync::Arc<dyn crate::backend::Backend>], key: &Key) -> Vec<Option<Vec<u8>>> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = backends.iter().map(|b| s.spawn(move || (b.name(), b.get(key)))).collect();
+        hs.into_iter()
+            .map(|h| match h.join() {
+                Ok((_, Ok(v))) => v,
+                Ok((name, Err(e))) => {
+                    tracing::debug!("{name}: {e}");
+                    None
+                }
+                Err(_) => None,
+            })
+            .collect()
+    })
+}
+
+/// Finds a vdisk's head: reads the head record from every reachable backend and returns the
+/// highest one whose aggregation can be rebuilt (at least k intact shards). A head that cannot
+/// be rebuilt was never acknowledged (the write quorum is above k), so the next lower one is
+/// tried. `Ok(None)` when no backend knows the vdisk; an error when heads exist but none can be
+/// rebuilt, or when more than m backends are unreachable.
+pub fn find_head(backends: &[std::sync::Arc<dyn crate::backend::Backend>], sealer: &crate::flush::Sealer, vdisk: &str) -> Result<Option<HeadRecord>> {
+    let results: Vec<(String, Result<Option<Vec<u8>>>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = backends.iter().map(|b| s.spawn(move || (b.name(), b.get_head(vdisk)))).collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| ("?".into(), Err(Error::Seal("backend thread panicked".into()))))).collect()
+    });
+    let mut heads: Vec<HeadRecord> = Vec::new();
+    let mut unreachable = Vec::new();
+    for (name, r) in results {
+        match r {
+            Ok(Some(b)) => match HeadRecord::decode(&b) {
+                Ok(h) => heads.push(h),
+                Err(e) => tracing::warn!("{name}: head record of {vdisk} unreadable: {e}"),
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("{name}: {e}");
+                unreachable.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    if unreachable.len() > sealer.m() {
+        return Err(Error::Backend { backend: format!("{} of {} backends", unreachable.len(), backends.len()), detail: format!("more than m = {} unreachable: {}", sealer.m(), unreachable.join("; ")) });
+    }
+    heads.sort_by(|a, b| b.height.cmp(&a.height));
+    heads.dedup_by_key(|h| h.key);
+    if heads.is_empty() {
+        return Ok(None);
+    }
+    let mut last_err = None;
+    for h in heads {
+        match sealer.reassemble(&h.key, fetch_shards(backends, &h.key)) {
+            Ok(_) => return Ok(Some(h)),
+            Err(e) => {
+                tracing::warn!(vdisk, height = h.height, "head {} cannot be rebuilt ({e}); trying an older head", hex::encode(h.key));
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| Error::NotFound(format!("vdisk {vdisk}"))))
+}

@@ -1,0 +1,482 @@
+//! Client library: handshake, streaming with a bounded in-flight window, received and flushed
+//! tracking, automatic reconnect with backoff that resends everything not yet flushed (from the
+//! server's lastFlushedSequence), and [`Client::flush`] that returns once everything sent is
+//! flushed.
+//!
+//! Every block stays in the window until the server acks it *flushed*; [`Client::send`]
+//! blocks while the window is full (backpressure). A background thread reads acks and, when the
+//! connection drops, reconnects (50 ms doubling to 2 s between tries, for at most
+//! `reconnect_timeout`) and resends the window.
+
+use crate::error::{Error, IoContext, Result};
+use crate::store::now_ns;
+use crate::wire::{
+    decode_handshake_response, decode_server_message, encode_client_message, encode_handshake_request, Block, ClientMessage, ErrorCode, FrameDecoder, HandshakeRequest, HandshakeStatus,
+    Operation, ServerMessage, PROTOCOL_VERSION,
+};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Server address (host:port).
+    pub server: String,
+    /// The vdisk.
+    pub vdisk: String,
+    /// Auth token ("" = none).
+    pub token: String,
+    /// First sequence of a fresh stream.
+    pub first_sequence: u64,
+    /// Start a new sequence space on the first connect (`resetFirstSequence`).
+    pub reset_first_sequence: bool,
+    /// Blocks in flight (not yet flushed) at most. Default 8192.
+    pub window_blocks: usize,
+    /// Bytes in flight at most. Default 128 MiB.
+    pub window_bytes: u64,
+    /// Connect timeout per try. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Give up reconnecting after this long. Default 120 s.
+    pub reconnect_timeout: Duration,
+    /// Longest `flush()` waits. Default 600 s.
+    pub flush_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `server` and `vdisk`.
+    pub fn new(server: &str, vdisk: &str) -> Self {
+        ClientConfig {
+            server: server.into(),
+            vdisk: vdisk.into(),
+            token: String::new(),
+            first_sequence: 1,
+            reset_first_sequence: true,
+            window_blocks: 8192,
+            window_bytes: 128 << 20,
+            connect_timeout: Duration::from_secs(2),
+            reconnect_timeout: Duration::from_secs(120),
+            flush_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Ack latency samples (ns), when recording is on.
+#[derive(Default, Debug, Clone)]
+pub struct Latencies {
+    /// Send → received ack.
+    pub received: Vec<u64>,
+    /// Send → flushed ack.
+    pub flushed: Vec<u64>,
+}
+
+struct Pending {
+    block: Block,
+    frame: Vec<u8>,
+    sent_at: Instant,
+    received: bool,
+}
+
+struct State {
+    window: VecDeque<Pending>,
+    window_bytes: u64,
+    next_sequence: u64,
+    last_flushed: Option<u64>,
+    fatal: Option<String>,
+    reconnects: u64,
+    latencies: Option<Latencies>,
+    errors: u64,
+}
+
+struct Shared {
+    cfg: ClientConfig,
+    state: Mutex<State>,
+    cond: Condvar,
+    writer: Mutex<Option<TcpStream>>,
+    closed: AtomicBool,
+    generation: AtomicU64,
+}
+
+/// A connection to tlogd for one vdisk.
+pub struct Client {
+    shared: Arc<Shared>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_frame(s: &mut TcpStream, dec: &mut FrameDecoder, buf: &mut [u8]) -> Result<crate::wire::Frame> {
+    loop {
+        if let Some(f) = dec.next_frame()? {
+            return Ok(f);
+        }
+        let n = s.read(buf).ctx(|| "read from server".into())?;
+        if n == 0 {
+            return Err(Error::io("read from server", std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed")));
+        }
+        dec.push(&buf[..n]);
+    }
+}
+
+impl Client {
+    /// Connects and attaches (one try, then the reconnect policy applies).
+    /// Errors: unreachable server, refused handshake (status and message).
+    pub fn connect(cfg: ClientConfig) -> Result<Client> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                window: VecDeque::new(),
+                window_bytes: 0,
+                next_sequence: cfg.first_sequence,
+                last_flushed: None,
+                fatal: None,
+                reconnects: 0,
+                latencies: None,
+                errors: 0,
+            }),
+            cfg,
+            cond: Condvar::new(),
+            writer: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+        });
+        let (stream, dec) = Self::attach(&shared, true)?;
+        let s2 = shared.clone();
+        let reader = std::thread::Builder::new().name("tlog-client-reader".into()).spawn(move || reader_loop(s2, stream, dec)).ctx(|| "spawn client reader".into())?;
+        Ok(Client { shared, reader: Some(reader) })
+    }
+
+    /// Opens a connection, handshakes, resends the window; installs the writer.
+    fn attach(shared: &Arc<Shared>, first: bool) -> Result<(TcpStream, FrameDecoder)> {
+        let cfg = &shared.cfg;
+        let addr = cfg.server.to_socket_addrs().ctx(|| format!("resolve {}", cfg.server))?.next().ok_or_else(|| Error::NotFound(format!("address {}", cfg.server)))?;
+        let mut s = TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(|e| Error::io(format!("connect to tlogd at {}", cfg.server), e))?;
+        s.set_nodelay(true).ctx(|| "set nodelay".into())?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ctx(|| "set read timeout".into())?;
+        let mut w = lock(&shared.writer);
+        // A reset is repeated on reconnect until something is flushed: until then nothing of
+        // this stream is durable, and the server's head may belong to an older sequence space.
+        let (first_seq, reset) = {
+            let st = lock(&shared.state);
+            (st.window.front().map(|p| p.block.sequence).unwrap_or(st.next_sequence), cfg.reset_first_sequence && st.last_flushed.is_none())
+        };
+        let req = HandshakeRequest {
+            version: PROTOCOL_VERSION,
+            vdisk_id: cfg.vdisk.clone(),
+            first_sequence: first_seq,
+            token: cfg.token.clone(),
+            reset_first_sequence: reset,
+        };
+        s.write_all(&encode_handshake_request(&req)).ctx(|| format!("send handshake to {}", cfg.server))?;
+        let mut dec = FrameDecoder::new(16 << 20);
+        let mut buf = vec![0u8; 64 << 10];
+        let f = read_frame(&mut s, &mut dec, &mut buf)?;
+        let resp = decode_handshake_response(&f)?;
+        if resp.status != HandshakeStatus::Ok {
+            return Err(Error::Refused(format!("handshake for vdisk {}: {:?}: {}", cfg.vdisk, resp.status, resp.message)));
+        }
+        s.set_read_timeout(Some(Duration::from_millis(200))).ctx(|| "set read timeout".into())?;
+        // Drop what the server already has durably, resend the rest.
+        let mut frames = Vec::new();
+        {
+            let mut st = lock(&shared.state);
+            if resp.has_flushed && !reset {
+                release(&mut st, resp.last_flushed_sequence);
+            }
+            for p in st.window.iter_mut() {
+                p.received = false;
+                frames.extend_from_slice(&p.frame);
+            }
+            if !first {
+                st.reconnects += 1;
+            }
+        }
+        shared.cond.notify_all();
+        if !frames.is_empty() {
+            tracing::info!(vdisk = %cfg.vdisk, bytes = frames.len(), "resending blocks not yet flushed");
+            s.write_all(&frames).ctx(|| "resend window".into())?;
+        }
+        *w = Some(s.try_clone().ctx(|| "clone socket".into())?);
+        shared.generation.fetch_add(1, Ordering::SeqCst);
+        Ok((s, dec))
+    }
+
+    /// Records ack latencies from now on (for benchmarks).
+    pub fn record_latencies(&self) {
+        lock(&self.shared.state).latencies = Some(Latencies::default());
+    }
+
+    /// Takes the recorded latencies.
+    pub fn take_latencies(&self) -> Latencies {
+        lock(&self.shared.state).latencies.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Reconnects so far.
+    pub fn reconnects(&self) -> u64 {
+        lock(&self.shared.state).reconnects
+    }
+
+    /// Server errors received so far.
+    pub fn errors(&self) -> u64 {
+        lock(&self.shared.state).errors
+    }
+
+    /// Last flushed sequence.
+    pub fn last_flushed(&self) -> Option<u64> {
+        lock(&self.shared.state).last_flushed
+    }
+
+    /// The next sequence to be assigned.
+    pub fn next_sequence(&self) -> u64 {
+        lock(&self.shared.state).next_sequence
+    }
+
+    fn check_fatal(st: &State) -> Result<()> {
+        match &st.fatal {
+            Some(m) => Err(Error::Refused(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a write of `data` at `lba` (512-byte sectors); returns its sequence. Blocks while
+    /// the window is full.
+    pub fn write(&self, lba: u64, data: Vec<u8>) -> Result<u64> {
+        let size = data.len() as u64;
+        self.send(lba, Operation::Write, data, size)
+    }
+
+    /// Sends a write_zeroes of `size` bytes at `lba`.
+    pub fn write_zeroes(&self, lba: u64, size: u64) -> Result<u64> {
+        self.send(lba, Operation::WriteZeroes, Vec::new(), size)
+    }
+
+    /// Sends one block.
+    pub fn send(&self, lba: u64, op: Operation, data: Vec<u8>, size: u64) -> Result<u64> {
+        let sh = &self.shared;
+        let need = data.len() as u64 + 128;
+        {
+            let mut st = lock(&sh.state);
+            loop {
+                Self::check_fatal(&st)?;
+                if st.window.is_empty() || (st.window.len() < sh.cfg.window_blocks && st.window_bytes + need <= sh.cfg.window_bytes) {
+                    break;
+                }
+                st = sh.cond.wait_timeout(st, Duration::from_millis(100)).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+            }
+        }
+        let mut w = lock(&sh.writer);
+        let (seq, frame) = {
+            let mut st = lock(&sh.state);
+            Self::check_fatal(&st)?;
+            let seq = st.next_sequence;
+            st.next_sequence += 1;
+            let block = Block::new(seq, lba, op, data, size, now_ns());
+            let frame = encode_client_message(&ClientMessage::Block(block.clone()));
+            st.window_bytes += need;
+            st.window.push_back(Pending { block, frame: frame.clone(), sent_at: Instant::now(), received: false });
+            (seq, frame)
+        };
+        if let Some(s) = w.as_mut() {
+            if s.write_all(&frame).is_err() {
+                // The reader notices the broken connection and reconnects; the block is in the
+                // window and will be resent.
+                let _ = s.shutdown(Shutdown::Both);
+                *w = None;
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Asks the server to flush now and waits until every block sent so far is flushed.
+    /// Errors: a fatal server error, reconnecting gave up, or `flush_timeout` passed.
+    pub fn flush(&self) -> Result<()> {
+        let sh = &self.shared;
+        let target = lock(&sh.state).next_sequence.saturating_sub(1);
+        let deadline = Instant::now() + sh.cfg.flush_timeout;
+        let mut last_ask = None::<Instant>;
+        let mut st = lock(&sh.state);
+        loop {
+            Self::check_fatal(&st)?;
+            if st.window.is_empty() || st.window.front().map(|p| p.block.sequence > target).unwrap_or(true) {
+                return Ok(());
+            }
+            if last_ask.map(|t| t.elapsed() > Duration::from_millis(500)).unwrap_or(true) {
+                drop(st);
+                if let Some(s) = lock(&sh.writer).as_mut() {
+                    let _ = s.write_all(&encode_client_message(&ClientMessage::ForceFlush));
+                }
+                last_ask = Some(Instant::now());
+                st = lock(&sh.state);
+                continue;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!("flush of vdisk {}: blocks up to {target} not flushed after {:?}", sh.cfg.vdisk, sh.cfg.flush_timeout)));
+            }
+            st = sh.cond.wait_timeout(st, Duration::from_millis(50)).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Sends `disconnect` and closes.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown();
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        if let Some(s) = lock(&self.shared.writer).as_mut() {
+            let _ = s.write_all(&encode_client_message(&ClientMessage::Disconnect));
+            let _ = s.shutdown(Shutdown::Write);
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn release(st: &mut State, last: u64) {
+    while st.window.front().map(|p| p.block.sequence <= last).unwrap_or(false) {
+        if let Some(p) = st.window.pop_front() {
+            st.window_bytes = st.window_bytes.saturating_sub(p.block.data.len() as u64 + 128);
+            if let Some(l) = st.latencies.as_mut() {
+                l.flushed.push(p.sent_at.elapsed().as_nanos() as u64);
+            }
+        }
+    }
+    if st.last_flushed.map(|l| last > l).unwrap_or(true) {
+        st.last_flushed = Some(last);
+    }
+}
+
+fn reader_loop(sh: Arc<Shared>, mut stream: TcpStream, mut dec: FrameDecoder) {
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        // Read acks until the connection breaks.
+        let broke = loop {
+            match dec.next_frame() {
+                Ok(Some(f)) => {
+                    match decode_server_message(&f) {
+                        Ok(m) => handle_message(&sh, m),
+                        Err(e) => tracing::warn!("undecodable server message: {e}"),
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => break format!("bad frame from server: {e}"),
+            }
+            if sh.closed.load(Ordering::SeqCst) && lock(&sh.state).window.is_empty() {
+                return;
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => break "server closed the connection".to_string(),
+                Ok(n) => dec.push(&buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {
+                    if sh.closed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => break format!("read: {e}"),
+            }
+        };
+        if sh.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        if lock(&sh.state).fatal.is_some() {
+            return;
+        }
+        tracing::warn!(vdisk = %sh.cfg.vdisk, "connection lost ({broke}); reconnecting");
+        {
+            let mut w = lock(&sh.writer);
+            if let Some(s) = w.take() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            if sh.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            match Client::attach(&sh, false) {
+                Ok((s, d)) => {
+                    stream = s;
+                    dec = d;
+                    tracing::info!(vdisk = %sh.cfg.vdisk, "reconnected after {:?}", start.elapsed());
+                    break;
+                }
+                Err(e) => {
+                    if let Error::Refused(m) = &e {
+                        if !m.contains("InternalError") {
+                            fail(&sh, format!("reconnect refused: {m}"));
+                            return;
+                        }
+                    }
+                    if start.elapsed() > sh.cfg.reconnect_timeout {
+                        fail(&sh, format!("server {} unreachable for {:?}: {e}", sh.cfg.server, sh.cfg.reconnect_timeout));
+                        return;
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+fn fail(sh: &Shared, msg: String) {
+    tracing::error!(vdisk = %sh.cfg.vdisk, "{msg}");
+    lock(&sh.state).fatal = Some(msg);
+    sh.cond.notify_all();
+}
+
+fn handle_message(sh: &Shared, m: ServerMessage) {
+    match m {
+        ServerMessage::Received(f, l) => {
+            let mut st = lock(&sh.state);
+            let record = st.latencies.is_some();
+            let mut lat = Vec::new();
+            for p in st.window.iter_mut() {
+                if p.block.sequence > l {
+                    break;
+                }
+                if p.block.sequence >= f && !p.received {
+                    p.received = true;
+                    if record {
+                        lat.push(p.sent_at.elapsed().as_nanos() as u64);
+                    }
+                }
+            }
+            if let Some(x) = st.latencies.as_mut() {
+                x.received.extend(lat);
+            }
+        }
+        ServerMessage::Flushed(_, l) => {
+            let mut st = lock(&sh.state);
+            release(&mut st, l);
+            drop(st);
+            sh.cond.notify_all();
+        }
+        ServerMessage::ForceFlushReceived => {}
+        ServerMessage::Error(e) => {
+            let mut st = lock(&sh.state);
+            st.errors += 1;
+            // Every server error means the stream can no longer be trusted to be what the
+            // caller sent (a fenced writer, a rejected block): stop and report it.
+            let what = if e.code == ErrorCode::Fenced { "fenced by a newer writer" } else { "server error" };
+            st.fatal = Some(format!("{what} {:?} at sequence {}: {}", e.code, e.sequence, e.message));
+            drop(st);
+            sh.cond.notify_all();
+        }
+    }
+}
