@@ -1,0 +1,255 @@
+//! Shared helpers for the integration tests: real tlogd and redis-server processes on
+//! loopback, real ext4 images, skip handling (`TLOG_REQUIRE_ALL=1` turns a skip into a
+//! failure). Processes are stopped by their PID when the helper is dropped.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn tlogd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tlogd"))
+}
+
+pub fn tlog_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tlog"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Prints `SKIP: reason` and returns true, or panics when TLOG_REQUIRE_ALL=1.
+pub fn skip(reason: &str) -> bool {
+    if std::env::var("TLOG_REQUIRE_ALL").map(|v| v == "1").unwrap_or(false) {
+        panic!("TLOG_REQUIRE_ALL=1 and this test would skip: {reason}");
+    }
+    println!("SKIP: {reason}");
+    true
+}
+
+pub fn have(cmd: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default() + ":/usr/sbin:/sbin";
+    path.split(':').any(|d| Path::new(d).join(cmd).is_file())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+pub fn wait_port(port: u16, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A running tlogd.
+pub struct Tlogd {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub data: PathBuf,
+    pub config: Option<PathBuf>,
+    log: PathBuf,
+}
+
+impl Tlogd {
+    pub fn start(data: &Path, config: Option<&Path>, port: u16) -> Tlogd {
+        let mut t = Tlogd { child: None, port, data: data.to_path_buf(), config: config.map(Path::to_path_buf), log: data.with_extension("tlogd.log") };
+        t.spawn();
+        t
+    }
+
+    fn spawn(&mut self) {
+        let mut c = Command::new(tlogd_bin());
+        if let Some(cfg) = &self.config {
+            c.arg("--config").arg(cfg);
+        }
+        c.arg("--data-dir").arg(&self.data).arg("--listen").arg(format!("127.0.0.1:{}", self.port));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("tlogd log file");
+        c.stdout(Stdio::null()).stderr(log).env("TLOG_LOG", "info");
+        let child = c.spawn().expect("spawn tlogd");
+        self.child = Some(child);
+        assert!(wait_port(self.port, Duration::from_secs(20)), "tlogd did not listen on {} (log: {})", self.port, self.log_text());
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM (clean shutdown), waits at most 40 s.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let end = Instant::now() + Duration::from_secs(40);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > end {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("tlogd did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Tlogd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Real redis-server processes on loopback ports, durable (appendfsync always).
+pub struct Redis {
+    pub ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl Redis {
+    pub fn start(n: usize, dir: &Path) -> Redis {
+        let mut r = Redis { ports: Vec::new(), children: Vec::new() };
+        for i in 0..n {
+            let port = free_port();
+            let d = dir.join(format!("redis{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--dir"])
+                .arg(&d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            r.ports.push(port);
+            r.children.push(Some(child));
+        }
+        for &p in &r.ports {
+            assert!(wait_port(p, Duration::from_secs(20)), "redis-server on {p} did not start");
+        }
+        r
+    }
+
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn config(&self, data: &Path, k: usize, m: usize) -> String {
+        let addrs: Vec<String> = self.ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        format!(
+            "[server]\ndata_dir = \"{}\"\n[flush]\nk = {k}\nm = {m}\n[backend]\nkind = \"redis\"\n[backend.redis]\naddresses = [{}]\ndurability = \"appendfsync-always\"\ntimeout_ms = 1000\n",
+            data.display(),
+            addrs.join(", ")
+        )
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.stop(i);
+        }
+    }
+}
+
+/// Builds a real ext4 image with scripts/make-test-image.sh; None (after skip) when the tools
+/// are missing.
+pub fn ext4_image(path: &Path, mib: u64) -> Option<PathBuf> {
+    if !have("mkfs.ext4") || !have("e2fsck") {
+        skip("mkfs.ext4/e2fsck missing (apt-get install e2fsprogs)");
+        return None;
+    }
+    let out = Command::new("bash").arg(repo().join("scripts/make-test-image.sh")).arg(path).arg(mib.to_string()).output().expect("run make-test-image.sh");
+    assert!(out.status.success(), "make-test-image.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    Some(path.to_path_buf())
+}
+
+/// A file of `mib` MiB mixing pseudo-random data and zero runs, seeded.
+pub fn mixed_image(path: &Path, mib: usize, seed: u64) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = vec![0u8; mib << 20];
+    for (i, chunk) in v.chunks_mut(4096).enumerate() {
+        if i % 5 == 3 {
+            continue; // zero block
+        }
+        for b in chunk.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = b.len();
+            b.copy_from_slice(&x.to_le_bytes()[..n]);
+        }
+        if i % 7 == 0 {
+            // compressible block
+            for b in chunk.iter_mut().skip(1024) {
+                *b = (i % 251) as u8;
+            }
+        }
+    }
+    std::fs::write(path, v).unwrap();
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run command")
+}
+
+pub fn import(addr: &str, vdisk: &str, image: &Path) -> Output {
+    run(Command::new(tlog_bin()).args(["import", "--server", addr, "--vdisk", vdisk]).arg(image))
+}
+
+pub fn restore(config: Option<&Path>, data: &Path, vdisk: &str, out: &Path) -> Output {
+    let mut c = Command::new(tlog_bin());
+    c.arg("restore");
+    if let Some(cfg) = config {
+        c.arg("--config").arg(cfg);
+    }
+    c.arg("--data-dir").arg(data).args(["--vdisk", vdisk, "--output"]).arg(out);
+    run(&mut c)
+}
+
+pub fn assert_ok(o: &Output, what: &str) {
+    assert!(o.status.success(), "{what} failed ({}):\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+}
+
+pub fn assert_same(a: &Path, b: &Path) {
+    let o = run(Command::new("cmp").arg(a).arg(b));
+    assert!(o.status.success(), "restored image differs: {}", String::from_utf8_lossy(&o.stdout));
+}
+
+pub fn assert_fsck(img: &Path) {
+    let o = run(Command::new(if Path::new("/usr/sbin/e2fsck").exists() { "/usr/sbin/e2fsck" } else { "e2fsck" }).arg("-fn").arg(img));
+    assert!(o.status.success(), "e2fsck -fn failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+}
