@@ -136,13 +136,43 @@ pub fn restore(backends: &[Arc<dyn Backend>], sealer: &Sealer, vdisk: &str, outp
     if let Some(b) = &bar {
         b.set_message("applying blocks");
     }
+    // Check the key (and that the oldest aggregation opens) before any byte is written.
+    let first = match links.first() {
+        Some(l) => Some(open_link(backends, sealer, l)?),
+        None => None,
+    };
     let f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(output).ctx(|| format!("create {}", output.display()))?;
+    let r = apply(backends, sealer, &links, first, &f, output, opts, bar.as_ref());
+    if r.is_err() {
+        // An incomplete image is never left behind as if it were a restore.
+        let _ = std::fs::remove_file(output);
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    backends: &[Arc<dyn Backend>],
+    sealer: &Sealer,
+    links: &[Link],
+    mut first: Option<Aggregation>,
+    f: &std::fs::File,
+    output: &Path,
+    opts: &RestoreOptions,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<RestoreStats> {
     let mut stats = RestoreStats { aggregations: links.len() as u64, ..Default::default() };
     let mut written = Written::default();
     let mut extent = 0u64;
     let zeros = vec![0u8; 1 << 20];
-    'outer: for link in &links {
-        let agg = open_link(backends, sealer, link)?;
+    'outer: for link in links {
+        let agg = match first.take() {
+            Some(a) => a,
+            None => open_link(backends, sealer, link)?,
+        };
         for b in &agg.blocks {
             if opts.to_sequence.map(|t| b.sequence > t).unwrap_or(false) {
                 break 'outer;
@@ -171,16 +201,13 @@ pub fn restore(backends: &[Arc<dyn Backend>], sealer: &Sealer, vdisk: &str, outp
             stats.blocks += 1;
             stats.last_sequence = Some(b.sequence);
         }
-        if let Some(bar) = &bar {
+        if let Some(bar) = bar {
             bar.inc(1);
         }
     }
     f.set_len(extent.max(f.metadata().map(|m| m.len()).unwrap_or(0))).ctx(|| format!("set length of {}", output.display()))?;
     f.sync_all().ctx(|| format!("fsync {}", output.display()))?;
     stats.image_bytes = extent;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
     Ok(stats)
 }
 
