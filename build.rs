@@ -22,17 +22,11 @@ fn main() {
         return;
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    capnpc::CompilerCommand::new()
-        .src_prefix("schema")
-        .file("schema/tlog.capnp")
-        .output_path(&out)
-        .run()
-        .expect("capnp compile of schema/tlog.capnp failed");
+    capnpc::CompilerCommand::new().src_prefix("schema").file("schema/tlog.capnp").output_path(&out).run().expect("capnp compile of schema/tlog.capnp failed");
     let generated = std::fs::read(out.join("tlog_capnp.rs")).expect("generated tlog_capnp.rs");
     let checked_in = std::fs::read("src/tlog_capnp.rs").unwrap_or_default();
     if generated != checked_in {
-        let strict = std::env::var("CI").map(|v| v == "true").unwrap_or(false)
-            || std::env::var("TLOG_STRICT_SCHEMA").map(|v| v == "1").unwrap_or(false);
+        let strict = std::env::var("CI").map(|v| v == "true").unwrap_or(false) || std::env::var("TLOG_STRICT_SCHEMA").map(|v| v == "1").unwrap_or(false);
         if strict {
             panic!("src/tlog_capnp.rs is stale against schema/tlog.capnp: run scripts/regen-schema.sh and commit it");
         }

@@ -186,13 +186,26 @@ impl Default for LocalConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { addresses: Vec::new(), db: 0, password: String::new(), password_env: String::new(), durability: "appendfsync-always".into(), timeout_ms: 2000 }
+        RedisConfig {
+            addresses: Vec::new(),
+            db: 0,
+            password: String::new(),
+            password_env: String::new(),
+            durability: "appendfsync-always".into(),
+            timeout_ms: 2000,
+        }
     }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { server: ServerConfig::default(), net: NetConfig::default(), flush: FlushConfig::default(), crypto: CryptoConfig::default(), backend: BackendConfig::default() }
+        Config {
+            server: ServerConfig::default(),
+            net: NetConfig::default(),
+            flush: FlushConfig::default(),
+            crypto: CryptoConfig::default(),
+            backend: BackendConfig::default(),
+        }
     }
 }
 
@@ -225,7 +238,10 @@ impl Config {
             return bad("flush.k/flush.m", format!("k = {}, m = {}: need 1 <= k and k + m <= 255", f.k, f.m));
         }
         if f.write_quorum != 0 && (f.write_quorum < (f.k + 1).min(f.k + f.m) || f.write_quorum > f.k + f.m) {
-            return bad("flush.write_quorum", format!("{} is outside k+1 ..= k+m ({} ..= {}); 0 means k+m-1", f.write_quorum, (f.k + 1).min(f.k + f.m), f.k + f.m));
+            return bad(
+                "flush.write_quorum",
+                format!("{} is outside k+1 ..= k+m ({} ..= {}); 0 means k+m-1", f.write_quorum, (f.k + 1).min(f.k + f.m), f.k + f.m),
+            );
         }
         if f.flush_size == 0 || f.flush_size > 1_000_000 {
             return bad("flush.flush_size", format!("{} blocks: allowed 1 ..= 1000000", f.flush_size));
@@ -237,10 +253,16 @@ impl Config {
             return bad("flush.max_aggregation_bytes", format!("{}: allowed 4096 ..= 268435456", f.max_aggregation_bytes));
         }
         if self.server.max_block_bytes == 0 || self.server.max_block_bytes + 4096 > self.server.max_frame_bytes as u64 {
-            return bad("server.max_block_bytes", format!("{} must be at least 1 and 4096 bytes below server.max_frame_bytes ({})", self.server.max_block_bytes, self.server.max_frame_bytes));
+            return bad(
+                "server.max_block_bytes",
+                format!("{} must be at least 1 and 4096 bytes below server.max_frame_bytes ({})", self.server.max_block_bytes, self.server.max_frame_bytes),
+            );
         }
         if f.max_vdisk_buffer_bytes < 2 * f.max_aggregation_bytes.max(self.server.max_block_bytes) {
-            return bad("flush.max_vdisk_buffer_bytes", format!("{} must be at least twice max(flush.max_aggregation_bytes, server.max_block_bytes)", f.max_vdisk_buffer_bytes));
+            return bad(
+                "flush.max_vdisk_buffer_bytes",
+                format!("{} must be at least twice max(flush.max_aggregation_bytes, server.max_block_bytes)", f.max_vdisk_buffer_bytes),
+            );
         }
         if f.max_buffer_bytes < f.max_vdisk_buffer_bytes {
             return bad("flush.max_buffer_bytes", format!("{} is below flush.max_vdisk_buffer_bytes ({})", f.max_buffer_bytes, f.max_vdisk_buffer_bytes));
@@ -331,13 +353,20 @@ impl Config {
     pub fn load_key(&self, generate: bool) -> Result<(crate::flush::SealKey, Option<PathBuf>)> {
         if !self.crypto.key_env.is_empty() {
             if let Ok(v) = std::env::var(&self.crypto.key_env) {
-                return Ok((crate::flush::SealKey::from_hex(&v).map_err(|e| Error::Config(format!("environment variable {}: {e}", self.crypto.key_env)))?, None));
+                return Ok((
+                    crate::flush::SealKey::from_hex(&v).map_err(|e| Error::Config(format!("environment variable {}: {e}", self.crypto.key_env)))?,
+                    None,
+                ));
             }
         }
         let p = self.key_file();
         if p.exists() || !generate || !self.crypto.key_file.is_empty() {
             if !p.exists() {
-                return Err(Error::Config(format!("AES key file {} does not exist (set crypto.key_file, {} or run tlogd once to generate one)", p.display(), self.crypto.key_env)));
+                return Err(Error::Config(format!(
+                    "AES key file {} does not exist (set crypto.key_file, {} or run tlogd once to generate one)",
+                    p.display(),
+                    self.crypto.key_env
+                )));
             }
             return Ok((crate::flush::SealKey::load(&p)?, None));
         }

@@ -9,8 +9,8 @@
 use crate::error::Error;
 use crate::namespace::{AckSink, Engine, Namespace, Push};
 use crate::wire::{
-    decode_client_message, decode_handshake_request, encode_handshake_response, encode_server_message, Block, ClientMessage, ErrorCode, FrameDecoder, HandshakeResponse, HandshakeStatus,
-    Operation, ServerError, ServerMessage, PROTOCOL_VERSION,
+    decode_client_message, decode_handshake_request, encode_handshake_response, encode_server_message, Block, ClientMessage, ErrorCode, FrameDecoder,
+    HandshakeResponse, HandshakeStatus, Operation, ServerError, ServerMessage, PROTOCOL_VERSION,
 };
 use std::sync::Arc;
 
@@ -45,7 +45,18 @@ impl Session {
     /// the same socket as [`Session::take_output`]).
     pub fn new(engine: Arc<Engine>, sink: AckSink, peer: String) -> Session {
         let limit = engine.config().max_frame_bytes;
-        Session { engine, sink, decoder: FrameDecoder::new(limit), attached: None, out: Vec::new(), stalled: None, received: None, flushed: None, closed: false, peer }
+        Session {
+            engine,
+            sink,
+            decoder: FrameDecoder::new(limit),
+            attached: None,
+            out: Vec::new(),
+            stalled: None,
+            received: None,
+            flushed: None,
+            closed: false,
+            peer,
+        }
     }
 
     /// Takes the frames to send.
@@ -194,7 +205,13 @@ impl Session {
 
     fn handshake_fail(&mut self, status: HandshakeStatus, message: String) -> Progress {
         tracing::warn!(peer = %self.peer, ?status, "handshake refused: {message}");
-        self.out.extend_from_slice(&encode_handshake_response(&HandshakeResponse { version: PROTOCOL_VERSION, status, last_flushed_sequence: 0, has_flushed: false, message }));
+        self.out.extend_from_slice(&encode_handshake_response(&HandshakeResponse {
+            version: PROTOCOL_VERSION,
+            status,
+            last_flushed_sequence: 0,
+            has_flushed: false,
+            message,
+        }));
         self.closed = true;
         Progress::Close
     }

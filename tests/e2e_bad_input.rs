@@ -40,7 +40,13 @@ impl Raw {
     }
 
     fn handshake(&mut self, version: u32, vdisk: &str) -> HandshakeResponse {
-        self.send(&encode_handshake_request(&HandshakeRequest { version, vdisk_id: vdisk.into(), first_sequence: 1, token: String::new(), reset_first_sequence: true }));
+        self.send(&encode_handshake_request(&HandshakeRequest {
+            version,
+            vdisk_id: vdisk.into(),
+            first_sequence: 1,
+            token: String::new(),
+            reset_first_sequence: true,
+        }));
         decode_handshake_response(&self.frame().expect("handshake response")).unwrap()
     }
 

@@ -17,7 +17,12 @@ fn clear_errors() {
 
     // Wrong key: a clear error and no output file.
     let out = d.path().join("wrong.img");
-    let o = run(Command::new(tlog_bin()).env("TLOG_AES_KEY", "11".repeat(32)).args(["restore", "--data-dir"]).arg(&data).args(["--vdisk", "vd", "--output"]).arg(&out));
+    let o = run(Command::new(tlog_bin())
+        .env("TLOG_AES_KEY", "11".repeat(32))
+        .args(["restore", "--data-dir"])
+        .arg(&data)
+        .args(["--vdisk", "vd", "--output"])
+        .arg(&out));
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("wrong key"), "{err}");

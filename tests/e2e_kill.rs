@@ -7,7 +7,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn store_bytes(data: &std::path::Path) -> u64 {
-    std::fs::read_dir(data.join("store/0")).map(|r| r.filter_map(|e| e.ok()).filter(|e| e.path().extension().map(|x| x == "data").unwrap_or(false)).map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).sum()).unwrap_or(0)
+    std::fs::read_dir(data.join("store/0"))
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().map(|x| x == "data").unwrap_or(false))
+                .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[test]

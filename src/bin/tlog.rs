@@ -143,13 +143,19 @@ fn import(server: String, vdisk: String, block_size: u64, token: String, reconne
     let secs = start.elapsed().as_secs_f64();
     let reconnects = client.reconnects();
     client.close()?;
-    println!("imported {blocks} blocks, {bytes} bytes in {secs:.3} seconds ({:.1} MiB/s) to vdisk {vdisk}{}", bytes as f64 / 1048576.0 / secs.max(1e-9), if reconnects > 0 { format!(" ({reconnects} reconnects)") } else { String::new() });
+    println!(
+        "imported {blocks} blocks, {bytes} bytes in {secs:.3} seconds ({:.1} MiB/s) to vdisk {vdisk}{}",
+        bytes as f64 / 1048576.0 / secs.max(1e-9),
+        if reconnects > 0 { format!(" ({reconnects} reconnects)") } else { String::new() }
+    );
     Ok(())
 }
 
 fn run(args: Args) -> tlog::Result<ExitCode> {
     match args.cmd {
-        Cmd::Import { server, vdisk, block_size, token, reconnect_timeout, image } => import(server, vdisk, block_size, token, reconnect_timeout, image).map(|_| ExitCode::SUCCESS),
+        Cmd::Import { server, vdisk, block_size, token, reconnect_timeout, image } => {
+            import(server, vdisk, block_size, token, reconnect_timeout, image).map(|_| ExitCode::SUCCESS)
+        }
         Cmd::Restore { config, data_dir, vdisk, output, to_sequence } => {
             let mut cfg = match &config {
                 Some(p) => Config::load(p)?,
@@ -189,7 +195,15 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
             println!("{:<22} {:>10} {:>10} {:>14} {:>12}  time range", "segment", "entries", "offsets", "data bytes", "index bytes");
             for s in log.segments()? {
                 let tr = s.time_range.map(|(a, b)| format!("{} .. {}", fmt_ts(a), fmt_ts(b))).unwrap_or_else(|| "-".into());
-                println!("{:020}   {:>10} {:>10} {:>14} {:>12}  {tr}{}", s.base, s.entries, s.offsets, s.data_bytes, s.index_bytes, s.damage.map(|d| format!("  DAMAGED at offset {}", d.offset)).unwrap_or_default());
+                println!(
+                    "{:020}   {:>10} {:>10} {:>14} {:>12}  {tr}{}",
+                    s.base,
+                    s.entries,
+                    s.offsets,
+                    s.data_bytes,
+                    s.index_bytes,
+                    s.damage.map(|d| format!("  DAMAGED at offset {}", d.offset)).unwrap_or_default()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -11,8 +11,8 @@
 use crate::error::{Error, IoContext, Result};
 use crate::store::now_ns;
 use crate::wire::{
-    decode_handshake_response, decode_server_message, encode_client_message, encode_handshake_request, Block, ClientMessage, ErrorCode, FrameDecoder, HandshakeRequest, HandshakeStatus,
-    Operation, ServerMessage, PROTOCOL_VERSION,
+    decode_handshake_response, decode_server_message, encode_client_message, encode_handshake_request, Block, ClientMessage, ErrorCode, FrameDecoder,
+    HandshakeRequest, HandshakeStatus, Operation, ServerMessage, PROTOCOL_VERSION,
 };
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -146,14 +146,16 @@ impl Client {
         });
         let (stream, dec) = Self::attach(&shared, true)?;
         let s2 = shared.clone();
-        let reader = std::thread::Builder::new().name("tlog-client-reader".into()).spawn(move || reader_loop(s2, stream, dec)).ctx(|| "spawn client reader".into())?;
+        let reader =
+            std::thread::Builder::new().name("tlog-client-reader".into()).spawn(move || reader_loop(s2, stream, dec)).ctx(|| "spawn client reader".into())?;
         Ok(Client { shared, reader: Some(reader) })
     }
 
     /// Opens a connection, handshakes, resends the window; installs the writer.
     fn attach(shared: &Arc<Shared>, first: bool) -> Result<(TcpStream, FrameDecoder)> {
         let cfg = &shared.cfg;
-        let addr = cfg.server.to_socket_addrs().ctx(|| format!("resolve {}", cfg.server))?.next().ok_or_else(|| Error::NotFound(format!("address {}", cfg.server)))?;
+        let addr =
+            cfg.server.to_socket_addrs().ctx(|| format!("resolve {}", cfg.server))?.next().ok_or_else(|| Error::NotFound(format!("address {}", cfg.server)))?;
         let mut s = TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(|e| Error::io(format!("connect to tlogd at {}", cfg.server), e))?;
         s.set_nodelay(true).ctx(|| "set nodelay".into())?;
         s.set_read_timeout(Some(Duration::from_secs(30))).ctx(|| "set read timeout".into())?;

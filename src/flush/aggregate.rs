@@ -49,7 +49,8 @@ pub fn encode(vdisk: &str, blocks: &[Block], prev: &Key, epoch: u64, timestamp: 
 /// Decodes an aggregation. Errors name what does not parse.
 pub fn decode(bytes: &[u8]) -> Result<Aggregation> {
     let mut s = bytes;
-    let m = capnp::serialize::read_message(&mut s, crate::wire::reader_options(bytes.len() + 64)).map_err(|e| Error::Seal(format!("aggregation does not decode: {e}")))?;
+    let m = capnp::serialize::read_message(&mut s, crate::wire::reader_options(bytes.len() + 64))
+        .map_err(|e| Error::Seal(format!("aggregation does not decode: {e}")))?;
     let a = m.get_root::<schema::aggregation::Reader>().map_err(|e| Error::Seal(format!("aggregation does not decode: {e}")))?;
     if a.get_format_version() != AGGREGATION_VERSION {
         return Err(Error::Seal(format!("aggregation format version {}, this build reads {AGGREGATION_VERSION}", a.get_format_version())));

@@ -120,7 +120,10 @@ pub fn find_head(backends: &[std::sync::Arc<dyn crate::backend::Backend>], seale
         }
     }
     if unreachable.len() > sealer.m() {
-        return Err(Error::Backend { backend: format!("{} of {} backends", unreachable.len(), backends.len()), detail: format!("more than m = {} unreachable: {}", sealer.m(), unreachable.join("; ")) });
+        return Err(Error::Backend {
+            backend: format!("{} of {} backends", unreachable.len(), backends.len()),
+            detail: format!("more than m = {} unreachable: {}", sealer.m(), unreachable.join("; ")),
+        });
     }
     heads.sort_by(|a, b| b.height.cmp(&a.height));
     heads.dedup_by_key(|h| h.key);

@@ -194,7 +194,8 @@ impl Sealer {
         let nonce = self.nonce(c);
         let cipher = Aes256Gcm::new_from_slice(&self.key.aes).map_err(|e| Error::Seal(format!("AES key: {e}")))?;
         let a = aad(c.vdisk, c.epoch, first, last, &c.prev);
-        let sealed = cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: &compressed, aad: &a }).map_err(|_| Error::Seal("AES-GCM encryption failed".into()))?;
+        let sealed =
+            cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: &compressed, aad: &a }).map_err(|_| Error::Seal("AES-GCM encryption failed".into()))?;
         let key: Key = *blake3::hash(&sealed).as_bytes();
         let data_shards = erasure::encode(&self.rs, &sealed)?;
         let total = self.k + self.m;
@@ -243,7 +244,10 @@ impl Sealer {
                 Err(e) => problems.push(format!("backend {i}: {e}")),
             }
         }
-        let h = header.ok_or_else(|| Error::ChainBroken { key: hex::encode(key), detail: format!("no intact shard found ({})", if problems.is_empty() { "all missing".into() } else { problems.join("; ") }) })?;
+        let h = header.ok_or_else(|| Error::ChainBroken {
+            key: hex::encode(key),
+            detail: format!("no intact shard found ({})", if problems.is_empty() { "all missing".into() } else { problems.join("; ") }),
+        })?;
         let rs = if h.k as usize == self.k && h.m as usize == self.m && self.m > 0 {
             None
         } else {
@@ -252,8 +256,10 @@ impl Sealer {
         if h.m == 0 {
             slots.push(None);
         }
-        let sealed = erasure::reconstruct(rs.as_ref().unwrap_or(&self.rs), slots, h.sealed_len)
-            .map_err(|e| Error::ChainBroken { key: hex::encode(key), detail: format!("{e}{}", if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) }) })?;
+        let sealed = erasure::reconstruct(rs.as_ref().unwrap_or(&self.rs), slots, h.sealed_len).map_err(|e| Error::ChainBroken {
+            key: hex::encode(key),
+            detail: format!("{e}{}", if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) }),
+        })?;
         if blake3::hash(&sealed).as_bytes() != key {
             return Err(Error::ChainBroken { key: hex::encode(key), detail: "rebuilt bytes do not hash to the key".into() });
         }
@@ -279,7 +285,12 @@ impl Sealer {
         }
         let plain = lz4_flex::decompress_size_prepended(&compressed).map_err(|e| Error::Seal(format!("lz4: {e}")))?;
         let agg = aggregate::decode(&plain)?;
-        if agg.vdisk_id != h.vdisk || agg.first_sequence != h.first_sequence || agg.last_sequence != h.last_sequence || agg.prev != h.prev || agg.epoch != h.epoch {
+        if agg.vdisk_id != h.vdisk
+            || agg.first_sequence != h.first_sequence
+            || agg.last_sequence != h.last_sequence
+            || agg.prev != h.prev
+            || agg.epoch != h.epoch
+        {
             return Err(Error::Seal(format!("aggregation {} does not match its shard header", hex::encode(h.key))));
         }
         Ok(agg)

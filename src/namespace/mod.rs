@@ -216,7 +216,8 @@ impl Engine {
         });
         for (i, rx) in writer_rxs.into_iter().enumerate() {
             let b = engine.backends[i].clone();
-            threads.push(std::thread::Builder::new().name(format!("shard-writer-{i}")).spawn(move || shard_writer(i, b, rx)).ctx(|| "spawn shard writer".into())?);
+            threads
+                .push(std::thread::Builder::new().name(format!("shard-writer-{i}")).spawn(move || shard_writer(i, b, rx)).ctx(|| "spawn shard writer".into())?);
         }
         for w in 0..engine.cfg.workers {
             let e = engine.clone();
@@ -439,7 +440,15 @@ impl Engine {
             };
             chain.height += 1;
             chain.prev = sealed.key;
-            let head = HeadRecord { height: chain.height, key: sealed.key, first_sequence: sealed.first_sequence, last_sequence: sealed.last_sequence, epoch, timestamp: ts }.encode();
+            let head = HeadRecord {
+                height: chain.height,
+                key: sealed.key,
+                first_sequence: sealed.first_sequence,
+                last_sequence: sealed.last_sequence,
+                epoch,
+                timestamp: ts,
+            }
+            .encode();
             let (tx, rx) = crossbeam_channel::bounded(self.writers.len() * 2);
             for (i, w) in self.writers.iter().enumerate() {
                 let job = WriteJob { key: sealed.key, shard: sealed.shards[i].clone(), head: Some((ns.vdisk.clone(), head.clone())), reply: tx.clone() };
@@ -485,7 +494,13 @@ impl Engine {
         if !missing.is_empty() {
             self.record_repair(&ns.vdisk, &sealed.key, &missing, &errors);
         }
-        if let Err(e) = lock(&ns.index).append(&index::IndexEntry { first_sequence: sealed.first_sequence, last_sequence: sealed.last_sequence, timestamp: ts, epoch, key: sealed.key }) {
+        if let Err(e) = lock(&ns.index).append(&index::IndexEntry {
+            first_sequence: sealed.first_sequence,
+            last_sequence: sealed.last_sequence,
+            timestamp: ts,
+            epoch,
+            key: sealed.key,
+        }) {
             tracing::warn!(vdisk = %ns.vdisk, "metadata index append failed (it can be rebuilt from the chain): {e}");
         }
         self.flushed_aggregations.fetch_add(1, Ordering::Relaxed);

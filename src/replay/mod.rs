@@ -5,7 +5,7 @@
 use crate::backend::{Backend, Key};
 use crate::error::{Error, IoContext, Result};
 use crate::flush::chain::{fetch_shards, find_head};
-use crate::flush::{Aggregation, ShardHeader, Sealer};
+use crate::flush::{Aggregation, Sealer, ShardHeader};
 use crate::wire::{Operation, SECTOR};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -57,8 +57,15 @@ pub struct Link {
 
 /// Walks the chain from the head back to the first aggregation; returns links oldest first.
 /// Errors: unknown vdisk, more than m backends unreachable, chain broken at key X.
-pub fn walk_chain(backends: &[Arc<dyn Backend>], sealer: &Sealer, vdisk: &str, cache_bytes: u64, progress: Option<&indicatif::ProgressBar>) -> Result<Vec<Link>> {
-    let head = find_head(backends, sealer, vdisk)?.ok_or_else(|| Error::NotFound(format!("vdisk {vdisk}: no backend holds a head record for it (unknown vdisk)")))?;
+pub fn walk_chain(
+    backends: &[Arc<dyn Backend>],
+    sealer: &Sealer,
+    vdisk: &str,
+    cache_bytes: u64,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<Vec<Link>> {
+    let head =
+        find_head(backends, sealer, vdisk)?.ok_or_else(|| Error::NotFound(format!("vdisk {vdisk}: no backend holds a head record for it (unknown vdisk)")))?;
     if let Some(p) = progress {
         p.set_length(head.height * 2);
         p.set_message("walking the chain");
@@ -127,7 +134,9 @@ impl Written {
 pub fn restore(backends: &[Arc<dyn Backend>], sealer: &Sealer, vdisk: &str, output: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
     let bar = if opts.progress && std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
-        b.set_style(indicatif::ProgressStyle::with_template("{msg:20} [{bar:40}] {pos}/{len} {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg:20} [{bar:40}] {pos}/{len} {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         Some(b)
     } else {
         None

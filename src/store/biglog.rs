@@ -141,18 +141,8 @@ impl Segment {
         index.set_len(len).ctx(|| format!("preallocate {}", index_path.display()))?;
         index.write_all_at(&format::encode_index_header(base, capacity), 0).ctx(|| format!("write {}", index_path.display()))?;
         let map = map_rw(&index, &index_path)?;
-        let mut seg = Segment {
-            base,
-            data_path,
-            index_path,
-            data,
-            index: IndexMap::Rw(map),
-            capacity,
-            entries: 0,
-            next_ro: 0,
-            data_len: DATA_HEADER_LEN,
-            damage: None,
-        };
+        let mut seg =
+            Segment { base, data_path, index_path, data, index: IndexMap::Rw(map), capacity, entries: 0, next_ro: 0, data_len: DATA_HEADER_LEN, damage: None };
         seg.put_slot(0, &IndexEntry::marker(0, DATA_HEADER_LEN).encode())?;
         seg.data.sync_all().ctx(|| format!("fsync {}", seg.data_path.display()))?;
         seg.flush_index()?;
@@ -400,11 +390,19 @@ impl Segment {
     }
 
     fn first_ts(&self) -> Option<u64> {
-        if self.entries == 0 { None } else { self.entry(0).map(|e| e.timestamp) }
+        if self.entries == 0 {
+            None
+        } else {
+            self.entry(0).map(|e| e.timestamp)
+        }
     }
 
     fn last_ts(&self) -> Option<u64> {
-        if self.entries == 0 { None } else { self.entry(self.entries - 1).map(|e| e.timestamp) }
+        if self.entries == 0 {
+            None
+        } else {
+            self.entry(self.entries - 1).map(|e| e.timestamp)
+        }
     }
 }
 
@@ -515,7 +513,14 @@ impl BigLog {
             segments.push(Segment::create(dir, 0, opts.index_capacity)?);
         }
         let last_ts = segments.iter().rev().find_map(|s| s.last_ts()).unwrap_or(0);
-        let log = BigLog { dir: dir.to_path_buf(), opts, writable, _lock: lock, inner: RwLock::new(Inner { segments, last_ts }), wake: (Mutex::new(0), Condvar::new()) };
+        let log = BigLog {
+            dir: dir.to_path_buf(),
+            opts,
+            writable,
+            _lock: lock,
+            inner: RwLock::new(Inner { segments, last_ts }),
+            wake: (Mutex::new(0), Condvar::new()),
+        };
         if writable {
             // A hot segment damaged before its tail takes no more writes: start a new one.
             let damaged = log.read()?.segments.last().map(|s| s.damage.is_some()).unwrap_or(false);
@@ -564,8 +569,7 @@ impl BigLog {
         let mut g = self.write_lock()?;
         let need_split = {
             let s = g.segments.last().ok_or_else(|| Error::InvalidArgument("store has no segment".into()))?;
-            s.entries > 0
-                && (s.entries + 2 > s.capacity || s.data_len + buf.len() as u64 > self.opts.segment_bytes || s.next_ro + n > u32::MAX as u64)
+            s.entries > 0 && (s.entries + 2 > s.capacity || s.data_len + buf.len() as u64 > self.opts.segment_bytes || s.next_ro + n > u32::MAX as u64)
         };
         if need_split {
             self.split_locked(&mut g)?;
@@ -576,7 +580,13 @@ impl BigLog {
             return Err(Error::InvalidArgument(format!("index capacity {} too small", s.capacity)));
         }
         s.data.write_all_at(&buf, s.data_len).ctx(|| format!("write {}", s.data_path.display()))?;
-        let e = IndexEntry { relative_offset: s.next_ro as u32, data_len: buf.len() as u32, timestamp: ts, data_offset: s.data_len, data_crc: crc32fast::hash(&buf) };
+        let e = IndexEntry {
+            relative_offset: s.next_ro as u32,
+            data_len: buf.len() as u32,
+            timestamp: ts,
+            data_offset: s.data_len,
+            data_crc: crc32fast::hash(&buf),
+        };
         let slot = s.entries;
         s.put_slot(slot, &e.encode())?;
         let next_ro = s.next_ro + n;
@@ -713,7 +723,10 @@ impl BigLog {
         }
         if let Some(d) = &s.damage {
             if offset >= d.offset && g.segments.get(si + 1).map(|n| offset < n.base).unwrap_or(true) && si + 1 < g.segments.len() {
-                return Err(Error::Corrupt { location: format!("segment {} offset {offset}", segment_name(s.base)), detail: format!("index slot {} is corrupt", d.slot) });
+                return Err(Error::Corrupt {
+                    location: format!("segment {} offset {offset}", segment_name(s.base)),
+                    detail: format!("index slot {} is corrupt", d.slot),
+                });
             }
         }
         Ok(None)
@@ -735,9 +748,13 @@ impl BigLog {
     /// Reads and verifies the entry `info` (from [`BigLog::entry_info`]); returns its records.
     pub fn read_entry(&self, info: &EntryInfo) -> Result<Vec<Vec<u8>>> {
         let g = self.read()?;
-        let s = g.segments.iter().find(|s| s.base == info.segment).ok_or_else(|| Error::NotFound(format!("segment {} was trimmed", segment_name(info.segment))))?;
+        let s =
+            g.segments.iter().find(|s| s.base == info.segment).ok_or_else(|| Error::NotFound(format!("segment {} was trimmed", segment_name(info.segment))))?;
         let data = s.read_data(info)?;
-        let recs = format::parse_records(&data).ok_or_else(|| Error::Corrupt { location: format!("segment {} offset {}", segment_name(s.base), info.offset), detail: "record framing does not parse".into() })?;
+        let recs = format::parse_records(&data).ok_or_else(|| Error::Corrupt {
+            location: format!("segment {} offset {}", segment_name(s.base), info.offset),
+            detail: "record framing does not parse".into(),
+        })?;
         if recs.len() as u64 != info.count {
             return Err(Error::Corrupt {
                 location: format!("segment {} offset {}", segment_name(s.base), info.offset),

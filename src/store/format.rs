@@ -219,9 +219,7 @@ mod tests {
     fn golden_index_entry() {
         let e = IndexEntry { relative_offset: 7, data_len: 0x20, timestamp: 0x0102_0304_0506_0708, data_offset: 0x10, data_crc: 0xdead_beef };
         let b = e.encode();
-        assert_eq!(&b[0..28], &[
-            7, 0, 0, 0, 0x20, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1, 0x10, 0, 0, 0, 0, 0, 0, 0, 0xef, 0xbe, 0xad, 0xde
-        ]);
+        assert_eq!(&b[0..28], &[7, 0, 0, 0, 0x20, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1, 0x10, 0, 0, 0, 0, 0, 0, 0, 0xef, 0xbe, 0xad, 0xde]);
         assert_eq!(u32::from_le_bytes([b[28], b[29], b[30], b[31]]), crc32fast::hash(&b[0..28]));
         // The golden CRC pins the checksum algorithm (CRC-32/ISO-HDLC).
         assert_eq!(crc32fast::hash(b"123456789"), 0xcbf4_3926);

@@ -147,7 +147,9 @@ impl FileReader {
         let len = u32::from_le_bytes([h[16], h[17], h[18], h[19]]) as usize;
         let crc = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
         let mut data = vec![0u8; len];
-        self.r.read_exact(&mut data).map_err(|e| Error::Corrupt { location: format!("{} record ({ts}, {id})", self.path.display()), detail: format!("truncated: {e}") })?;
+        self.r
+            .read_exact(&mut data)
+            .map_err(|e| Error::Corrupt { location: format!("{} record ({ts}, {id})", self.path.display()), detail: format!("truncated: {e}") })?;
         let mut c = crc32fast::Hasher::new();
         c.update(&h[0..20]);
         c.update(&data);
@@ -491,7 +493,8 @@ impl Cursor<'_> {
         let m = self.ts.meta()?;
         self.generation = m.generation;
         self.open.clear();
-        let mut files: Vec<TsFile> = m.files.into_iter().filter(|f| f.first.0 < self.to && f.last.0 >= self.from && self.pos.map(|p| f.last > p).unwrap_or(true)).collect();
+        let mut files: Vec<TsFile> =
+            m.files.into_iter().filter(|f| f.first.0 < self.to && f.last.0 >= self.from && self.pos.map(|p| f.last > p).unwrap_or(true)).collect();
         files.sort_by(|a, b| b.first.cmp(&a.first));
         self.pending = files;
         Ok(())

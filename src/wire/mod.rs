@@ -224,7 +224,11 @@ pub fn decode_handshake_request(f: &Frame) -> Result<HandshakeRequest> {
         version: r.get_version(),
         vdisk_id: r.get_vdisk_id().map_err(capnp_err)?.to_string().map_err(|_| Error::Protocol("vdiskId is not UTF-8".into()))?,
         first_sequence: r.get_first_sequence(),
-        token: if r.has_token() { r.get_token().map_err(capnp_err)?.to_string().map_err(|_| Error::Protocol("token is not UTF-8".into()))? } else { String::new() },
+        token: if r.has_token() {
+            r.get_token().map_err(capnp_err)?.to_string().map_err(|_| Error::Protocol("token is not UTF-8".into()))?
+        } else {
+            String::new()
+        },
         reset_first_sequence: r.get_reset_first_sequence(),
     })
 }

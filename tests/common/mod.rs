@@ -241,7 +241,13 @@ pub fn restore(config: Option<&Path>, data: &Path, vdisk: &str, out: &Path) -> O
 }
 
 pub fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what} failed ({}):\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 pub fn assert_same(a: &Path, b: &Path) {

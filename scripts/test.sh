@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need when it is missing (Debian packages, as
+# root), builds everything and runs every test (unit, property, crash matrix, integration with
+# real tlogd, redis-server and ext4 images, and the benches in test mode).
+# With TLOG_REQUIRE_ALL=1 (set by CI) a test that would skip fails instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+
+need=()
+command -v capnp >/dev/null || need+=(capnproto)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v cmp >/dev/null || need+=(diffutils)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "test.sh: missing packages: ${need[*]} (install them as root with apt-get); the tests that need them will skip"
+  fi
+fi
+
+start=$(date +%s)
+cargo build --locked --all-targets
+cargo test --locked --all-targets -- --test-threads="${TLOG_TEST_THREADS:-2}"
+echo "test.sh: all tests passed in $(( $(date +%s) - start )) s"
