@@ -60,6 +60,45 @@ enum Cmd {
         #[arg(long)]
         to_sequence: Option<u64>,
     },
+    /// Load generator (N connections, one vdisk each), or with --sink a raw protocol sink.
+    Bench {
+        /// tlogd (or sink) address.
+        #[arg(long, required_unless_present = "sink")]
+        server: Option<String>,
+        /// Connections, one vdisk each.
+        #[arg(long, default_value_t = 1)]
+        vdisks: usize,
+        /// Bytes per block.
+        #[arg(long, default_value_t = 4096)]
+        block_size: usize,
+        /// lz4 compressibility of the data: 0 = random, 0.5 = about 2:1.
+        #[arg(long, default_value_t = 0.0)]
+        compressibility: f64,
+        /// Run this many seconds.
+        #[arg(long, conflicts_with = "blocks")]
+        duration: Option<f64>,
+        /// Or send this many blocks per vdisk.
+        #[arg(long)]
+        blocks: Option<u64>,
+        /// The ack that completes a block: received or flushed.
+        #[arg(long, default_value = "flushed", value_parser = ["received", "flushed"])]
+        ack: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Vdisk id prefix (vdisks are <prefix>0, <prefix>1, ...).
+        #[arg(long, default_value = "bench")]
+        prefix: String,
+        /// Run a sink instead: speak the handshake, parse frames, discard them, ack at once.
+        #[arg(long)]
+        sink: bool,
+        /// Sink listen address.
+        #[arg(long, default_value = "127.0.0.1:11311")]
+        listen: String,
+        /// The sink stops by itself after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        max_seconds: u64,
+    },
     /// Operator commands for a store directory.
     Store {
         #[command(subcommand)]
@@ -188,6 +227,37 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
                 start.elapsed().as_secs_f64()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { server, vdisks, block_size, compressibility, duration, blocks, ack, json, prefix, sink, listen, max_seconds } => {
+            if sink {
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                    signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
+                }
+                tlog::bench::sink(&listen, stop, std::time::Duration::from_secs(max_seconds))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if duration.is_none() && blocks.is_none() {
+                return Err(tlog::Error::InvalidArgument("give --duration SECS or --blocks COUNT".into()));
+            }
+            let cfg = tlog::bench::BenchConfig {
+                server: server.unwrap_or_default(),
+                vdisks,
+                block_size,
+                compressibility,
+                duration: duration.map(std::time::Duration::from_secs_f64),
+                blocks,
+                ack: if ack == "received" { tlog::bench::AckLevel::Received } else { tlog::bench::AckLevel::Flushed },
+                prefix,
+                progress: !json,
+            };
+            let r = tlog::bench::run(&cfg)?;
+            if json {
+                println!("{}", r.json());
+            } else {
+                println!("{}", r.text());
+            }
+            Ok(if r.errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Cmd::Store { cmd: StoreCmd::Inspect { dir } } => {
             let log = BigLog::open_read_only(&dir)?;

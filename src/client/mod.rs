@@ -293,6 +293,24 @@ impl Client {
         Ok(seq)
     }
 
+    /// Waits until every block sent so far is acked *received* (or flushed), at most
+    /// `timeout`. Errors on a fatal server error or the timeout.
+    pub fn wait_received(&self, timeout: Duration) -> Result<()> {
+        let sh = &self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&sh.state);
+        loop {
+            Self::check_fatal(&st)?;
+            if st.window.iter().all(|p| p.received) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!("vdisk {}: blocks not acked received after {timeout:?}", sh.cfg.vdisk)));
+            }
+            st = sh.cond.wait_timeout(st, Duration::from_millis(20)).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     /// Asks the server to flush now and waits until every block sent so far is flushed.
     /// Errors: a fatal server error, reconnecting gave up, or `flush_timeout` passed.
     pub fn flush(&self) -> Result<()> {
@@ -462,6 +480,8 @@ fn handle_message(sh: &Shared, m: ServerMessage) {
             if let Some(x) = st.latencies.as_mut() {
                 x.received.extend(lat);
             }
+            drop(st);
+            sh.cond.notify_all();
         }
         ServerMessage::Flushed(_, l) => {
             let mut st = lock(&sh.state);

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Runs tlog's ingest benchmark over every path and backend in one run and prints a markdown
+# table with ratios (tlogd / sink on the same path, measured in the same run).
+#
+#   paths:    kernel TCP on loopback; kernel TCP across a veth pair between two network
+#             namespaces this script creates (198.18.0.1 client, 198.18.0.2 server) and removes;
+#             tap and dpdk rows once those front-ends are built (issue "Userspace TCP").
+#   backends: local (embedded store), redis (six redis-server, appendfsync always)
+#   acks:     received, flushed
+#
+# Usage: scripts/bench.sh   (env: TLOG_BENCH_SECONDS=10, TLOG_BENCH_VDISKS=8,
+#        TLOG_BENCH_BLOCK=4096, TLOG_BENCH_R=0.5 (lz4 compressibility), TLOG_BENCH_DIR=/tmp)
+# The veth rows need root (ip netns); without root they are reported as skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+DUR=${TLOG_BENCH_SECONDS:-10}
+VD=${TLOG_BENCH_VDISKS:-8}
+BS=${TLOG_BENCH_BLOCK:-4096}
+R=${TLOG_BENCH_R:-0.5}
+cargo build --release --locked --bins >&2
+B=$PWD/target/release
+work=$(mktemp -d "${TLOG_BENCH_DIR:-/tmp}/tlog-bench.XXXXXX")
+ns_c="tlogb-c-$$"
+ns_s="tlogb-s-$$"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  ip netns del "$ns_c" 2>/dev/null || true
+  ip netns del "$ns_s" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # host port [netns]
+  for _ in $(seq 1 100); do
+    if ${3:+ip netns exec "$3"} bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "bench.sh: nothing listens on $1:$2" >&2; return 1
+}
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# start_redis DIR NS -> prints a config fragment; pids appended.
+start_redis() {
+  local dir=$1 ns=$2 addrs=()
+  for i in 0 1 2 3 4 5; do
+    local p=$((16379 + i)); mkdir -p "$dir/r$i"
+    ${ns:+ip netns exec "$ns"} redis-server --port "$p" --bind 127.0.0.1 --dir "$dir/r$i" --appendonly yes --appendfsync always --save "" >/dev/null 2>&1 &
+    pids+=($!); REDIS_PIDS+=($!)
+    addrs+=("\"127.0.0.1:$p\"")
+  done
+  for i in 0 1 2 3 4 5; do wait_port 127.0.0.1 $((16379 + i)) "$ns"; done
+  local IFS=,
+  printf '[backend]\nkind = "redis"\n[backend.redis]\naddresses = [%s]\n' "${addrs[*]}"
+}
+
+rows=()
+# bench_row PATH BACKEND ACK ADDR CLIENT_NS SERVER_CMD_NS
+run_bench() { # addr ns ack prefix
+  ${2:+ip netns exec "$2"} "$B/tlog" bench --server "$1" --vdisks "$VD" --block-size "$BS" --compressibility "$R" --duration "$DUR" --ack "$3" --prefix "$4" --json
+}
+field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(eval(sys.argv[2]))" "$1" "$2"; }
+
+measure_path() { # name host client_ns server_ns
+  local name=$1 host=$2 cns=$3 sns=$4
+  # The sink's ceiling on this path.
+  local sp; sp=$(port)
+  ${sns:+ip netns exec "$sns"} "$B/tlog" bench --sink --listen "$host:$sp" --max-seconds 600 2>/dev/null &
+  local spid=$!; pids+=($spid)
+  wait_port "$host" "$sp" "$sns"
+  local sink_recv sink_flushed
+  sink_recv=$(run_bench "$host:$sp" "$cns" received sinkr)
+  sink_flushed=$(run_bench "$host:$sp" "$cns" flushed sinkf)
+  stop_pid "$spid"
+  for backend in local redis; do
+    local d="$work/$name-$backend"; mkdir -p "$d"
+    local cfg="$d/tlogd.toml"; : > "$cfg"
+    REDIS_PIDS=()
+    if [ "$backend" = redis ]; then
+      if ! command -v redis-server >/dev/null; then rows+=("| $name | redis | - | skipped: redis-server missing | | | |"); continue; fi
+      start_redis "$d" "$sns" > "$cfg"
+    fi
+    local tp; tp=$(port)
+    ${sns:+ip netns exec "$sns"} "$B/tlogd" --config "$cfg" --data-dir "$d/data" --listen "$host:$tp" 2>"$d/tlogd.log" &
+    local tpid=$!; pids+=($tpid)
+    wait_port "$host" "$tp" "$sns"
+    for ack in received flushed; do
+      local j s
+      j=$(run_bench "$host:$tp" "$cns" "$ack" "$ack")
+      if [ "$ack" = received ]; then s=$sink_recv; else s=$sink_flushed; fi
+      local t_mib s_mib
+      t_mib=$(field "$j" 'round(d["mib_per_sec"],1)'); s_mib=$(field "$s" 'round(d["mib_per_sec"],1)')
+      rows+=("| $name | $backend | $ack | $t_mib | $s_mib | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
+    done
+    stop_pid "$tpid"
+    for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done
+  done
+}
+
+measure_path "kernel loopback" 127.0.0.1 "" ""
+if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
+  ip netns add "$ns_c"; ip netns add "$ns_s"
+  ip link add "tlbc$$" type veth peer name "tlbs$$"
+  ip link set "tlbc$$" netns "$ns_c"; ip link set "tlbs$$" netns "$ns_s"
+  ip -n "$ns_c" addr add 198.18.0.1/24 dev "tlbc$$"; ip -n "$ns_s" addr add 198.18.0.2/24 dev "tlbs$$"
+  for n in "$ns_c" "$ns_s"; do ip -n "$n" link set lo up; done
+  ip -n "$ns_c" link set "tlbc$$" up; ip -n "$ns_s" link set "tlbs$$" up
+  # redis in the server namespace listens on that namespace's loopback.
+  measure_path "kernel veth (2 netns)" 198.18.0.2 "$ns_c" "$ns_s"
+else
+  rows+=("| kernel veth (2 netns) | - | - | skipped: needs root for ip netns | | | |")
+fi
+rows+=("| tap | - | - | not built yet (userspace TCP issue) | | | |")
+rows+=("| dpdk | - | - | not built yet (userspace TCP issue) | | | |")
+
+echo
+echo "tlog bench: $VD vdisks, $BS-byte blocks, compressibility $R, $DUR s per row; $(nproc) cores, $(uname -r)"
+echo
+echo "| path | backend | ack | tlogd MiB/s | sink MiB/s | tlogd / sink | ack latency p50 / p99 (us) | errors |"
+echo "|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"

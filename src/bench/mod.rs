@@ -1,0 +1,320 @@
+//! `tlog bench`: a load generator (N connections, one vdisk each, synthetic blocks of a chosen
+//! lz4 compressibility) and a raw sink that speaks the protocol and acks as tlogd would, so a
+//! path's ceiling is measured with the same client.
+
+use crate::client::{Client, ClientConfig};
+use crate::error::{Error, IoContext, Result};
+use crate::wire::{
+    decode_client_message, decode_handshake_request, encode_handshake_response, encode_server_message, ClientMessage, FrameDecoder, HandshakeResponse,
+    HandshakeStatus, ServerMessage, PROTOCOL_VERSION,
+};
+use std::io::{IsTerminal, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which ack ends a block's life in the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckLevel {
+    /// In the server's memory.
+    Received,
+    /// Durable.
+    Flushed,
+}
+
+/// Load generator settings.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Server address.
+    pub server: String,
+    /// Connections (one vdisk each).
+    pub vdisks: usize,
+    /// Bytes per block.
+    pub block_size: usize,
+    /// lz4 compressibility: 0 = random, 0.5 ≈ 2:1.
+    pub compressibility: f64,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Or after this many blocks per vdisk.
+    pub blocks: Option<u64>,
+    /// The ack level that counts.
+    pub ack: AckLevel,
+    /// Vdisk id prefix.
+    pub prefix: String,
+    /// Print a progress line each second to stderr.
+    pub progress: bool,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct BenchReport {
+    /// Blocks acked at the chosen level.
+    pub blocks: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Seconds from the first send to the last ack.
+    pub seconds: f64,
+    /// Received-ack latency.
+    pub received: Percentiles,
+    /// Flushed-ack latency (empty in received mode).
+    pub flushed: Percentiles,
+    /// Server errors and failed connections.
+    pub errors: u64,
+}
+
+impl BenchReport {
+    /// Blocks per second.
+    pub fn blocks_per_sec(&self) -> f64 {
+        self.blocks as f64 / self.seconds.max(1e-9)
+    }
+
+    /// MiB per second.
+    pub fn mib_per_sec(&self) -> f64 {
+        self.bytes as f64 / 1048576.0 / self.seconds.max(1e-9)
+    }
+
+    /// One JSON object.
+    pub fn json(&self) -> String {
+        let p = |x: &Percentiles| format!("{{\"p50\":{:.1},\"p99\":{:.1},\"p99_9\":{:.1}}}", x.p50, x.p99, x.p999);
+        format!(
+            "{{\"blocks\":{},\"bytes\":{},\"seconds\":{:.3},\"blocks_per_sec\":{:.1},\"mib_per_sec\":{:.2},\"received_latency_us\":{},\"flushed_latency_us\":{},\"errors\":{}}}",
+            self.blocks,
+            self.bytes,
+            self.seconds,
+            self.blocks_per_sec(),
+            self.mib_per_sec(),
+            p(&self.received),
+            p(&self.flushed),
+            self.errors
+        )
+    }
+
+    /// Human-readable lines.
+    pub fn text(&self) -> String {
+        format!(
+            "blocks {} bytes {} in {:.3} s: {:.0} blocks/s, {:.1} MiB/s\nreceived ack latency us: p50 {:.1} p99 {:.1} p99.9 {:.1}\nflushed ack latency us:  p50 {:.1} p99 {:.1} p99.9 {:.1}\nerrors {}",
+            self.blocks,
+            self.bytes,
+            self.seconds,
+            self.blocks_per_sec(),
+            self.mib_per_sec(),
+            self.received.p50,
+            self.received.p99,
+            self.received.p999,
+            self.flushed.p50,
+            self.flushed.p99,
+            self.flushed.p999,
+            self.errors
+        )
+    }
+}
+
+fn percentiles(mut v: Vec<u64>) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles::default();
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize] as f64 / 1000.0;
+    Percentiles { p50: at(0.5), p99: at(0.99), p999: at(0.999) }
+}
+
+/// Synthetic block payloads whose lz4 compressibility is about `r`: a random prefix of
+/// `(1 - r) * size` bytes and a run of one byte value for the rest (lz4 shrinks the run to a
+/// few bytes, so 0.5 gives about 2:1). `count` distinct payloads, from a fixed seed.
+pub fn payloads(size: usize, r: f64, count: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let random = ((1.0 - r.clamp(0.0, 1.0)) * size as f64) as usize;
+    (0..count)
+        .map(|i| {
+            let mut v = vec![(i % 251) as u8 | 1; size];
+            for b in v[..random].chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let n = b.len();
+                b.copy_from_slice(&x.to_le_bytes()[..n]);
+            }
+            v
+        })
+        .collect()
+}
+
+/// Runs the load generator. Bounded by `duration` or `blocks` (one must be set).
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    if cfg.duration.is_none() && cfg.blocks.is_none() {
+        return Err(Error::InvalidArgument("give --duration or --blocks".into()));
+    }
+    if cfg.block_size == 0 || cfg.block_size % 512 != 0 {
+        return Err(Error::InvalidArgument(format!("--block-size {}: a positive multiple of 512", cfg.block_size)));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = cfg.duration.map(|d| start + d);
+    let mut handles = Vec::new();
+    for v in 0..cfg.vdisks {
+        let cfg = cfg.clone();
+        let stop = stop.clone();
+        let sent = sent.clone();
+        handles.push(std::thread::spawn(move || -> Result<(u64, u64, Vec<u64>, Vec<u64>, u64)> {
+            let mut cc = ClientConfig::new(&cfg.server, &format!("{}{v}", cfg.prefix));
+            cc.reconnect_timeout = Duration::from_secs(10);
+            cc.window_bytes = 64 << 20;
+            let client = Client::connect(cc)?;
+            client.record_latencies();
+            let data = payloads(cfg.block_size, cfg.compressibility, 64, v as u64 + 1);
+            let sectors = (cfg.block_size / 512) as u64;
+            let mut n = 0u64;
+            loop {
+                if cfg.blocks.map(|b| n >= b).unwrap_or(false) || stop.load(Ordering::Relaxed) || deadline.map(|d| Instant::now() >= d).unwrap_or(false) {
+                    break;
+                }
+                client.write((n % 262_144) * sectors, data[(n % 64) as usize].clone())?;
+                n += 1;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            match cfg.ack {
+                AckLevel::Received => client.wait_received(Duration::from_secs(120))?,
+                AckLevel::Flushed => client.flush()?,
+            }
+            let lat = client.take_latencies();
+            let errors = client.errors();
+            let _ = client.close();
+            Ok((n, n * cfg.block_size as u64, lat.received, lat.flushed, errors))
+        }));
+    }
+    let progress = cfg.progress && std::io::stderr().is_terminal();
+    let mut last = (Instant::now(), 0u64);
+    while handles.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        if progress && last.0.elapsed() >= Duration::from_secs(1) {
+            let s = sent.load(Ordering::Relaxed);
+            let rate = (s - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            eprint!(
+                "\r{:>6.1} s  {:>10} blocks sent  {:>9.0} blocks/s  {:>8.1} MiB/s   ",
+                start.elapsed().as_secs_f64(),
+                s,
+                rate,
+                rate * cfg.block_size as f64 / 1048576.0
+            );
+            last = (Instant::now(), s);
+        }
+        if deadline.map(|d| Instant::now() > d + Duration::from_secs(300)).unwrap_or(false) {
+            stop.store(true, Ordering::SeqCst);
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mut rep = BenchReport { seconds, ..Default::default() };
+    let (mut rl, mut fl) = (Vec::new(), Vec::new());
+    for h in handles {
+        match h.join() {
+            Ok(Ok((n, b, r, f, e))) => {
+                rep.blocks += n;
+                rep.bytes += b;
+                rl.extend(r);
+                fl.extend(f);
+                rep.errors += e;
+            }
+            Ok(Err(e)) => {
+                tracing::error!("bench connection failed: {e}");
+                rep.errors += 1;
+            }
+            Err(_) => rep.errors += 1,
+        }
+    }
+    rep.received = percentiles(rl);
+    rep.flushed = percentiles(fl);
+    Ok(rep)
+}
+
+/// The sink: speaks the handshake, parses every frame and discards it, acking each read batch
+/// as received and flushed at once. Serves until `stop` is set or `max` has passed.
+pub fn sink(listen: &str, stop: Arc<AtomicBool>, max: Duration) -> Result<()> {
+    let l = TcpListener::bind(listen).ctx(|| format!("listen on {listen}"))?;
+    l.set_nonblocking(true).ctx(|| "set nonblocking".into())?;
+    eprintln!("tlog bench sink: listening on {}", l.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    let end = Instant::now() + max;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+        match l.accept() {
+            Ok((s, _)) => {
+                let st = stop.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = sink_conn(s, st) {
+                        tracing::debug!("sink connection: {e}");
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(Error::io("accept", e)),
+        }
+    }
+    Ok(())
+}
+
+fn sink_conn(mut s: TcpStream, stop: Arc<AtomicBool>) -> Result<()> {
+    s.set_nonblocking(false).ctx(|| "set blocking".into())?;
+    s.set_nodelay(true).ctx(|| "nodelay".into())?;
+    s.set_read_timeout(Some(Duration::from_millis(200))).ctx(|| "timeout".into())?;
+    let mut dec = FrameDecoder::new(64 << 20);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut attached = false;
+    let mut out = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let n = match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) => return Err(Error::io("read", e)),
+        };
+        dec.push(&buf[..n]);
+        let mut run: Option<(u64, u64)> = None;
+        while let Some(f) = dec.next_frame()? {
+            if !attached {
+                decode_handshake_request(&f)?;
+                out.extend_from_slice(&encode_handshake_response(&HandshakeResponse {
+                    version: PROTOCOL_VERSION,
+                    status: HandshakeStatus::Ok,
+                    last_flushed_sequence: 0,
+                    has_flushed: false,
+                    message: "sink".into(),
+                }));
+                attached = true;
+                continue;
+            }
+            match decode_client_message(&f)? {
+                ClientMessage::Block(b) => {
+                    let ok = blake3::hash(&b.data).as_bytes() == &b.hash;
+                    if ok {
+                        run = Some(run.map(|(f, _)| (f, b.sequence)).unwrap_or((b.sequence, b.sequence)));
+                    }
+                }
+                ClientMessage::ForceFlush => out.extend_from_slice(&encode_server_message(&ServerMessage::ForceFlushReceived)),
+                ClientMessage::Disconnect => {}
+            }
+        }
+        if let Some((f, l)) = run {
+            out.extend_from_slice(&encode_server_message(&ServerMessage::Received(f, l)));
+            out.extend_from_slice(&encode_server_message(&ServerMessage::Flushed(f, l)));
+        }
+        if !out.is_empty() {
+            s.write_all(&out).ctx(|| "write".into())?;
+            out.clear();
+        }
+    }
+    Ok(())
+}
