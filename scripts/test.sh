@@ -25,5 +25,7 @@ fi
 
 start=$(date +%s)
 cargo build --locked --all-targets
-cargo test --locked --all-targets -- --test-threads="${TLOG_TEST_THREADS:-2}"
+cargo test --locked --lib --bins --tests -- --test-threads="${TLOG_TEST_THREADS:-2}"
+# The criterion benches once each, in test mode (criterion takes no --test-threads).
+cargo test --locked --benches
 echo "test.sh: all tests passed in $(( $(date +%s) - start )) s"

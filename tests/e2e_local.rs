@@ -16,7 +16,10 @@ fn ext4_image_roundtrip_local_backend() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("imported 16384 blocks, 67108864 bytes"), "{text}");
     t.stop();
-    assert!(data.join("aes.key").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.join("aes.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the generated key must be private");
+    assert!(t.log_text().contains("generated a new AES-256 key"), "tlogd must say where the key is");
     let out = d.path().join("restored.img");
     assert_ok(&restore(None, &data, "disk1", &out), "tlog restore");
     assert_same(&img, &out);
