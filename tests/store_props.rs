@@ -32,6 +32,8 @@ fn op() -> impl Strategy<Value = Op> {
 /// Model: segments of (offset, timestamp, bytes).
 struct Model {
     segments: Vec<Vec<(u64, u64, Vec<u8>)>>,
+    /// Base offset of each segment.
+    bases: Vec<u64>,
     next: u64,
     ts: u64,
 }
@@ -47,12 +49,12 @@ fn opts() -> BigLogOptions {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
     #[test]
     fn biglog_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Some(BigLog::open(dir.path(), opts()).unwrap());
-        let mut m = Model { segments: vec![Vec::new()], next: 0, ts: 100 };
+        let mut m = Model { segments: vec![Vec::new()], bases: vec![0], next: 0, ts: 100 };
         for op in ops {
             let l = log.as_ref().unwrap();
             match op {
@@ -77,6 +79,7 @@ proptest! {
                     l.split().unwrap();
                     if !m.segments.last().unwrap().is_empty() {
                         m.segments.push(Vec::new());
+                        m.bases.push(m.next);
                     }
                 }
                 Op::Trim => {
@@ -84,6 +87,7 @@ proptest! {
                     if m.segments.len() > 1 {
                         r.unwrap();
                         m.segments.remove(0);
+                        m.bases.remove(0);
                     } else {
                         prop_assert!(r.is_err());
                     }
@@ -100,10 +104,10 @@ proptest! {
                 }
                 Op::ReadAt(o) => {
                     let all = m.all();
-                    let first = all.first().map(|e| e.0);
+                    prop_assert_eq!(l.first_offset().unwrap(), m.bases[0]);
                     match all.iter().find(|e| e.0 == o) {
                         Some(e) => prop_assert_eq!(l.read_at(o).unwrap(), Some((e.1, e.2.clone()))),
-                        None if first.map(|f| o < f).unwrap_or(false) => prop_assert!(l.read_at(o).is_err()),
+                        None if o < m.bases[0] => prop_assert!(l.read_at(o).is_err()),
                         None => prop_assert_eq!(l.read_at(o).unwrap(), None),
                     }
                 }
