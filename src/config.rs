@@ -44,12 +44,24 @@ pub struct ServerConfig {
     pub auth_tokens_env: String,
 }
 
-/// `[net]`: which front-end.
+/// `[net]`: which front-end, and the userspace stack's interface settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetConfig {
     /// `kernel` (default), `tap` or `dpdk`.
     pub mode: String,
+    /// Tap device tlogd creates or attaches to (tap mode). Default `tlog0`.
+    pub tap: String,
+    /// MAC address of tlogd's userspace interface. Default `02:00:00:00:00:02`.
+    pub mac: String,
+    /// IPv4 address/prefix of tlogd's userspace interface. Default `198.18.0.2/24`.
+    pub address: String,
+    /// IPv4 default gateway ("" = none). Default `198.18.0.1`.
+    pub gateway: String,
+    /// TCP sockets (connections) per queue. Default 64.
+    pub sockets_per_queue: usize,
+    /// Receive and send buffer of each socket, bytes (at least 256 KiB). Default 1 MiB.
+    pub socket_buffer_bytes: usize,
 }
 
 /// `[flush]`: aggregation, erasure coding, memory bounds.
@@ -146,8 +158,30 @@ impl Default for ServerConfig {
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig { mode: "kernel".into() }
+        NetConfig {
+            mode: "kernel".into(),
+            tap: "tlog0".into(),
+            mac: "02:00:00:00:00:02".into(),
+            address: "198.18.0.2/24".into(),
+            gateway: "198.18.0.1".into(),
+            sockets_per_queue: 64,
+            socket_buffer_bytes: 1 << 20,
+        }
     }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<std::result::Result<_, _>>().ok()?;
+    v.try_into().ok()
+}
+
+/// Parses `a.b.c.d/prefix`.
+pub fn parse_cidr(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (a, p) = s.split_once('/')?;
+    let p: u8 = p.parse().ok()?;
+    (p <= 32).then_some(())?;
+    Some((a.parse().ok()?, p))
 }
 
 impl Default for FlushConfig {
@@ -230,6 +264,27 @@ impl Config {
         let bad = |k: &str, msg: String| Err(Error::Config(format!("{k}: {msg}")));
         if !["kernel", "tap", "dpdk"].contains(&self.net.mode.as_str()) {
             return bad("net.mode", format!("{:?} is not one of \"kernel\", \"tap\", \"dpdk\"", self.net.mode));
+        }
+        let n = &self.net;
+        if n.mode != "kernel" {
+            if parse_mac(&n.mac).is_none() {
+                return bad("net.mac", format!("{:?} is not a MAC address like 02:00:00:00:00:02", n.mac));
+            }
+            if parse_cidr(&n.address).is_none() {
+                return bad("net.address", format!("{:?} is not an IPv4 address/prefix like 198.18.0.2/24", n.address));
+            }
+            if !n.gateway.is_empty() && n.gateway.parse::<std::net::Ipv4Addr>().is_err() {
+                return bad("net.gateway", format!("{:?} is not an IPv4 address (\"\" for none)", n.gateway));
+            }
+            if n.tap.is_empty() || n.tap.len() > 15 {
+                return bad("net.tap", format!("{:?}: an interface name of 1 to 15 characters", n.tap));
+            }
+            if n.sockets_per_queue == 0 || n.sockets_per_queue > 4096 {
+                return bad("net.sockets_per_queue", format!("{}: allowed 1 ..= 4096", n.sockets_per_queue));
+            }
+            if n.socket_buffer_bytes < 256 << 10 || n.socket_buffer_bytes > 64 << 20 {
+                return bad("net.socket_buffer_bytes", format!("{}: allowed 262144 ..= 67108864", n.socket_buffer_bytes));
+            }
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return bad("server.listen", format!("{:?} is not an IP:port address", self.server.listen));

@@ -64,8 +64,8 @@ fn run(args: Args) -> tlog::Result<()> {
         );
         return Ok(());
     }
-    if cfg.net.mode != "kernel" {
-        return Err(tlog::Error::Config(format!("net.mode = {:?}: this build serves only \"kernel\"", cfg.net.mode)));
+    if cfg.net.mode == "dpdk" {
+        return Err(tlog::Error::Config("net.mode = \"dpdk\": this build has no DPDK front-end yet; use \"kernel\" or \"tap\"".into()));
     }
     std::fs::create_dir_all(&cfg.server.data_dir).map_err(|e| tlog::Error::io(format!("create data directory {}", cfg.server.data_dir.display()), e))?;
     let (key, generated) = cfg.load_key(true)?;
@@ -78,12 +78,16 @@ fn run(args: Args) -> tlog::Result<()> {
     let ecfg = EngineConfig::from_config(&cfg)?;
     let engine = Engine::start(ecfg, sealer, backends)?;
     tlog::net::kernel::MAX_CONNECTIONS.store(cfg.server.max_connections, Ordering::SeqCst);
-    let listener = tlog::net::kernel::bind(&cfg.server.listen)?;
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.server.listen.clone());
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
     }
+    if cfg.net.mode == "tap" {
+        tlog::net::tap::serve(engine.clone(), &cfg, stop)?;
+        return finish(&engine);
+    }
+    let listener = tlog::net::kernel::bind(&cfg.server.listen)?;
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| cfg.server.listen.clone());
     tracing::info!(
         "tlogd listening on {addr} (kernel TCP); backend {} k={} m={} write_quorum={}; data in {}",
         cfg.backend.kind,
@@ -94,6 +98,10 @@ fn run(args: Args) -> tlog::Result<()> {
     );
     eprintln!("tlogd: listening on {addr}");
     tlog::net::kernel::serve(engine.clone(), listener, stop)?;
+    finish(&engine)
+}
+
+fn finish(engine: &Engine) -> tlog::Result<()> {
     tracing::info!("shutting down: flushing buffers");
     let clean = engine.shutdown(Duration::from_secs(30));
     if !clean {

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs tlogd in tap mode plus a client inside a fresh network namespace (created with
+# unshare, gone when the script ends): tlogd creates tap tlog0 and serves 198.18.0.2:11211 with
+# its userspace TCP stack; the host side of the tap gets 198.18.0.1/24; `tlog import` streams
+# IMAGE through the kernel's TCP over the tap; tlogd is stopped; `tlog restore` rebuilds the
+# image and it is compared byte for byte.
+#
+# Usage: scripts/netns-tap.sh IMAGE WORKDIR [VDISK]
+#   TLOG_BIN_DIR: where tlogd and tlog are (default target/debug)
+#   TLOG_KILL_CLIENT=1: kill the first import mid-stream (SIGKILL) and run it again
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${TLOG_IN_NETNS:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then flags=-n; else flags=-rn; fi
+  exec unshare "$flags" env TLOG_IN_NETNS=1 bash "$0" "$@"
+fi
+img=$(realpath "$1")
+work=$(realpath -m "$2")
+vdisk=${3:-tapdisk}
+bin=${TLOG_BIN_DIR:-$here/target/debug}
+export PATH="$PATH:/usr/sbin:/sbin"
+mkdir -p "$work"
+ip link set lo up
+tlogd_pid=""
+cleanup() { [ -n "$tlogd_pid" ] && kill "$tlogd_pid" 2>/dev/null || true; }
+trap cleanup EXIT
+"$bin/tlogd" --config "$here/config/tlogd-tap.toml" --data-dir "$work/data" 2>"$work/tlogd.log" &
+tlogd_pid=$!
+for _ in $(seq 1 100); do ip link show tlog0 >/dev/null 2>&1 && break; sleep 0.05; done
+ip link show tlog0 >/dev/null 2>&1 || { echo "netns-tap: tlogd did not create tlog0"; cat "$work/tlogd.log"; exit 1; }
+ip addr add 198.18.0.1/24 dev tlog0
+ip link set tlog0 up
+if [ "${TLOG_KILL_CLIENT:-0}" = 1 ]; then
+  "$bin/tlog" import --server 198.18.0.2:11211 --vdisk "$vdisk" "$img" > "$work/import1.log" 2>&1 &
+  ipid=$!
+  # Kill the client once the server has flushed something (bounded wait).
+  for _ in $(seq 1 400); do
+    [ "$(du -sk "$work/data/store/0" 2>/dev/null | cut -f1)" -gt 1024 ] 2>/dev/null && break
+    sleep 0.01
+  done
+  kill -9 "$ipid" 2>/dev/null || true
+  wait "$ipid" 2>/dev/null || true
+  echo "netns-tap: client killed mid-stream; running it again"
+fi
+"$bin/tlog" import --reconnect-timeout 30 --server 198.18.0.2:11211 --vdisk "$vdisk" "$img"
+kill -TERM "$tlogd_pid"
+wait "$tlogd_pid" || true
+tlogd_pid=""
+"$bin/tlog" restore --config "$here/config/tlogd-tap.toml" --data-dir "$work/data" --vdisk "$vdisk" --output "$work/restored.img"
+cmp "$img" "$work/restored.img"
+echo "netns-tap: restored image is identical"
