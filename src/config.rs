@@ -515,7 +515,7 @@ mod tests {
 
     #[test]
     fn shipped_configs_parse() {
-        for f in ["config/tlogd.toml", "config/tlogd-redis.toml"] {
+        for f in ["config/tlogd.toml", "config/tlogd-redis.toml", "config/tlogd-tap.toml"] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
             Config::load(&p).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
