@@ -148,7 +148,7 @@ pub struct Attached {
 
 struct WriteJob {
     key: Key,
-    shard: Vec<u8>,
+    shard: Arc<Vec<u8>>,
     head: Option<(String, Vec<u8>)>,
     reply: Sender<(usize, Result<()>)>,
 }
@@ -431,7 +431,7 @@ impl Engine {
             };
             let ts = now_ns();
             let ctx = SealContext { vdisk: &ns.vdisk, epoch, counter, attach_random: random, prev: chain.prev, timestamp: ts };
-            let sealed = match self.sealer.seal(&ctx, &buf.blocks) {
+            let mut sealed = match self.sealer.seal(&ctx, &buf.blocks) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(vdisk = %ns.vdisk, "sealing failed, the blocks stay unflushed: {e}");
@@ -450,14 +450,16 @@ impl Engine {
             }
             .encode();
             let (tx, rx) = crossbeam_channel::bounded(self.writers.len() * 2);
+            let shards: Vec<Arc<Vec<u8>>> = std::mem::take(&mut sealed.shards).into_iter().map(Arc::new).collect();
             for (i, w) in self.writers.iter().enumerate() {
-                let job = WriteJob { key: sealed.key, shard: sealed.shards[i].clone(), head: Some((ns.vdisk.clone(), head.clone())), reply: tx.clone() };
+                let job = WriteJob { key: sealed.key, shard: shards[i].clone(), head: Some((ns.vdisk.clone(), head.clone())), reply: tx.clone() };
                 if w.send(job).is_err() {
                     let _ = tx.send((i, Err(Error::Shutdown)));
                 }
             }
-            (chain.height, sealed, buf.bytes, rx, epoch, ts)
+            (chain.height, (sealed, shards), buf.bytes, rx, epoch, ts)
         };
+        let (sealed, shards) = sealed;
         let n = self.writers.len();
         let mut ok = vec![false; n];
         let mut errors: Vec<String> = vec![String::new(); n];
@@ -483,7 +485,7 @@ impl Engine {
             std::thread::sleep(Duration::from_millis((50 * attempt as u64).min(1000)));
             for i in 0..n {
                 if !ok[i] {
-                    match self.backends[i].put(&sealed.key, &sealed.shards[i]) {
+                    match self.backends[i].put(&sealed.key, &shards[i]) {
                         Ok(()) => ok[i] = true,
                         Err(e) => errors[i] = e.to_string(),
                     }
