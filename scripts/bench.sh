@@ -4,7 +4,8 @@
 #
 #   paths:    kernel TCP on loopback; kernel TCP across a veth pair between two network
 #             namespaces this script creates (198.18.0.1 client, 198.18.0.2 server) and removes;
-#             tap and dpdk rows once those front-ends are built (issue "Userspace TCP").
+#             tap (tlogd's userspace TCP on a tap device in a namespace the script creates);
+#             dpdk once that front-end is built.
 #   backends: local (embedded store), redis (six redis-server, appendfsync always)
 #   acks:     received, flushed
 #
@@ -75,6 +76,7 @@ measure_path() { # name host client_ns server_ns
   sink_recv=$(run_bench "$host:$sp" "$cns" received sinkr)
   sink_flushed=$(run_bench "$host:$sp" "$cns" flushed sinkf)
   stop_pid "$spid"
+  if [ -n "$cns" ]; then VETH_SINK_RECV=$sink_recv; VETH_SINK_FLUSHED=$sink_flushed; fi
   for backend in local redis; do
     local d="$work/$name-$backend"; mkdir -p "$d"
     local cfg="$d/tlogd.toml"; : > "$cfg"
@@ -113,7 +115,45 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
 else
   rows+=("| kernel veth (2 netns) | - | - | skipped: needs root for ip netns | | | |")
 fi
-rows+=("| tap | - | - | not built yet (userspace TCP issue) | | | |")
+# tap: tlogd's userspace TCP on tap tlog0 inside a namespace; the client (kernel TCP) in the
+# same namespace on the host side of the tap. No sink runs on the userspace stack, so the
+# ratio column compares with the kernel-veth sink above.
+measure_tap() {
+  local ns="tlogb-t-$$"
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  for backend in local redis; do
+    local d="$work/tap-$backend"; mkdir -p "$d"
+    local cfg="$d/tlogd.toml"
+    REDIS_PIDS=()
+    {
+      printf '[server]\nlisten = "198.18.0.2:11211"\n[net]\nmode = "tap"\ntap = "tlog0"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\n'
+      if [ "$backend" = redis ]; then start_redis "$d" "$ns"; fi
+    } > "$cfg"
+    ip netns exec "$ns" "$B/tlogd" --config "$cfg" --data-dir "$d/data" 2>"$d/tlogd.log" &
+    local tpid=$!; pids+=($tpid)
+    for _ in $(seq 1 100); do ip -n "$ns" link show tlog0 >/dev/null 2>&1 && break; sleep 0.05; done
+    ip -n "$ns" addr add 198.18.0.1/24 dev tlog0 2>/dev/null || true
+    ip -n "$ns" link set tlog0 up
+    wait_port 198.18.0.2 11211 "$ns"
+    for ack in received flushed; do
+      local j s t_mib s_mib
+      j=$(run_bench 198.18.0.2:11211 "$ns" "$ack" "$ack")
+      if [ "$ack" = received ]; then s=${VETH_SINK_RECV:-}; else s=${VETH_SINK_FLUSHED:-}; fi
+      t_mib=$(field "$j" 'round(d["mib_per_sec"],1)')
+      if [ -n "$s" ]; then s_mib=$(field "$s" 'round(d["mib_per_sec"],1)'); else s_mib=0; fi
+      rows+=("| tap (userspace TCP) | $backend | $ack | $t_mib | $s_mib (veth sink) | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
+    done
+    stop_pid "$tpid"
+    for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done
+  done
+  ip netns del "$ns"
+}
+if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
+  measure_tap
+else
+  rows+=("| tap | - | - | skipped: needs root for ip netns | | | |")
+fi
 rows+=("| dpdk | - | - | not built yet (userspace TCP issue) | | | |")
 
 echo
