@@ -30,7 +30,11 @@ pub struct Aggregation {
 
 /// Encodes an aggregation (Cap'n Proto stream framing, one frame).
 pub fn encode(vdisk: &str, blocks: &[Block], prev: &Key, epoch: u64, timestamp: u64) -> Vec<u8> {
-    let mut m = Builder::new_default();
+    // One first segment big enough for the whole message: no segment growth, and the frame is
+    // written as one segment.
+    let estimate: usize = 256 + vdisk.len() + blocks.iter().map(|b| b.data.len() + 128).sum::<usize>();
+    let words = (estimate / 8 + 64).min(u32::MAX as usize) as u32;
+    let mut m = Builder::new(capnp::message::HeapAllocator::new().first_segment_words(words));
     let mut a = m.init_root::<schema::aggregation::Builder>();
     a.set_format_version(AGGREGATION_VERSION);
     a.set_vdisk_id(vdisk);
