@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    if std::env::var("CARGO_FEATURE_DPDK").is_ok() {
+        dpdk::build();
+    }
     println!("cargo:rerun-if-changed=schema/tlog.capnp");
     println!("cargo:rerun-if-changed=src/tlog_capnp.rs");
     println!("cargo:rerun-if-env-changed=CI");
@@ -33,4 +36,58 @@ fn main() {
         println!("cargo:warning=src/tlog_capnp.rs is stale: run scripts/regen-schema.sh");
     }
     println!("cargo:rustc-cfg=tlog_generated_schema");
+}
+
+/// The DPDK binding (feature "dpdk"): bindgen over dpdk/wrapper.h and the C shim built with
+/// cc, both with the whole `pkg-config --cflags libdpdk` (it carries `-include rte_config.h`
+/// and `-march`); every library of `pkg-config --libs libdpdk` linked as a shared library, so
+/// the poll-mode drivers load from DPDK's plugin directory.
+#[cfg(feature = "dpdk")]
+mod dpdk {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    fn pkg(arg: &str) -> Vec<String> {
+        let o = Command::new("pkg-config").args([arg, "libdpdk"]).output().expect("pkg-config (install pkg-config and libdpdk-dev)");
+        assert!(o.status.success(), "pkg-config {arg} libdpdk failed: install libdpdk-dev: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect()
+    }
+
+    pub fn build() {
+        println!("cargo:rerun-if-changed=dpdk/wrapper.h");
+        println!("cargo:rerun-if-changed=dpdk/shim.h");
+        println!("cargo:rerun-if-changed=dpdk/shim.c");
+        let cflags = pkg("--cflags");
+        let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+        let b = bindgen::Builder::default()
+            .header("dpdk/wrapper.h")
+            .clang_args(cflags.iter())
+            .clang_arg("-Idpdk")
+            .allowlist_function("rte_eal_init|rte_eal_cleanup|rte_eth_dev_count_avail|rte_eth_dev_configure|rte_eth_rx_queue_setup|rte_eth_tx_queue_setup|rte_eth_dev_start|rte_eth_dev_stop|rte_eth_dev_close|rte_eth_macaddr_get|rte_eth_dev_socket_id|rte_eth_stats_get|rte_eth_promiscuous_enable|rte_eth_dev_info_get|rte_pktmbuf_pool_create|rte_mempool_free|rte_socket_id|rte_strerror|tlog_.*")
+            .allowlist_type("rte_eth_conf|rte_eth_stats|rte_ether_addr|rte_eth_dev_info|rte_eth_rxconf|rte_eth_txconf")
+            .opaque_type("rte_arp_hdr|rte_arp_ipv4|rte_l2tpv2_combined_msg_hdr|rte_gtp_psc_generic_hdr")
+            .layout_tests(false)
+            .derive_default(true)
+            .generate()
+            .expect("bindgen over dpdk/wrapper.h");
+        b.write_to_file(out.join("dpdk_bindings.rs")).expect("write dpdk_bindings.rs");
+        let mut c = cc::Build::new();
+        c.file("dpdk/shim.c").include("dpdk");
+        for f in &cflags {
+            c.flag(f);
+        }
+        c.compile("tlog_dpdk_shim");
+        for l in pkg("--libs") {
+            if let Some(name) = l.strip_prefix("-l") {
+                println!("cargo:rustc-link-lib=dylib={name}");
+            } else if let Some(dir) = l.strip_prefix("-L") {
+                println!("cargo:rustc-link-search=native={dir}");
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "dpdk"))]
+mod dpdk {
+    pub fn build() {}
 }

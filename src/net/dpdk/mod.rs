@@ -4,3 +4,6 @@
 //! front-end itself is behind the `dpdk` cargo feature.
 
 pub mod mmap;
+
+#[cfg(feature = "dpdk")]
+pub mod ffi;
