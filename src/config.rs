@@ -22,6 +22,46 @@ pub struct Config {
     pub crypto: CryptoConfig,
     /// `[backend]`.
     pub backend: BackendConfig,
+    /// `[dpdk]` (used when net.mode = "dpdk").
+    pub dpdk: DpdkConfig,
+}
+
+/// `[dpdk]`: EAL arguments, port, queues and mempool sizing of the DPDK front-end.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpdkConfig {
+    /// EAL arguments, as on a DPDK command line. Default: net_tap PMD without hardware:
+    /// `--no-huge -m 512 --no-pci --vdev=net_tap0,iface=dtap0 --file-prefix=tlog`.
+    pub eal_args: Vec<String>,
+    /// DPDK port id. Default 0.
+    pub port: u16,
+    /// RX/TX queue pairs, one poll thread (and one userspace TCP stack) each. Default 2.
+    pub queues: u16,
+    /// RX descriptors per queue. Default 1024.
+    pub rx_descriptors: u16,
+    /// TX descriptors per queue. Default 1024.
+    pub tx_descriptors: u16,
+    /// mbufs in the mempool. Default 16383.
+    pub mbufs: u32,
+    /// Per-lcore mempool cache. Default 256.
+    pub mbuf_cache: u32,
+    /// Seconds between statistics log lines (0 = only at exit). Default 10.
+    pub stats_interval_secs: u64,
+}
+
+impl Default for DpdkConfig {
+    fn default() -> Self {
+        DpdkConfig {
+            eal_args: ["--no-huge", "-m", "512", "--no-pci", "--vdev=net_tap0,iface=dtap0", "--file-prefix=tlog"].iter().map(|s| s.to_string()).collect(),
+            port: 0,
+            queues: 2,
+            rx_descriptors: 1024,
+            tx_descriptors: 1024,
+            mbufs: 16383,
+            mbuf_cache: 256,
+            stats_interval_secs: 10,
+        }
+    }
 }
 
 /// `[server]`: listening, data directory, limits, auth.
@@ -239,6 +279,7 @@ impl Default for Config {
             flush: FlushConfig::default(),
             crypto: CryptoConfig::default(),
             backend: BackendConfig::default(),
+            dpdk: DpdkConfig::default(),
         }
     }
 }
@@ -284,6 +325,25 @@ impl Config {
             }
             if n.socket_buffer_bytes < 256 << 10 || n.socket_buffer_bytes > 64 << 20 {
                 return bad("net.socket_buffer_bytes", format!("{}: allowed 262144 ..= 67108864", n.socket_buffer_bytes));
+            }
+        }
+        if n.mode == "dpdk" {
+            let d = &self.dpdk;
+            if d.queues == 0 || d.queues > 64 {
+                return bad("dpdk.queues", format!("{}: allowed 1 ..= 64", d.queues));
+            }
+            if d.rx_descriptors < 64 || d.tx_descriptors < 64 {
+                return bad("dpdk.rx_descriptors/tx_descriptors", "at least 64 each".into());
+            }
+            let need = d.queues as u32 * (d.rx_descriptors as u32 + d.tx_descriptors as u32) + d.queues as u32 * d.mbuf_cache + 1024;
+            if d.mbufs < need {
+                return bad(
+                    "dpdk.mbufs",
+                    format!("{} is too few for {} queues of {}+{} descriptors (need at least {need})", d.mbufs, d.queues, d.rx_descriptors, d.tx_descriptors),
+                );
+            }
+            if d.mbuf_cache > 512 {
+                return bad("dpdk.mbuf_cache", format!("{}: at most 512", d.mbuf_cache));
             }
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {

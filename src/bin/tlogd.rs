@@ -64,8 +64,8 @@ fn run(args: Args) -> tlog::Result<()> {
         );
         return Ok(());
     }
-    if cfg.net.mode == "dpdk" {
-        return Err(tlog::Error::Config("net.mode = \"dpdk\": this build has no DPDK front-end yet; use \"kernel\" or \"tap\"".into()));
+    if cfg.net.mode == "dpdk" && !cfg!(feature = "dpdk") {
+        return Err(tlog::Error::Config("net.mode = \"dpdk\": this tlogd was built without the dpdk feature (cargo build --features dpdk)".into()));
     }
     std::fs::create_dir_all(&cfg.server.data_dir).map_err(|e| tlog::Error::io(format!("create data directory {}", cfg.server.data_dir.display()), e))?;
     let (key, generated) = cfg.load_key(true)?;
@@ -84,6 +84,11 @@ fn run(args: Args) -> tlog::Result<()> {
     }
     if cfg.net.mode == "tap" {
         tlog::net::tap::serve(engine.clone(), &cfg, stop)?;
+        return finish(&engine);
+    }
+    #[cfg(feature = "dpdk")]
+    if cfg.net.mode == "dpdk" {
+        tlog::net::dpdk::serve(engine.clone(), &cfg, stop)?;
         return finish(&engine);
     }
     let listener = tlog::net::kernel::bind(&cfg.server.listen)?;

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs tlogd in dpdk mode (net_tap PMD, 2 queues, config/tlogd-dpdk.toml) plus clients inside
+# a fresh network namespace (created with unshare, gone when the script ends): DPDK creates
+# the kernel interface dtap0, which gets 198.18.0.1/24; NVDISK imports of IMAGE run at once
+# through the kernel's TCP; tlogd is stopped (SIGTERM); each vdisk is restored and compared.
+#
+# Usage: scripts/netns-dpdk.sh IMAGE WORKDIR [NVDISK]
+#   TLOG_BIN_DIR: where tlogd (built with --features dpdk) and tlog are (default target/debug)
+#   TLOG_KILL_CLIENT=1: the first vdisk's client is killed mid-stream (SIGKILL) and run again
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${TLOG_IN_NETNS:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then flags=-n; else flags=-rn; fi
+  exec unshare "$flags" env TLOG_IN_NETNS=1 bash "$0" "$@"
+fi
+img=$(realpath "$1")
+work=$(realpath -m "$2")
+n=${3:-8}
+bin=${TLOG_BIN_DIR:-$here/target/debug}
+export PATH="$PATH:/usr/sbin:/sbin"
+mkdir -p "$work"
+ip link set lo up
+cfg="$work/tlogd-dpdk.toml"
+sed "s/--file-prefix=tlog/--file-prefix=tlog$$/" "$here/config/tlogd-dpdk.toml" > "$cfg"
+tlogd_pid=""
+cleanup() { [ -n "$tlogd_pid" ] && kill "$tlogd_pid" 2>/dev/null || true; }
+trap cleanup EXIT
+"$bin/tlogd" --config "$cfg" --data-dir "$work/data" 2>"$work/tlogd.log" &
+tlogd_pid=$!
+for _ in $(seq 1 200); do ip link show dtap0 >/dev/null 2>&1 && break; sleep 0.05; done
+ip link show dtap0 >/dev/null 2>&1 || { echo "netns-dpdk: DPDK did not create dtap0"; cat "$work/tlogd.log"; exit 1; }
+ip addr add 198.18.0.1/24 dev dtap0
+ip link set dtap0 up
+pids=()
+for i in $(seq 0 $((n - 1))); do
+  if [ "$i" = 0 ] && [ "${TLOG_KILL_CLIENT:-0}" = 1 ]; then
+    (
+      "$bin/tlog" import --server 198.18.0.2:11211 --vdisk "dvd$i" "$img" > "$work/kill.log" 2>&1 &
+      ipid=$!
+      for _ in $(seq 1 400); do
+        [ "$(du -sk "$work/data/store/0" 2>/dev/null | cut -f1)" -gt 1024 ] 2>/dev/null && break
+        sleep 0.01
+      done
+      kill -9 "$ipid" 2>/dev/null || true
+      wait "$ipid" 2>/dev/null || true
+      echo "netns-dpdk: client of dvd$i killed mid-stream; running it again"
+      "$bin/tlog" import --reconnect-timeout 30 --server 198.18.0.2:11211 --vdisk "dvd$i" "$img"
+    ) &
+  else
+    "$bin/tlog" import --reconnect-timeout 30 --server 198.18.0.2:11211 --vdisk "dvd$i" "$img" &
+  fi
+  pids+=($!)
+done
+fail=0
+for p in "${pids[@]}"; do wait "$p" || fail=1; done
+kill -TERM "$tlogd_pid"
+wait "$tlogd_pid" || true
+tlogd_pid=""
+[ "$fail" = 0 ] || { echo "netns-dpdk: an import failed"; tail -20 "$work/tlogd.log"; exit 1; }
+grep -E "dpdk (port|queue)" "$work/tlogd.log" | tail -3 || true
+for i in $(seq 0 $((n - 1))); do
+  "$bin/tlog" restore --config "$cfg" --data-dir "$work/data" --vdisk "dvd$i" --output "$work/restored$i.img" >/dev/null
+  cmp "$img" "$work/restored$i.img"
+done
+echo "netns-dpdk: all $n restored images are identical"
