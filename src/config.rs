@@ -575,7 +575,7 @@ mod tests {
 
     #[test]
     fn shipped_configs_parse() {
-        for f in ["config/tlogd.toml", "config/tlogd-redis.toml", "config/tlogd-tap.toml"] {
+        for f in ["config/tlogd.toml", "config/tlogd-redis.toml", "config/tlogd-tap.toml", "config/tlogd-dpdk.toml"] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
             Config::load(&p).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
