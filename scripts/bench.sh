@@ -5,7 +5,7 @@
 #   paths:    kernel TCP on loopback; kernel TCP across a veth pair between two network
 #             namespaces this script creates (198.18.0.1 client, 198.18.0.2 server) and removes;
 #             tap (tlogd's userspace TCP on a tap device in a namespace the script creates);
-#             dpdk once that front-end is built.
+#             dpdk (tlogd on DPDK's net_tap PMD, 2 queues, in a namespace the script creates).
 #   backends: local (embedded store), redis (six redis-server, appendfsync always)
 #   acks:     received, flushed
 #
@@ -19,7 +19,9 @@ DUR=${TLOG_BENCH_SECONDS:-10}
 VD=${TLOG_BENCH_VDISKS:-8}
 BS=${TLOG_BENCH_BLOCK:-4096}
 R=${TLOG_BENCH_R:-0.5}
-cargo build --release --locked --bins >&2
+features=""
+if pkg-config --exists libdpdk 2>/dev/null; then features="--features dpdk"; fi
+cargo build --release --locked --bins $features >&2
 B=$PWD/target/release
 work=$(mktemp -d "${TLOG_BENCH_DIR:-/tmp}/tlog-bench.XXXXXX")
 ns_c="tlogb-c-$$"
@@ -154,7 +156,45 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
 else
   rows+=("| tap | - | - | skipped: needs root for ip netns | | | |")
 fi
-rows+=("| dpdk | - | - | not built yet (userspace TCP issue) | | | |")
+# dpdk: tlogd on DPDK's net_tap PMD (2 queues) inside a namespace; the client (kernel TCP)
+# in the same namespace on dtap0. Compared with the veth sink like the tap row.
+measure_dpdk() {
+  local ns="tlogb-d-$$"
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  for backend in local redis; do
+    local d="$work/dpdk-$backend"; mkdir -p "$d"
+    local cfg="$d/tlogd.toml"
+    REDIS_PIDS=()
+    {
+      printf '[server]\nlisten = "198.18.0.2:11211"\n[net]\nmode = "dpdk"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\n'
+      printf '[dpdk]\neal_args = ["--no-huge", "-m", "512", "--no-pci", "--vdev=net_tap0,iface=dtap0", "--file-prefix=tlogb%s"]\nqueues = 2\nstats_interval_secs = 0\n' "$$"
+      if [ "$backend" = redis ]; then start_redis "$d" "$ns"; fi
+    } > "$cfg"
+    ip netns exec "$ns" "$B/tlogd" --config "$cfg" --data-dir "$d/data" 2>"$d/tlogd.log" &
+    local tpid=$!; pids+=($tpid)
+    for _ in $(seq 1 200); do ip -n "$ns" link show dtap0 >/dev/null 2>&1 && break; sleep 0.05; done
+    ip -n "$ns" addr add 198.18.0.1/24 dev dtap0 2>/dev/null || true
+    ip -n "$ns" link set dtap0 up
+    wait_port 198.18.0.2 11211 "$ns"
+    for ack in received flushed; do
+      local j s t_mib s_mib
+      j=$(run_bench 198.18.0.2:11211 "$ns" "$ack" "$ack")
+      if [ "$ack" = received ]; then s=${VETH_SINK_RECV:-}; else s=${VETH_SINK_FLUSHED:-}; fi
+      t_mib=$(field "$j" 'round(d["mib_per_sec"],1)')
+      if [ -n "$s" ]; then s_mib=$(field "$s" 'round(d["mib_per_sec"],1)'); else s_mib=0; fi
+      rows+=("| dpdk net_tap (2 queues) | $backend | $ack | $t_mib | $s_mib (veth sink) | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
+    done
+    stop_pid "$tpid"
+    for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done
+  done
+  ip netns del "$ns"
+}
+if [ -n "$features" ] && [ "$(id -u)" = 0 ]; then
+  measure_dpdk
+else
+  rows+=("| dpdk | - | - | skipped: needs libdpdk-dev and root | | | |")
+fi
 
 echo
 echo "tlog bench: $VD vdisks, $BS-byte blocks, compressibility $R, $DUR s per row; $(nproc) cores, $(uname -r)"

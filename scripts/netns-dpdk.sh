@@ -7,6 +7,7 @@
 # Usage: scripts/netns-dpdk.sh IMAGE WORKDIR [NVDISK]
 #   TLOG_BIN_DIR: where tlogd (built with --features dpdk) and tlog are (default target/debug)
 #   TLOG_KILL_CLIENT=1: the first vdisk's client is killed mid-stream (SIGKILL) and run again
+#   TLOG_DPDK_QUEUES: RX/TX queues (default: the config's 2)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -z "${TLOG_IN_NETNS:-}" ]; then
@@ -21,7 +22,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 mkdir -p "$work"
 ip link set lo up
 cfg="$work/tlogd-dpdk.toml"
-sed "s/--file-prefix=tlog/--file-prefix=tlog$$/" "$here/config/tlogd-dpdk.toml" > "$cfg"
+sed -e "s/--file-prefix=tlog/--file-prefix=tlog$$/" -e "s/^queues = .*/queues = ${TLOG_DPDK_QUEUES:-2}/" "$here/config/tlogd-dpdk.toml" > "$cfg"
 tlogd_pid=""
 cleanup() { [ -n "$tlogd_pid" ] && kill "$tlogd_pid" 2>/dev/null || true; }
 trap cleanup EXIT

@@ -47,6 +47,9 @@ pub struct DpdkConfig {
     pub mbuf_cache: u32,
     /// Seconds between statistics log lines (0 = only at exit). Default 10.
     pub stats_interval_secs: u64,
+    /// Microseconds a poll thread sleeps after a run of empty polls (0 = busy polling, for
+    /// dedicated cores). Default 20.
+    pub idle_sleep_us: u64,
 }
 
 impl Default for DpdkConfig {
@@ -60,6 +63,7 @@ impl Default for DpdkConfig {
             mbufs: 16383,
             mbuf_cache: 256,
             stats_interval_secs: 10,
+            idle_sleep_us: 20,
         }
     }
 }
@@ -341,6 +345,9 @@ impl Config {
                     "dpdk.mbufs",
                     format!("{} is too few for {} queues of {}+{} descriptors (need at least {need})", d.mbufs, d.queues, d.rx_descriptors, d.tx_descriptors),
                 );
+            }
+            if d.idle_sleep_us > 10_000 {
+                return bad("dpdk.idle_sleep_us", format!("{}: at most 10000", d.idle_sleep_us));
             }
             if d.mbuf_cache > 512 {
                 return bad("dpdk.mbuf_cache", format!("{}: at most 512", d.mbuf_cache));

@@ -4,10 +4,22 @@
 //! consumed it. Transmit allocates an mbuf, lets smoltcp write the frame into it and batches
 //! it for `rte_eth_tx_burst` (flushed by [`QueueDevice::flush_tx`] after every poll). ARP
 //! frames are copied to the other queues' devices, so every queue's stack learns its peers.
+//!
+//! Flow ownership: the kernel side of a tap (and RSS on some NICs) may move a TCP flow to
+//! another queue mid-connection (Linux re-randomises a socket's flow hash after a
+//! retransmission timeout, and the tap picks the queue by that hash). Each queue's stack only
+//! knows its own connections, so a SYN makes the receiving queue the flow's owner (in a map
+//! shared by the queues) and later segments that arrive on another queue are handed to the
+//! owner.
 
 use super::ffi;
 use super::port::Port;
 use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Which queue owns each TCP flow, by peer (IPv4 address, port).
+pub type FlowOwners = Arc<Mutex<HashMap<(u32, u16), u16>>>;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
@@ -30,6 +42,8 @@ pub struct QueueStats {
     pub alloc_failures: u64,
     /// ARP frames copied to other queues.
     pub arp_copies: u64,
+    /// TCP segments handed to the queue that owns their flow.
+    pub steered: u64,
 }
 
 /// One queue pair.
@@ -43,14 +57,18 @@ pub struct QueueDevice {
     tx: Vec<*mut ffi::rte_mbuf>,
     arp_in: Receiver<Vec<u8>>,
     arp_out: Vec<Sender<Vec<u8>>>,
+    /// Inboxes of every queue (index = queue), for steered segments.
+    inboxes: Vec<Sender<Vec<u8>>>,
+    owners: FlowOwners,
     stats: QueueStats,
     got_rx: bool,
 }
 
 impl QueueDevice {
-    /// The device of `queue` on `port`; `arp_in` receives ARP frames seen by other queues,
-    /// `arp_out` sends this queue's to them.
-    pub fn new(port: &Port, queue: u16, arp_in: Receiver<Vec<u8>>, arp_out: Vec<Sender<Vec<u8>>>) -> QueueDevice {
+    /// The device of `queue` on `port`; `arp_in` receives frames from other queues (ARP copies
+    /// and steered segments), `inboxes[q]` sends to queue q; `owners` is shared by all queues.
+    pub fn new(port: &Port, queue: u16, arp_in: Receiver<Vec<u8>>, inboxes: Vec<Sender<Vec<u8>>>, owners: FlowOwners) -> QueueDevice {
+        let arp_out: Vec<Sender<Vec<u8>>> = inboxes.iter().enumerate().filter(|(i, _)| *i != queue as usize).map(|(_, t)| t.clone()).collect();
         QueueDevice {
             port: port.id(),
             queue,
@@ -61,6 +79,8 @@ impl QueueDevice {
             tx: Vec::with_capacity(BURST),
             arp_in,
             arp_out,
+            inboxes,
+            owners,
             stats: QueueStats::default(),
             got_rx: false,
         }
@@ -199,7 +219,34 @@ impl phy::Device for QueueDevice {
         if let Ok(f) = self.arp_in.try_recv() {
             return Some((RxToken::Copy(f), TxToken { dev: self }));
         }
-        let m = self.next_mbuf()?;
+        let mut m = self.next_mbuf()?;
+        // Hand TCP segments of flows owned by another queue to that queue.
+        while self.inboxes.len() > 1 {
+            // SAFETY: m is a valid mbuf just received; its data segment is data_len bytes.
+            let frame = unsafe { std::slice::from_raw_parts(ffi::tlog_pktmbuf_data(m), ffi::tlog_pktmbuf_data_len(m) as usize) };
+            let Some((peer, syn)) = tcp_peer(frame) else { break };
+            let owner = {
+                let mut o = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+                if syn {
+                    o.insert(peer, self.queue);
+                    self.queue
+                } else {
+                    *o.entry(peer).or_insert(self.queue)
+                }
+            };
+            if owner == self.queue {
+                break;
+            }
+            let copy = frame.to_vec();
+            // SAFETY: the frame was copied; the mbuf is ours to free.
+            unsafe { ffi::tlog_pktmbuf_free(m) };
+            if let Some(tx) = self.inboxes.get(owner as usize) {
+                if tx.try_send(copy).is_ok() {
+                    self.stats.steered += 1;
+                }
+            }
+            m = self.next_mbuf()?;
+        }
         self.got_rx = true;
         // SAFETY: m is a valid mbuf just received; its data segment is data_len bytes long and
         // is only read here, before the token hands it to smoltcp.
@@ -232,4 +279,21 @@ impl phy::Device for QueueDevice {
         c.max_burst_size = Some(BURST);
         c
     }
+}
+
+/// For an IPv4 TCP frame: the peer (source address, source port) and whether it is a SYN
+/// without ACK (a new connection).
+fn tcp_peer(f: &[u8]) -> Option<((u32, u16), bool)> {
+    if f.len() < 34 || f[12] != 0x08 || f[13] != 0x00 || f[23] != 6 {
+        return None;
+    }
+    let ihl = ((f[14] & 0x0f) as usize) * 4;
+    let t = 14 + ihl;
+    if f.len() < t + 14 {
+        return None;
+    }
+    let src = u32::from_be_bytes([f[26], f[27], f[28], f[29]]);
+    let port = u16::from_be_bytes([f[t], f[t + 1]]);
+    let flags = f[t + 13];
+    Some(((src, port), flags & 0x02 != 0 && flags & 0x10 == 0))
 }

@@ -43,17 +43,20 @@ mod serve_impl {
         scfg.mac = port.mac();
         tracing::info!("dpdk mode: port {} ({} queues, MAC {}) serving {}:{}", d.port, d.queues, port.mac_string(), scfg.address.0, scfg.port);
         eprintln!("tlogd: listening on {}:{} (userspace TCP on DPDK port {}, {} queues)", scfg.address.0, scfg.port, d.port, d.queues);
-        let (arp_txs, arp_rxs): (Vec<_>, Vec<_>) = (0..d.queues).map(|_| crossbeam_channel::bounded::<Vec<u8>>(256)).unzip();
+        let (arp_txs, arp_rxs): (Vec<_>, Vec<_>) = (0..d.queues).map(|_| crossbeam_channel::bounded::<Vec<u8>>(4096)).unzip();
         let stats: Arc<Mutex<Vec<QueueStats>>> = Arc::new(Mutex::new(vec![QueueStats::default(); d.queues as usize]));
         let mut threads = Vec::new();
+        let owners: super::device::FlowOwners = Default::default();
         for (q, arp_rx) in arp_rxs.into_iter().enumerate() {
-            let peers: Vec<_> = arp_txs.iter().enumerate().filter(|(i, _)| *i != q).map(|(_, t)| t.clone()).collect();
+            let inboxes = arp_txs.clone();
+            let owners = owners.clone();
             let (engine, port, stop, stats, scfg) = (engine.clone(), port.clone(), stop.clone(), stats.clone(), scfg.clone());
+            let idle_sleep = Duration::from_micros(d.idle_sleep_us);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("dpdk-q{q}"))
                     .spawn(move || {
-                        let mut dev = QueueDevice::new(&port, q as u16, arp_rx, peers);
+                        let mut dev = QueueDevice::new(&port, q as u16, arp_rx, inboxes, owners);
                         let mut stack = Stack::new(&mut dev, engine, scfg);
                         let mut idle = 0u32;
                         let mut last_stats = Instant::now();
@@ -63,12 +66,15 @@ mod serve_impl {
                             if work || dev.had_rx() {
                                 idle = 0;
                             } else {
-                                // Poll-mode, but yield the core when nothing moves for a while
-                                // (2-core test machines share it with the flushers).
+                                // Poll mode, but give the core back as soon as a few polls
+                                // in a row find nothing: with more poll threads than spare
+                                // cores (2-core machines, where clients and flushers share
+                                // them) busy polling starves everything else and throughput
+                                // collapses. `dpdk.idle_sleep_us` = 0 keeps pure busy polling.
                                 idle = idle.saturating_add(1);
-                                if idle > 1000 {
-                                    std::thread::sleep(Duration::from_micros(50));
-                                } else if idle > 64 {
+                                if idle > 2 && idle_sleep > Duration::ZERO {
+                                    std::thread::sleep(idle_sleep);
+                                } else if idle > 1 {
                                     std::thread::yield_now();
                                 }
                             }
@@ -120,14 +126,15 @@ mod serve_impl {
         if let Ok(s) = stats.lock() {
             for (q, x) in s.iter().enumerate() {
                 tracing::info!(
-                    "dpdk queue {q}: rx {} packets {} bytes, tx {} packets {} bytes, tx drops {}, mbuf alloc failures {}, arp copies {}",
+                    "dpdk queue {q}: rx {} packets {} bytes, tx {} packets {} bytes, tx drops {}, mbuf alloc failures {}, arp copies {}, steered {}",
                     x.rx_packets,
                     x.rx_bytes,
                     x.tx_packets,
                     x.tx_bytes,
                     x.tx_drops,
                     x.alloc_failures,
-                    x.arp_copies
+                    x.arp_copies,
+                    x.steered
                 );
             }
         }
