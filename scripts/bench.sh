@@ -168,7 +168,7 @@ measure_dpdk() {
     REDIS_PIDS=()
     {
       printf '[server]\nlisten = "198.18.0.2:11211"\n[net]\nmode = "dpdk"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\n'
-      printf '[dpdk]\neal_args = ["--no-huge", "-m", "512", "--no-pci", "--vdev=net_tap0,iface=dtap0", "--file-prefix=tlogb%s"]\nqueues = 2\nstats_interval_secs = 0\n' "$$"
+      printf '[dpdk]\neal_args = ["--no-huge", "-m", "512", "--no-pci", "--vdev=net_tap0,iface=dtap0", "--file-prefix=tlogb%s"]\nqueues = %s\nstats_interval_secs = 0\n' "$$" "${TLOG_BENCH_DPDK_QUEUES:-1}"
       if [ "$backend" = redis ]; then start_redis "$d" "$ns"; fi
     } > "$cfg"
     ip netns exec "$ns" "$B/tlogd" --config "$cfg" --data-dir "$d/data" 2>"$d/tlogd.log" &
@@ -183,7 +183,7 @@ measure_dpdk() {
       if [ "$ack" = received ]; then s=${VETH_SINK_RECV:-}; else s=${VETH_SINK_FLUSHED:-}; fi
       t_mib=$(field "$j" 'round(d["mib_per_sec"],1)')
       if [ -n "$s" ]; then s_mib=$(field "$s" 'round(d["mib_per_sec"],1)'); else s_mib=0; fi
-      rows+=("| dpdk net_tap (2 queues) | $backend | $ack | $t_mib | $s_mib (veth sink) | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
+      rows+=("| dpdk net_tap (${TLOG_BENCH_DPDK_QUEUES:-1} queue) | $backend | $ack | $t_mib | $s_mib (veth sink) | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
     done
     stop_pid "$tpid"
     for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done

@@ -97,19 +97,37 @@ impl RedisBackend {
         Ok(c)
     }
 
-    fn with_conn<T>(&self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
+    /// Runs `f` on the connection (connecting first if needed). An I/O error drops the
+    /// connection; the operation is retried on a new connection up to 3 times in all, since
+    /// every operation here is idempotent (SET, max-height EVAL, GET, DEL). This also covers
+    /// EINTR, which signals of DPDK's EAL threads can cause in blocking socket calls.
+    fn with_conn<T>(&self, f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
         let mut g = self.conn.lock().map_err(|_| self.err("connection lock poisoned"))?;
-        if g.is_none() {
-            *g = Some(self.connect()?);
-        }
-        let c = g.as_mut().ok_or_else(|| self.err("not connected"))?;
-        match f(c) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                *g = None; // reconnect next time
-                Err(self.err(e))
+        let mut last = None;
+        for _ in 0..3 {
+            if g.is_none() {
+                match self.connect() {
+                    Ok(c) => *g = Some(c),
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                }
+            }
+            let c = g.as_mut().ok_or_else(|| self.err("not connected"))?;
+            match f(c) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    *g = None; // reconnect for the next try
+                    let io = e.is_io_error();
+                    last = Some(self.err(e));
+                    if !io {
+                        break;
+                    }
+                }
             }
         }
+        Err(last.unwrap_or_else(|| self.err("no attempt made")))
     }
 }
 
