@@ -73,9 +73,11 @@ pub struct Latencies {
     pub flushed: Vec<u64>,
 }
 
+/// A block in flight: its encoded frame (resent on reconnect) and what the window needs.
 struct Pending {
-    block: Block,
-    frame: Vec<u8>,
+    sequence: u64,
+    data_len: u64,
+    frame: Arc<Vec<u8>>,
     sent_at: Instant,
     received: bool,
 }
@@ -164,7 +166,7 @@ impl Client {
         // this stream is durable, and the server's head may belong to an older sequence space.
         let (first_seq, reset) = {
             let st = lock(&shared.state);
-            (st.window.front().map(|p| p.block.sequence).unwrap_or(st.next_sequence), cfg.reset_first_sequence && st.last_flushed.is_none())
+            (st.window.front().map(|p| p.sequence).unwrap_or(st.next_sequence), cfg.reset_first_sequence && st.last_flushed.is_none())
         };
         let req = HandshakeRequest {
             version: PROTOCOL_VERSION,
@@ -276,10 +278,10 @@ impl Client {
             Self::check_fatal(&st)?;
             let seq = st.next_sequence;
             st.next_sequence += 1;
-            let block = Block::new(seq, lba, op, data, size, now_ns());
-            let frame = encode_client_message(&ClientMessage::Block(block.clone()));
+            let data_len = data.len() as u64;
+            let frame = Arc::new(encode_client_message(&ClientMessage::Block(Block::new(seq, lba, op, data, size, now_ns()))));
             st.window_bytes += need;
-            st.window.push_back(Pending { block, frame: frame.clone(), sent_at: Instant::now(), received: false });
+            st.window.push_back(Pending { sequence: seq, data_len, frame: frame.clone(), sent_at: Instant::now(), received: false });
             (seq, frame)
         };
         if let Some(s) = w.as_mut() {
@@ -321,7 +323,7 @@ impl Client {
         let mut st = lock(&sh.state);
         loop {
             Self::check_fatal(&st)?;
-            if st.window.is_empty() || st.window.front().map(|p| p.block.sequence > target).unwrap_or(true) {
+            if st.window.is_empty() || st.window.front().map(|p| p.sequence > target).unwrap_or(true) {
                 return Ok(());
             }
             if last_ask.map(|t| t.elapsed() > Duration::from_millis(500)).unwrap_or(true) {
@@ -365,9 +367,9 @@ impl Drop for Client {
 }
 
 fn release(st: &mut State, last: u64) {
-    while st.window.front().map(|p| p.block.sequence <= last).unwrap_or(false) {
+    while st.window.front().map(|p| p.sequence <= last).unwrap_or(false) {
         if let Some(p) = st.window.pop_front() {
-            st.window_bytes = st.window_bytes.saturating_sub(p.block.data.len() as u64 + 128);
+            st.window_bytes = st.window_bytes.saturating_sub(p.data_len + 128);
             if let Some(l) = st.latencies.as_mut() {
                 l.flushed.push(p.sent_at.elapsed().as_nanos() as u64);
             }
@@ -467,10 +469,10 @@ fn handle_message(sh: &Shared, m: ServerMessage) {
             let record = st.latencies.is_some();
             let mut lat = Vec::new();
             for p in st.window.iter_mut() {
-                if p.block.sequence > l {
+                if p.sequence > l {
                     break;
                 }
-                if p.block.sequence >= f && !p.received {
+                if p.sequence >= f && !p.received {
                     p.received = true;
                     if record {
                         lat.push(p.sent_at.elapsed().as_nanos() as u64);
