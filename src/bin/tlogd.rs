@@ -7,7 +7,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tlog::config::Config;
@@ -77,7 +77,6 @@ fn run(args: Args) -> tlog::Result<()> {
     let backends = cfg.open_backends()?;
     let ecfg = EngineConfig::from_config(&cfg)?;
     let engine = Engine::start(ecfg, sealer, backends)?;
-    tlog::net::kernel::MAX_CONNECTIONS.store(cfg.server.max_connections, Ordering::SeqCst);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
@@ -102,7 +101,7 @@ fn run(args: Args) -> tlog::Result<()> {
         cfg.server.data_dir.display()
     );
     eprintln!("tlogd: listening on {addr}");
-    tlog::net::kernel::serve(engine.clone(), listener, stop)?;
+    tlog::net::kernel::serve(engine.clone(), listener, cfg.server.max_connections, stop)?;
     finish(&engine)
 }
 

@@ -18,10 +18,10 @@ pub fn bind(addr: &str) -> Result<TcpListener> {
     Ok(l)
 }
 
-/// Serves connections until `stop` is set (checked every 100 ms).
-pub fn serve(engine: Arc<Engine>, listener: TcpListener, stop: Arc<AtomicBool>) -> Result<()> {
+/// Serves connections until `stop` is set (checked every 100 ms); at most `max` at once (more
+/// are refused with a log line: server.max_connections).
+pub fn serve(engine: Arc<Engine>, listener: TcpListener, max: usize, stop: Arc<AtomicBool>) -> Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
-    let max = engine_max_connections(&engine);
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, peer)) => {
@@ -53,13 +53,6 @@ pub fn serve(engine: Arc<Engine>, listener: TcpListener, stop: Arc<AtomicBool>) 
     }
     Ok(())
 }
-
-fn engine_max_connections(_e: &Engine) -> usize {
-    MAX_CONNECTIONS.load(Ordering::Relaxed)
-}
-
-/// Connection limit (server.max_connections), set by tlogd before serving.
-pub static MAX_CONNECTIONS: AtomicUsize = AtomicUsize::new(1024);
 
 fn handle(engine: Arc<Engine>, stream: TcpStream, peer: String, stop: Arc<AtomicBool>) -> Result<()> {
     stream.set_nonblocking(false).ctx(|| "set blocking".into())?;
