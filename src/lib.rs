@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod flush;
+pub mod logging;
 pub mod namespace;
 pub mod net;
 pub mod replay;

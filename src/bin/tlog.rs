@@ -341,11 +341,7 @@ impl tlog::backend::Backend for Lost {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TLOG_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tlog::logging::init("warn");
     match run(Args::parse()) {
         Ok(c) => c,
         Err(e) => {

@@ -116,11 +116,7 @@ fn finish(engine: &Engine) -> tlog::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TLOG_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tlog::logging::init("info");
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
