@@ -120,21 +120,9 @@ enum StoreCmd {
     },
 }
 
+/// RFC 3339 with nanoseconds, UTC.
 fn fmt_ts(ns: u64) -> String {
-    let secs = ns / 1_000_000_000;
-    let (d, s) = (secs / 86400, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = d as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let dd = doy - (153 * mp + 2) / 5 + 1;
-    let mm = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mm <= 2 { y + 1 } else { y };
-    format!("{y:04}-{mm:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z", s / 3600, (s / 60) % 60, s % 60, ns % 1_000_000_000)
+    humantime::format_rfc3339_nanos(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string()
 }
 
 fn import(server: String, vdisk: String, block_size: u64, token: String, reconnect_timeout: u64, image: PathBuf) -> tlog::Result<()> {
