@@ -27,11 +27,13 @@ work=$(mktemp -d "${TLOG_BENCH_DIR:-/tmp}/tlog-bench.XXXXXX")
 ns_c="tlogb-c-$$"
 ns_s="tlogb-s-$$"
 pids=()
+netns_made=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$ns_c" 2>/dev/null || true
   ip netns del "$ns_s" 2>/dev/null || true
+  for n in "${netns_made[@]}"; do ip netns del "$n" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -61,7 +63,6 @@ start_redis() {
 }
 
 rows=()
-# bench_row PATH BACKEND ACK ADDR CLIENT_NS SERVER_CMD_NS
 run_bench() { # addr ns ack prefix
   ${2:+ip netns exec "$2"} "$B/tlog" bench --server "$1" --vdisks "$VD" --block-size "$BS" --compressibility "$R" --duration "$DUR" --ack "$3" --prefix "$4" --json
 }
@@ -117,26 +118,29 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
 else
   rows+=("| kernel veth (2 netns) | - | - | skipped: needs root for ip netns | | | |")
 fi
-# tap: tlogd's userspace TCP on tap tlog0 inside a namespace; the client (kernel TCP) in the
-# same namespace on the host side of the tap. No sink runs on the userspace stack, so the
-# ratio column compares with the kernel-veth sink above.
-measure_tap() {
-  local ns="tlogb-t-$$"
-  ip netns add "$ns"
+# Userspace paths (tap, dpdk): tlogd's own TCP stack on an interface it creates inside a
+# namespace (tap: tlog0; dpdk: dtap0 from DPDK's net_tap PMD); the client (kernel TCP) in the
+# same namespace on the host side. No sink runs on the userspace stack, so the ratio column
+# compares with the kernel-veth sink above.
+# measure_userspace LABEL IFACE NET_TOML
+measure_userspace() {
+  local label=$1 iface=$2 net_toml=$3
+  local ns="tlogb-u-$$-$iface"
+  ip netns add "$ns"; netns_made+=("$ns")
   ip -n "$ns" link set lo up
   for backend in local redis; do
-    local d="$work/tap-$backend"; mkdir -p "$d"
+    local d="$work/$iface-$backend"; mkdir -p "$d"
     local cfg="$d/tlogd.toml"
     REDIS_PIDS=()
     {
-      printf '[server]\nlisten = "198.18.0.2:11211"\n[net]\nmode = "tap"\ntap = "tlog0"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\n'
+      printf '[server]\nlisten = "198.18.0.2:11211"\n%s\n' "$net_toml"
       if [ "$backend" = redis ]; then start_redis "$d" "$ns"; fi
     } > "$cfg"
     ip netns exec "$ns" "$B/tlogd" --config "$cfg" --data-dir "$d/data" 2>"$d/tlogd.log" &
     local tpid=$!; pids+=($tpid)
-    for _ in $(seq 1 100); do ip -n "$ns" link show tlog0 >/dev/null 2>&1 && break; sleep 0.05; done
-    ip -n "$ns" addr add 198.18.0.1/24 dev tlog0 2>/dev/null || true
-    ip -n "$ns" link set tlog0 up
+    for _ in $(seq 1 200); do ip -n "$ns" link show "$iface" >/dev/null 2>&1 && break; sleep 0.05; done
+    ip -n "$ns" addr add 198.18.0.1/24 dev "$iface" 2>/dev/null || true
+    ip -n "$ns" link set "$iface" up
     wait_port 198.18.0.2 11211 "$ns"
     for ack in received flushed; do
       local j s t_mib s_mib
@@ -144,7 +148,7 @@ measure_tap() {
       if [ "$ack" = received ]; then s=${VETH_SINK_RECV:-}; else s=${VETH_SINK_FLUSHED:-}; fi
       t_mib=$(field "$j" 'round(d["mib_per_sec"],1)')
       if [ -n "$s" ]; then s_mib=$(field "$s" 'round(d["mib_per_sec"],1)'); else s_mib=0; fi
-      rows+=("| tap (userspace TCP) | $backend | $ack | $t_mib | $s_mib (veth sink) | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
+      rows+=("| $label | $backend | $ack | $t_mib | $s_mib (veth sink) | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
     done
     stop_pid "$tpid"
     for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done
@@ -152,43 +156,14 @@ measure_tap() {
   ip netns del "$ns"
 }
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
-  measure_tap
+  measure_userspace "tap (userspace TCP)" tlog0 \
+    "$(printf '[net]\nmode = "tap"\ntap = "tlog0"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\n')"
 else
   rows+=("| tap | - | - | skipped: needs root for ip netns | | | |")
 fi
-# dpdk: tlogd on DPDK's net_tap PMD (2 queues) inside a namespace; the client (kernel TCP)
-# in the same namespace on dtap0. Compared with the veth sink like the tap row.
+dq=${TLOG_BENCH_DPDK_QUEUES:-1}
 measure_dpdk() {
-  local ns="tlogb-d-$$"
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  for backend in local redis; do
-    local d="$work/dpdk-$backend"; mkdir -p "$d"
-    local cfg="$d/tlogd.toml"
-    REDIS_PIDS=()
-    {
-      printf '[server]\nlisten = "198.18.0.2:11211"\n[net]\nmode = "dpdk"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\n'
-      printf '[dpdk]\neal_args = ["--no-huge", "-m", "512", "--no-pci", "--vdev=net_tap0,iface=dtap0", "--file-prefix=tlogb%s"]\nqueues = %s\nstats_interval_secs = 0\n' "$$" "${TLOG_BENCH_DPDK_QUEUES:-1}"
-      if [ "$backend" = redis ]; then start_redis "$d" "$ns"; fi
-    } > "$cfg"
-    ip netns exec "$ns" "$B/tlogd" --config "$cfg" --data-dir "$d/data" 2>"$d/tlogd.log" &
-    local tpid=$!; pids+=($tpid)
-    for _ in $(seq 1 200); do ip -n "$ns" link show dtap0 >/dev/null 2>&1 && break; sleep 0.05; done
-    ip -n "$ns" addr add 198.18.0.1/24 dev dtap0 2>/dev/null || true
-    ip -n "$ns" link set dtap0 up
-    wait_port 198.18.0.2 11211 "$ns"
-    for ack in received flushed; do
-      local j s t_mib s_mib
-      j=$(run_bench 198.18.0.2:11211 "$ns" "$ack" "$ack")
-      if [ "$ack" = received ]; then s=${VETH_SINK_RECV:-}; else s=${VETH_SINK_FLUSHED:-}; fi
-      t_mib=$(field "$j" 'round(d["mib_per_sec"],1)')
-      if [ -n "$s" ]; then s_mib=$(field "$s" 'round(d["mib_per_sec"],1)'); else s_mib=0; fi
-      rows+=("| dpdk net_tap (${TLOG_BENCH_DPDK_QUEUES:-1} queue) | $backend | $ack | $t_mib | $s_mib (veth sink) | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
-    done
-    stop_pid "$tpid"
-    for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done
-  done
-  ip netns del "$ns"
+  measure_userspace "dpdk net_tap ($dq queue)" dtap0 "$(printf '[net]\nmode = "dpdk"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\n[dpdk]\neal_args = ["--no-huge", "-m", "512", "--no-pci", "--vdev=net_tap0,iface=dtap0", "--file-prefix=tlogb%s"]\nqueues = %s\nstats_interval_secs = 0\n' "$$" "$dq")"
 }
 if [ -n "$features" ] && [ "$(id -u)" = 0 ]; then
   measure_dpdk
