@@ -150,7 +150,8 @@ struct WriteJob {
     key: Key,
     shard: Arc<Vec<u8>>,
     head: Option<(String, Vec<u8>)>,
-    reply: Sender<(usize, Result<()>)>,
+    /// (backend index, outcome; the error as text, since one batch answers many jobs).
+    reply: Sender<(usize, std::result::Result<(), String>)>,
 }
 
 /// The server core: namespaces, flushers, shard writers. Front-ends drive it through
@@ -454,7 +455,7 @@ impl Engine {
             for (i, w) in self.writers.iter().enumerate() {
                 let job = WriteJob { key: sealed.key, shard: shards[i].clone(), head: Some((ns.vdisk.clone(), head.clone())), reply: tx.clone() };
                 if w.send(job).is_err() {
-                    let _ = tx.send((i, Err(Error::Shutdown)));
+                    let _ = tx.send((i, Err(Error::Shutdown.to_string())));
                 }
             }
             (chain.height, (sealed, shards), buf.bytes, rx, epoch, ts)
@@ -466,7 +467,7 @@ impl Engine {
         for _ in 0..n {
             match rx.recv() {
                 Ok((i, Ok(()))) => ok[i] = true,
-                Ok((i, Err(e))) => errors[i] = e.to_string(),
+                Ok((i, Err(e))) => errors[i] = e,
                 Err(_) => break,
             }
         }
@@ -589,7 +590,7 @@ fn shard_writer(i: usize, backend: Arc<dyn Backend>, rx: Receiver<WriteJob>) {
         }
         let r = backend.put_batch(&shards, &heads);
         for j in &jobs {
-            let _ = j.reply.send((i, r.as_ref().map(|_| ()).map_err(|e| Error::Backend { backend: backend.name(), detail: e.to_string() })));
+            let _ = j.reply.send((i, r.as_ref().map(|_| ()).map_err(|e| e.to_string())));
         }
     }
 }
