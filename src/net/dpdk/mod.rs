@@ -4,7 +4,8 @@
 //! `dpdk`: [`ffi`] (bindgen bindings of DPDK 22.11 plus the C shim in `dpdk/shim.c`),
 //! [`port`] (EAL, mempool, port and queue setup, statistics) and [`device`] (a smoltcp
 //! `Device` over one RX/TX queue pair, handing received mbufs to smoltcp without copying).
-//! [`serve`] runs one poll thread per queue, each with its own userspace TCP stack; ARP
+//! [`lcore`] (EAL lcores and launching work on them).
+//! [`serve`] runs one poll loop per queue, each on its own lcore with its own userspace TCP stack; ARP
 //! frames received on one queue are copied to every other queue's stack so all of them learn
 //! the peers (the kernel side delivers an ARP reply to one queue only).
 
@@ -15,6 +16,8 @@ pub mod device;
 #[cfg(feature = "dpdk")]
 pub mod ffi;
 #[cfg(feature = "dpdk")]
+pub mod lcore;
+#[cfg(feature = "dpdk")]
 pub mod port;
 
 #[cfg(feature = "dpdk")]
@@ -23,6 +26,7 @@ pub use serve_impl::serve;
 #[cfg(feature = "dpdk")]
 mod serve_impl {
     use super::device::{QueueDevice, QueueStats};
+    use super::lcore;
     use super::port::{Eal, Port};
     use crate::config::Config;
     use crate::error::{Error, Result};
@@ -32,81 +36,152 @@ mod serve_impl {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    /// Serves on the DPDK port of `cfg.dpdk` until `stop` is set: one poll thread and one
-    /// smoltcp Interface per queue. Logs per-port and per-queue statistics every
-    /// `stats_interval_secs` and at exit.
+    /// Serves on the DPDK port of `cfg.dpdk` until `stop` is set: one poll loop and one
+    /// smoltcp Interface per queue, each on its own EAL lcore (queue 0 on the main lcore, in
+    /// this thread; queue q on the q-th worker lcore, see [`super::lcore`]). Logs per-port and
+    /// per-queue statistics every `stats_interval_secs` and at exit.
+    ///
+    /// Errors: EAL or port setup failures, and fewer lcores than `dpdk.queues`.
     pub fn serve(engine: Arc<Engine>, cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         let d = &cfg.dpdk;
         Eal::init(&d.eal_args)?;
+        let lcores = lcore::lcores();
+        if lcores.len() < d.queues as usize {
+            return Err(Error::Config(format!(
+                "dpdk.queues = {} needs {} EAL lcores (one poll loop per queue), but dpdk.eal_args enable {} ({:?}): give EAL more cores (e.g. -l 0-{}) or lower dpdk.queues",
+                d.queues,
+                d.queues,
+                lcores.len(),
+                lcores,
+                d.queues.saturating_sub(1)
+            )));
+        }
         let port = Arc::new(Port::setup(d.port, d.queues, d.rx_descriptors, d.tx_descriptors, d.mbufs, d.mbuf_cache)?);
         let mut scfg = crate::net::tap::stack_config(cfg)?;
         scfg.mac = port.mac();
-        tracing::info!("dpdk mode: port {} ({} queues, MAC {}) serving {}:{}", d.port, d.queues, port.mac_string(), scfg.address.0, scfg.port);
+        let placement: Vec<String> = (0..d.queues as usize).map(|q| format!("queue {q} on lcore {} (cpu {})", lcores[q], lcore::cpu_of(lcores[q]))).collect();
+        tracing::info!(
+            "dpdk mode: port {} ({} queues, MAC {}) serving {}:{}; {}",
+            d.port,
+            d.queues,
+            port.mac_string(),
+            scfg.address.0,
+            scfg.port,
+            placement.join(", ")
+        );
         eprintln!("tlogd: listening on {}:{} (userspace TCP on DPDK port {}, {} queues)", scfg.address.0, scfg.port, d.port, d.queues);
         let (arp_txs, arp_rxs): (Vec<_>, Vec<_>) = (0..d.queues).map(|_| crossbeam_channel::bounded::<Vec<u8>>(4096)).unzip();
         let stats: Arc<Mutex<Vec<QueueStats>>> = Arc::new(Mutex::new(vec![QueueStats::default(); d.queues as usize]));
-        let mut threads = Vec::new();
         let owners: super::device::FlowOwners = Default::default();
+        let idle_sleep = Duration::from_micros(d.idle_sleep_us);
+        let mut loops: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         for (q, arp_rx) in arp_rxs.into_iter().enumerate() {
             let inboxes = arp_txs.clone();
             let owners = owners.clone();
             let (engine, port, stop, stats, scfg) = (engine.clone(), port.clone(), stop.clone(), stats.clone(), scfg.clone());
-            let idle_sleep = Duration::from_micros(d.idle_sleep_us);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("dpdk-q{q}"))
-                    .spawn(move || {
-                        let mut dev = QueueDevice::new(&port, q as u16, arp_rx, inboxes, owners);
-                        let mut stack = Stack::new(&mut dev, engine, scfg);
-                        let mut idle = 0u32;
-                        let mut last_stats = Instant::now();
-                        while !stop.load(Ordering::Relaxed) {
-                            let work = stack.poll(&mut dev);
-                            dev.flush_tx();
-                            if work || dev.had_rx() {
-                                idle = 0;
-                            } else {
-                                // Poll mode, but give the core back as soon as a few polls
-                                // in a row find nothing: with more poll threads than spare
-                                // cores (2-core machines, where clients and flushers share
-                                // them) busy polling starves everything else and throughput
-                                // collapses. `dpdk.idle_sleep_us` = 0 keeps pure busy polling.
-                                idle = idle.saturating_add(1);
-                                if idle > 2 && idle_sleep > Duration::ZERO {
-                                    std::thread::sleep(idle_sleep);
-                                } else if idle > 1 {
-                                    std::thread::yield_now();
-                                }
-                            }
-                            if last_stats.elapsed() > Duration::from_millis(500) {
-                                if let Ok(mut s) = stats.lock() {
-                                    s[q] = dev.stats();
-                                }
-                                last_stats = Instant::now();
-                            }
-                        }
-                        if let Ok(mut s) = stats.lock() {
-                            s[q] = dev.stats();
-                        }
-                    })
-                    .map_err(|e| Error::io("spawn dpdk queue thread", e))?,
-            );
+            loops.push(Box::new(move || {
+                let dev = QueueDevice::new(&port, q as u16, arp_rx, inboxes, owners);
+                poll_loop(q, dev, engine, scfg, &stop, &stats, idle_sleep);
+            }));
         }
+        // Statistics and the stop flag are watched by a plain thread (it inherits the main
+        // lcore's affinity and sleeps nearly all the time).
         let interval = d.stats_interval_secs;
-        let mut last = Instant::now();
-        while !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(100));
-            if interval > 0 && last.elapsed() >= Duration::from_secs(interval) {
-                log_stats(&port, &stats);
-                last = Instant::now();
+        let watcher = {
+            let (port, stats, stop) = (port.clone(), stats.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("dpdk-stats".into())
+                .spawn(move || {
+                    let mut last = Instant::now();
+                    while !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        if interval > 0 && last.elapsed() >= Duration::from_secs(interval) {
+                            log_stats(&port, &stats);
+                            last = Instant::now();
+                        }
+                    }
+                })
+                .map_err(|e| Error::io("spawn dpdk statistics thread", e))?
+        };
+        let mut loops = loops.into_iter();
+        let main_loop = loops.next();
+        let mut launched = Vec::new();
+        let mut failed = None;
+        for (i, job) in loops.enumerate() {
+            let lc = lcores[i + 1];
+            match lcore::launch(lc, job) {
+                Ok(()) => launched.push(lc),
+                Err(e) => {
+                    failed = Some(e);
+                    stop.store(true, Ordering::SeqCst);
+                    break;
+                }
             }
         }
-        for t in threads {
-            let _ = t.join();
+        if failed.is_none() {
+            if let Some(job) = main_loop {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    tracing::error!("dpdk queue 0 poll loop panicked");
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
         }
+        for lc in launched {
+            if !lcore::wait(lc) {
+                tracing::error!("dpdk poll loop on lcore {lc} panicked");
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let _ = watcher.join();
         log_stats(&port, &stats);
         port.stop();
-        Ok(())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// One queue's poll loop: poll the stack, send, back off briefly when idle; publishes the
+    /// queue's counters about every 500 ms and at exit.
+    fn poll_loop(
+        q: usize,
+        mut dev: QueueDevice,
+        engine: Arc<Engine>,
+        scfg: crate::net::stack::StackConfig,
+        stop: &AtomicBool,
+        stats: &Mutex<Vec<QueueStats>>,
+        idle_sleep: Duration,
+    ) {
+        let mut stack = Stack::new(&mut dev, engine, scfg);
+        let mut idle = 0u32;
+        let mut last_stats = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let work = stack.poll(&mut dev);
+            dev.flush_tx();
+            if work || dev.had_rx() {
+                idle = 0;
+            } else {
+                // Poll mode, but give the core back as soon as a few polls in a row find
+                // nothing: on machines where clients and flushers share the lcores' cores,
+                // pure busy polling starves them. `dpdk.idle_sleep_us` = 0 keeps pure busy
+                // polling (for lcores on dedicated, isolated cores).
+                idle = idle.saturating_add(1);
+                if idle > 2 && idle_sleep > Duration::ZERO {
+                    std::thread::sleep(idle_sleep);
+                } else if idle > 1 {
+                    std::thread::yield_now();
+                }
+            }
+            if last_stats.elapsed() > Duration::from_millis(500) {
+                if let Ok(mut s) = stats.lock() {
+                    s[q] = dev.stats();
+                }
+                last_stats = Instant::now();
+            }
+        }
+        if let Ok(mut s) = stats.lock() {
+            s[q] = dev.stats();
+        }
     }
 
     fn log_stats(port: &Port, stats: &Mutex<Vec<QueueStats>>) {
