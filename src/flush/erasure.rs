@@ -64,9 +64,9 @@ pub struct ShardHeader {
 }
 
 impl ShardHeader {
-    /// Encodes header + checksum + data into one shard.
-    pub fn encode_shard(&self, data: &[u8]) -> Vec<u8> {
-        let mut b = Vec::with_capacity(FIXED + self.vdisk.len() + 32 + data.len());
+    /// The header bytes before the checksum, for a shard of `shard_len` data bytes.
+    fn header_bytes(&self, shard_len: usize) -> Vec<u8> {
+        let mut b = Vec::with_capacity(FIXED + self.vdisk.len());
         b.extend_from_slice(&SHARD_MAGIC);
         b.extend_from_slice(&SHARD_VERSION.to_le_bytes());
         b.extend_from_slice(&[self.index, self.k, self.m, 0, 0, 0]);
@@ -79,9 +79,16 @@ impl ShardHeader {
         }
         b.extend_from_slice(&self.prev);
         b.extend_from_slice(&self.sealed_len.to_le_bytes());
-        b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(shard_len as u32).to_le_bytes());
         b.extend_from_slice(&(self.vdisk.len() as u16).to_le_bytes());
         b.extend_from_slice(self.vdisk.as_bytes());
+        b
+    }
+
+    /// Encodes header + checksum + data into one shard.
+    pub fn encode_shard(&self, data: &[u8]) -> Vec<u8> {
+        let mut b = self.header_bytes(data.len());
+        b.reserve(32 + data.len());
         let mut h = blake3::Hasher::new();
         h.update(&b);
         h.update(data);
@@ -163,6 +170,48 @@ pub fn encode(rs: &ReedSolomon, sealed: &[u8]) -> Result<Vec<Vec<u8>>> {
         shards.push(vec![0u8; len]);
     }
     rs.encode(&mut shards).map_err(|e| Error::Seal(format!("Reed-Solomon encode: {e:?}")))?;
+    Ok(shards)
+}
+
+/// Erasure-codes `sealed` straight into finished shards: shard i is `headers[i]` (k+m of them,
+/// index i) followed by its checksum and data, the same bytes as
+/// `headers[i].encode_shard(&encode(rs, sealed)?[i])`, but each shard is allocated once at its
+/// final size and the data is copied once (from `sealed` into the data shards; parity is
+/// computed in place). Errors when `headers` does not hold one header per shard.
+pub fn encode_shards(rs: &ReedSolomon, sealed: &[u8], headers: &[ShardHeader]) -> Result<Vec<Vec<u8>>> {
+    let k = rs.data_shard_count();
+    let total = rs.total_shard_count();
+    if headers.len() != total {
+        return Err(Error::Seal(format!("{} shard headers for {total} shards", headers.len())));
+    }
+    let len = sealed.len().div_ceil(k).max(1);
+    let mut shards: Vec<Vec<u8>> = Vec::with_capacity(total);
+    let mut offsets = Vec::with_capacity(total);
+    for (i, h) in headers.iter().enumerate() {
+        let mut b = h.header_bytes(len);
+        offsets.push(b.len());
+        b.reserve_exact(32 + len);
+        b.extend_from_slice(&[0u8; 32]);
+        if i < k {
+            let start = (i * len).min(sealed.len());
+            let end = ((i + 1) * len).min(sealed.len());
+            b.extend_from_slice(&sealed[start..end]);
+        }
+        // Pads the last data shard, fills parity shards with zeros.
+        b.resize(offsets[i] + 32 + len, 0);
+        shards.push(b);
+    }
+    {
+        let mut data: Vec<&mut [u8]> = shards.iter_mut().zip(&offsets).map(|(s, &o)| &mut s[o + 32..]).collect();
+        rs.encode(&mut data).map_err(|e| Error::Seal(format!("Reed-Solomon encode: {e:?}")))?;
+    }
+    for (s, &o) in shards.iter_mut().zip(&offsets) {
+        let mut h = blake3::Hasher::new();
+        h.update(&s[..o]);
+        h.update(&s[o + 32..]);
+        let sum = h.finalize();
+        s[o..o + 32].copy_from_slice(sum.as_bytes());
+    }
     Ok(shards)
 }
 

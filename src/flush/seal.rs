@@ -1,8 +1,14 @@
 //! Seal and unseal an aggregation (DESIGN.md §6).
 //!
 //! seal: aggregation bytes (Cap'n Proto) → lz4_flex block compression with a size prefix →
-//! AES-256-GCM (aes-gcm crate; 96-bit nonce, 128-bit tag appended) → key = BLAKE3-256 of the
-//! sealed bytes → Reed-Solomon k+m shards, each with a [`ShardHeader`].
+//! AES-256-GCM (NIST SP 800-38D, through `ring`: 96-bit nonce, 128-bit tag appended to the
+//! ciphertext) → key = BLAKE3-256 of the sealed bytes → Reed-Solomon k+m shards, each with a
+//! [`ShardHeader`].
+//!
+//! AES-GCM comes from `ring` because its assembly uses the CPU's AES, CLMUL and VAES
+//! instructions: on the reference machine 10.5 GB/s against 1.4 GB/s for the pure-Rust
+//! `aes-gcm` crate, which had been most of the seal's time on incompressible data. The
+//! ciphertext and tag are the standard's, so aggregations sealed by either read the same.
 //!
 //! Nonce: never a fixed configured value. `nonce = BLAKE3-keyed(nonce_key, vdisk len ‖ vdisk ‖
 //! epoch ‖ counter ‖ attach_random)[..12]`, where `nonce_key` is derived from the AES key
@@ -19,9 +25,8 @@ use super::erasure::{self, ShardHeader};
 use crate::backend::Key;
 use crate::error::{Error, IoContext, Result};
 use crate::wire::Block;
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use reed_solomon_erasure::galois_8::ReedSolomon;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use std::path::Path;
 
 /// Largest decompressed aggregation accepted on unseal (1 GiB).
@@ -127,9 +132,23 @@ pub struct SealContext<'a> {
 /// Seals and unseals with one key and one k+m geometry.
 pub struct Sealer {
     key: SealKey,
+    aead: LessSafeKey,
     k: usize,
     m: usize,
     rs: ReedSolomon,
+}
+
+/// AES-GCM tag bytes appended to the ciphertext.
+const TAG_LEN: usize = 16;
+
+/// Buffers one sealing thread reuses from one aggregation to the next (Cap'n Proto message,
+/// encoded aggregation, compressed-then-encrypted bytes), so sealing allocates only the shards
+/// it hands out. Grows to the largest aggregation seen. Not shared between threads.
+#[derive(Default)]
+pub struct SealScratch {
+    words: Vec<capnp::Word>,
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
 }
 
 fn aad(vdisk: &str, epoch: u64, first: u64, last: u64, prev: &Key) -> Vec<u8> {
@@ -152,7 +171,8 @@ impl Sealer {
             return Err(Error::Config(format!("k = {k}, m = {m}: need k >= 1 and k + m <= 255")));
         }
         let rs = if m == 0 { ReedSolomon::new(k, 1) } else { ReedSolomon::new(k, m) }.map_err(|e| Error::Config(format!("Reed-Solomon k={k} m={m}: {e:?}")))?;
-        Ok(Sealer { key, k, m, rs })
+        let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key.aes).map_err(|_| Error::Seal("AES-256 key rejected".into()))?);
+        Ok(Sealer { key, aead, k, m, rs })
     }
 
     /// The key.
@@ -185,23 +205,39 @@ impl Sealer {
 
     /// Seals `blocks` (non-empty, in sequence order) into k+m shards.
     pub fn seal(&self, c: &SealContext, blocks: &[Block]) -> Result<Sealed> {
+        self.seal_with(&mut SealScratch::default(), c, blocks)
+    }
+
+    /// [`Sealer::seal`] with buffers reused across calls (one [`SealScratch`] per thread).
+    pub fn seal_with(&self, s: &mut SealScratch, c: &SealContext, blocks: &[Block]) -> Result<Sealed> {
         let (first, last) = match (blocks.first(), blocks.last()) {
             (Some(f), Some(l)) => (f.sequence, l.sequence),
             _ => return Err(Error::InvalidArgument("cannot seal an empty aggregation".into())),
         };
-        let plain = aggregate::encode(c.vdisk, blocks, &c.prev, c.epoch, c.timestamp);
-        let compressed = lz4_flex::compress_prepend_size(&plain);
+        aggregate::encode_into(&mut s.words, &mut s.plain, c.vdisk, blocks, &c.prev, c.epoch, c.timestamp);
+        let plain_len = s.plain.len();
+        let size = u32::try_from(plain_len).map_err(|_| Error::Seal(format!("aggregation of {plain_len} bytes is larger than lz4's 4 GiB size prefix")))?;
+        // lz4 block with a little-endian u32 size prefix (lz4_flex's compress_prepend_size
+        // format), written where the ciphertext will be, then encrypted in place.
+        let max = lz4_flex::block::get_maximum_output_size(plain_len);
+        if s.sealed.len() < 4 + max + TAG_LEN {
+            s.sealed.resize(4 + max + TAG_LEN, 0);
+        }
+        s.sealed[..4].copy_from_slice(&size.to_le_bytes());
+        let n = lz4_flex::block::compress_into(&s.plain, &mut s.sealed[4..4 + max]).map_err(|e| Error::Seal(format!("lz4: {e}")))?;
+        let body = 4 + n;
         let nonce = self.nonce(c);
-        let cipher = Aes256Gcm::new_from_slice(&self.key.aes).map_err(|e| Error::Seal(format!("AES key: {e}")))?;
         let a = aad(c.vdisk, c.epoch, first, last, &c.prev);
-        let sealed =
-            cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: &compressed, aad: &a }).map_err(|_| Error::Seal("AES-GCM encryption failed".into()))?;
-        let key: Key = *blake3::hash(&sealed).as_bytes();
-        let data_shards = erasure::encode(&self.rs, &sealed)?;
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&a[..]), &mut s.sealed[..body])
+            .map_err(|_| Error::Seal("AES-GCM encryption failed".into()))?;
+        s.sealed[body..body + TAG_LEN].copy_from_slice(tag.as_ref());
+        let sealed = &s.sealed[..body + TAG_LEN];
+        let key: Key = *blake3::hash(sealed).as_bytes();
         let total = self.k + self.m;
-        let mut shards = Vec::with_capacity(total);
-        for (i, d) in data_shards.iter().take(total).enumerate() {
-            let h = ShardHeader {
+        let headers: Vec<ShardHeader> = (0..total)
+            .map(|i| ShardHeader {
                 index: i as u8,
                 k: self.k as u8,
                 m: self.m as u8,
@@ -214,10 +250,19 @@ impl Sealer {
                 prev: c.prev,
                 sealed_len: sealed.len() as u64,
                 vdisk: c.vdisk.to_string(),
-            };
-            shards.push(h.encode_shard(d));
-        }
-        Ok(Sealed { key, shards, first_sequence: first, last_sequence: last, sealed_len: sealed.len(), plain_len: plain.len() })
+            })
+            .collect();
+        let shards = if self.m == 0 {
+            // The coder is built with one parity shard when m = 0: code k+1, keep k.
+            let mut hs = headers;
+            hs.push(ShardHeader { index: total as u8, ..hs[0].clone() });
+            let mut v = erasure::encode_shards(&self.rs, sealed, &hs)?;
+            v.truncate(total);
+            v
+        } else {
+            erasure::encode_shards(&self.rs, sealed, &headers)?
+        };
+        Ok(Sealed { key, shards, first_sequence: first, last_sequence: last, sealed_len: sealed.len(), plain_len })
     }
 
     /// Checks shards fetched for `key` and rebuilds the sealed bytes; returns (header, sealed).
@@ -271,10 +316,11 @@ impl Sealer {
         if h.key_id != self.key.id {
             return Err(Error::WrongKey { key: hex::encode(h.key), sealed_with: hex::encode(h.key_id), configured: self.key.id_hex() });
         }
-        let cipher = Aes256Gcm::new_from_slice(&self.key.aes).map_err(|e| Error::Seal(format!("AES key: {e}")))?;
         let a = aad(&h.vdisk, h.epoch, h.first_sequence, h.last_sequence, &h.prev);
-        let compressed = cipher
-            .decrypt(Nonce::from_slice(&h.nonce), Payload { msg: sealed, aad: &a })
+        let mut buf = sealed.to_vec();
+        let compressed: &[u8] = self
+            .aead
+            .open_in_place(Nonce::assume_unique_for_key(h.nonce), Aad::from(&a[..]), &mut buf)
             .map_err(|_| Error::Seal(format!("aggregation {}: AES-GCM authentication failed (wrong key or tampered data)", hex::encode(h.key))))?;
         if compressed.len() < 4 {
             return Err(Error::Seal("compressed aggregation shorter than its size prefix".into()));
@@ -283,7 +329,7 @@ impl Sealer {
         if size > MAX_AGGREGATION_BYTES {
             return Err(Error::Seal(format!("aggregation claims {size} bytes, the limit is {MAX_AGGREGATION_BYTES}")));
         }
-        let plain = lz4_flex::decompress_size_prepended(&compressed).map_err(|e| Error::Seal(format!("lz4: {e}")))?;
+        let plain = lz4_flex::decompress_size_prepended(compressed).map_err(|e| Error::Seal(format!("lz4: {e}")))?;
         let agg = aggregate::decode(&plain)?;
         if agg.vdisk_id != h.vdisk
             || agg.first_sequence != h.first_sequence
@@ -314,6 +360,61 @@ mod tests {
 
     fn ctx() -> SealContext<'static> {
         SealContext { vdisk: "vd", epoch: 1, counter: 0, attach_random: [3; 16], prev: [0; 32], timestamp: 5 }
+    }
+
+    fn golden_blocks(n: u64, size: u32) -> Vec<Block> {
+        (1..=n).map(|i| Block::new(i, i * 8, Operation::Write, (0..size).map(|j| ((j * 7 + i as u32) % 251) as u8).collect(), size.into(), i)).collect()
+    }
+
+    /// The shards of a fixed aggregation, byte for byte as sealed by the first release (pure-Rust
+    /// aes-gcm, safe lz4_flex, capnp heap allocator, one copy per shard): the later fast path
+    /// (ring, reused scratch, shards built in place) must produce the same bytes, so stores
+    /// written by either restore with either.
+    #[test]
+    fn seal_output_matches_the_first_release() {
+        let s = Sealer::new(SealKey::from_bytes([9; 32]), 4, 2).unwrap();
+        let c = SealContext { vdisk: "golden", epoch: 3, counter: 5, attach_random: [4; 16], prev: [1; 32], timestamp: 77 };
+        let sealed = s.seal(&c, &golden_blocks(40, 4096)).unwrap();
+        let mut h = blake3::Hasher::new();
+        for sh in &sealed.shards {
+            h.update(sh);
+        }
+        assert_eq!(hex::encode(sealed.key), "1050294194d7f13422ab1e56432e7edcabc273c55cce6b9b4116342eaed8c65d");
+        assert_eq!(h.finalize().to_hex().as_str(), "721c2b961c35e80cbf26801fe1f78bb061126ab413a178517c0b95031fe44d90");
+        assert_eq!(sealed.sealed_len, 3844);
+    }
+
+    #[test]
+    fn scratch_reuse_gives_the_same_shards_as_a_fresh_seal() {
+        let s = Sealer::new(SealKey::from_bytes([9; 32]), 4, 2).unwrap();
+        let mut scratch = SealScratch::default();
+        // Large, then small, then large again: stale bytes from a bigger aggregation must
+        // never leak into a smaller one.
+        for (n, size) in [(64, 4096), (3, 512), (1, 1), (50, 4096), (2, 65536)] {
+            let b = golden_blocks(n, size);
+            let c = SealContext { vdisk: "vd", epoch: 1, counter: n, attach_random: [2; 16], prev: [0; 32], timestamp: 9 };
+            let fresh = s.seal(&c, &b).unwrap();
+            let reused = s.seal_with(&mut scratch, &c, &b).unwrap();
+            assert_eq!(fresh.key, reused.key);
+            assert_eq!(fresh.shards, reused.shards);
+            // And the shards are the header + checksum + data of plain RS coding.
+            let data = erasure::encode(&s.rs, &s.reassemble(&fresh.key, fresh.shards.iter().cloned().map(Some).collect()).unwrap().1).unwrap();
+            for (i, sh) in fresh.shards.iter().enumerate() {
+                let (h, d) = ShardHeader::decode_shard(sh).unwrap();
+                assert_eq!(h.index as usize, i);
+                assert_eq!(d, &data[i][..]);
+            }
+            assert_eq!(s.unseal(&reused.key, reused.shards.into_iter().map(Some).collect()).unwrap().blocks, b);
+        }
+    }
+
+    #[test]
+    fn m_zero_seals_k_shards() {
+        let s = Sealer::new(SealKey::from_bytes([9; 32]), 3, 0).unwrap();
+        let b = golden_blocks(5, 4096);
+        let sealed = s.seal(&ctx(), &b).unwrap();
+        assert_eq!(sealed.shards.len(), 3);
+        assert_eq!(s.unseal(&sealed.key, sealed.shards.into_iter().map(Some).collect()).unwrap().blocks, b);
     }
 
     #[test]

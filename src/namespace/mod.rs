@@ -17,7 +17,7 @@ pub mod index;
 
 use crate::backend::{Backend, Key};
 use crate::error::{Error, IoContext, Result};
-use crate::flush::seal::SealContext;
+use crate::flush::seal::{SealContext, SealScratch};
 use crate::flush::{HeadRecord, Sealer};
 use crate::store::now_ns;
 use crate::wire::{encode_server_message, Block, HandshakeRequest, HandshakeStatus, ServerMessage, PROTOCOL_VERSION};
@@ -420,7 +420,7 @@ impl Engine {
         lock(&self.namespaces).get(vdisk).and_then(|ns| lock(&ns.state).last_flushed)
     }
 
-    fn seal_and_write(&self, ns: &Arc<Namespace>) {
+    fn seal_and_write(&self, ns: &Arc<Namespace>, scratch: &mut SealScratch) {
         let (agg_no, sealed, bytes, rx, epoch, ts) = {
             let mut chain = lock(&ns.chain);
             let (buf, epoch, random, counter) = {
@@ -432,7 +432,7 @@ impl Engine {
             };
             let ts = now_ns();
             let ctx = SealContext { vdisk: &ns.vdisk, epoch, counter, attach_random: random, prev: chain.prev, timestamp: ts };
-            let mut sealed = match self.sealer.seal(&ctx, &buf.blocks) {
+            let mut sealed = match self.sealer.seal_with(scratch, &ctx, &buf.blocks) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(vdisk = %ns.vdisk, "sealing failed, the blocks stay unflushed: {e}");
@@ -596,9 +596,10 @@ fn shard_writer(i: usize, backend: Arc<dyn Backend>, rx: Receiver<WriteJob>) {
 }
 
 fn flusher(engine: Arc<Engine>, rx: Receiver<Arc<Namespace>>) {
+    let mut scratch = SealScratch::default();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(ns) => engine.seal_and_write(&ns),
+            Ok(ns) => engine.seal_and_write(&ns, &mut scratch),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if engine.shutdown.load(Ordering::SeqCst) && rx.is_empty() {
                     return;
