@@ -313,11 +313,15 @@ impl Sealer {
 
     /// Decrypts and decodes sealed bytes described by `h`.
     pub fn open(&self, h: &ShardHeader, sealed: &[u8]) -> Result<Aggregation> {
+        self.open_owned(h, sealed.to_vec())
+    }
+
+    /// [`Sealer::open`] on owned sealed bytes, decrypted in place (no copy).
+    pub fn open_owned(&self, h: &ShardHeader, mut buf: Vec<u8>) -> Result<Aggregation> {
         if h.key_id != self.key.id {
             return Err(Error::WrongKey { key: hex::encode(h.key), sealed_with: hex::encode(h.key_id), configured: self.key.id_hex() });
         }
         let a = aad(&h.vdisk, h.epoch, h.first_sequence, h.last_sequence, &h.prev);
-        let mut buf = sealed.to_vec();
         let compressed: &[u8] = self
             .aead
             .open_in_place(Nonce::assume_unique_for_key(h.nonce), Aad::from(&a[..]), &mut buf)
@@ -345,7 +349,7 @@ impl Sealer {
     /// [`Sealer::reassemble`] then [`Sealer::open`].
     pub fn unseal(&self, key: &Key, shards: Vec<Option<Vec<u8>>>) -> Result<Aggregation> {
         let (h, sealed) = self.reassemble(key, shards)?;
-        self.open(&h, &sealed)
+        self.open_owned(&h, sealed)
     }
 }
 
