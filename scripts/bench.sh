@@ -161,9 +161,9 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
 else
   rows+=("| tap | - | - | skipped: needs root for ip netns | | | |")
 fi
-dq=${TLOG_BENCH_DPDK_QUEUES:-1}
+dq=${TLOG_BENCH_DPDK_QUEUES:-2}
 measure_dpdk() {
-  measure_userspace "dpdk net_tap ($dq queue)" dtap0 "$(printf '[net]\nmode = "dpdk"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\n[dpdk]\neal_args = ["--no-huge", "-m", "512", "--no-pci", "--vdev=net_tap0,iface=dtap0", "--file-prefix=tlogb%s"]\nqueues = %s\nstats_interval_secs = 0\n' "$$" "$dq")"
+  measure_userspace "dpdk net_tap ($dq queues)" dtap0 "$(printf '[net]\nmode = "dpdk"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\n[dpdk]\neal_args = ["--no-huge", "-m", "512", "--no-pci", "--vdev=net_tap0,iface=dtap0", "--file-prefix=tlogb%s"]\nqueues = %s\nstats_interval_secs = 0\n' "$$" "$dq")"
 }
 if [ -n "$features" ] && [ "$(id -u)" = 0 ]; then
   measure_dpdk
