@@ -115,12 +115,13 @@ impl Stack {
     /// (ACKs, window updates, retransmissions), serve every connection, then send what the
     /// sessions wrote. Returns true when anything moved.
     ///
-    /// The ingress budget matters: smoltcp's `Interface::poll` drains the device before it
-    /// transmits anything, and a socket only ACKs in-order data on egress. Under a steady
-    /// stream (several connections per queue, megabyte windows) draining could run for
-    /// thousands of frames, so ACKs came out late and few; the peers retransmitted data that
-    /// had already arrived and their congestion windows collapsed (about 1 MiB/s with 8
-    /// connections on 2 DPDK queues).
+    /// Why a budget: smoltcp's `Interface::poll` drains the device before it transmits
+    /// anything, and a socket only ACKs in-order data on egress. Under a steady stream
+    /// (several connections per queue, megabyte windows) a drain can run for thousands of
+    /// frames while no ACK leaves, and a starved stack (e.g. a poll thread that only gets a
+    /// scheduler slice every few ms) then answers with stale ACKs that make peers retransmit
+    /// data that already arrived. Bounding the drain keeps ACKs flowing; measured throughput
+    /// is the same as with an unbounded drain (tap and dpdk, 8 connections, within noise).
     pub fn poll<D: Device + ?Sized>(&mut self, device: &mut D) -> bool {
         let t = now();
         self.iface.poll_maintenance(t);
