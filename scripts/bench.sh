@@ -6,6 +6,8 @@
 #             namespaces this script creates (198.18.0.1 client, 198.18.0.2 server) and removes;
 #             tap (tlogd's userspace TCP on a tap device in a namespace the script creates);
 #             dpdk (tlogd on DPDK's net_tap PMD, 2 queues, in a namespace the script creates).
+#   sinks:    `tlog bench --sink` on the kernel paths, `tlogd --sink` (the same userspace stack)
+#             on the tap and dpdk paths.
 #   backends: local (embedded store), redis (six redis-server, appendfsync always)
 #   acks:     received, flushed
 #
@@ -28,6 +30,7 @@ ns_c="tlogb-c-$$"
 ns_s="tlogb-s-$$"
 pids=()
 netns_made=()
+cmp_rows=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -99,6 +102,10 @@ measure_path() { # name host client_ns server_ns
       local t_mib s_mib
       t_mib=$(field "$j" 'round(d["mib_per_sec"],1)'); s_mib=$(field "$s" 'round(d["mib_per_sec"],1)')
       rows+=("| $name | $backend | $ack | $t_mib | $s_mib | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
+      # The kernel path across namespaces, local store: what the userspace paths must match.
+      if [ -n "$cns" ] && [ "$backend" = local ]; then
+        if [ "$ack" = received ]; then VETH_RECV_LOCAL=$j; else VETH_FLUSHED_LOCAL=$j; fi
+      fi
     done
     stop_pid "$tpid"
     for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done
@@ -120,14 +127,36 @@ else
 fi
 # Userspace paths (tap, dpdk): tlogd's own TCP stack on an interface it creates inside a
 # namespace (tap: tlog0; dpdk: dtap0 from DPDK's net_tap PMD); the client (kernel TCP) in the
-# same namespace on the host side. No sink runs on the userspace stack, so the ratio column
-# compares with the kernel-veth sink above.
+# same namespace on the host side. The sink of these paths is `tlogd --sink` on the same
+# front-end (same stack, same interface), so the ratio is measured on the path itself.
+# start_userspace NS IFACE CFG DATA LOG [--sink] -> sets UPID
+start_userspace() {
+  local ns=$1 iface=$2 cfg=$3 data=$4 log=$5
+  ip netns exec "$ns" "$B/tlogd" ${6:-} --config "$cfg" --data-dir "$data" 2>"$log" &
+  UPID=$!; pids+=($UPID)
+  for _ in $(seq 1 200); do ip -n "$ns" link show "$iface" >/dev/null 2>&1 && break; sleep 0.05; done
+  ip -n "$ns" addr add 198.18.0.1/24 dev "$iface" 2>/dev/null || true
+  # The kernel drops what overflows the tap's transmit queue (1000 packets by default).
+  ip -n "$ns" link set "$iface" txqueuelen 10000 up
+  wait_port 198.18.0.2 11211 "$ns"
+}
 # measure_userspace LABEL IFACE NET_TOML
 measure_userspace() {
   local label=$1 iface=$2 net_toml=$3
   local ns="tlogb-u-$$-$iface"
   ip netns add "$ns"; netns_made+=("$ns")
   ip -n "$ns" link set lo up
+  local sd="$work/$iface-sink"; mkdir -p "$sd"
+  printf '[server]\nlisten = "198.18.0.2:11211"\n%s\n' "$net_toml" > "$sd/tlogd.toml"
+  start_userspace "$ns" "$iface" "$sd/tlogd.toml" "$sd/data" "$sd/tlogd.log" --sink
+  local u_sink_recv u_sink_flushed
+  u_sink_recv=$(run_bench 198.18.0.2:11211 "$ns" received sinkr)
+  u_sink_flushed=$(run_bench 198.18.0.2:11211 "$ns" flushed sinkf)
+  stop_pid "$UPID"
+  for ack in received flushed; do
+    local j; if [ "$ack" = received ]; then j=$u_sink_recv; else j=$u_sink_flushed; fi
+    rows+=("| $label | sink | $ack | - | $(field "$j" 'round(d["mib_per_sec"],1)') | - | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
+  done
   for backend in local redis; do
     local d="$work/$iface-$backend"; mkdir -p "$d"
     local cfg="$d/tlogd.toml"
@@ -136,19 +165,21 @@ measure_userspace() {
       printf '[server]\nlisten = "198.18.0.2:11211"\n%s\n' "$net_toml"
       if [ "$backend" = redis ]; then start_redis "$d" "$ns"; fi
     } > "$cfg"
-    ip netns exec "$ns" "$B/tlogd" --config "$cfg" --data-dir "$d/data" 2>"$d/tlogd.log" &
-    local tpid=$!; pids+=($tpid)
-    for _ in $(seq 1 200); do ip -n "$ns" link show "$iface" >/dev/null 2>&1 && break; sleep 0.05; done
-    ip -n "$ns" addr add 198.18.0.1/24 dev "$iface" 2>/dev/null || true
-    ip -n "$ns" link set "$iface" txqueuelen 10000 up
-    wait_port 198.18.0.2 11211 "$ns"
+    start_userspace "$ns" "$iface" "$cfg" "$d/data" "$d/tlogd.log"
+    local tpid=$UPID
     for ack in received flushed; do
       local j s t_mib s_mib
       j=$(run_bench 198.18.0.2:11211 "$ns" "$ack" "$ack")
-      if [ "$ack" = received ]; then s=${VETH_SINK_RECV:-}; else s=${VETH_SINK_FLUSHED:-}; fi
+      if [ "$ack" = received ]; then s=$u_sink_recv; else s=$u_sink_flushed; fi
       t_mib=$(field "$j" 'round(d["mib_per_sec"],1)')
-      if [ -n "$s" ]; then s_mib=$(field "$s" 'round(d["mib_per_sec"],1)'); else s_mib=0; fi
-      rows+=("| $label | $backend | $ack | $t_mib | $s_mib (veth sink) | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
+      s_mib=$(field "$s" 'round(d["mib_per_sec"],1)')
+      local vs="-"
+      if [ "$ack" = received ] && [ -n "${VETH_RECV_LOCAL:-}" ]; then vs=$(field "$VETH_RECV_LOCAL" 'round(d["mib_per_sec"],1)'); fi
+      if [ "$ack" = flushed ] && [ -n "${VETH_FLUSHED_LOCAL:-}" ]; then vs=$(field "$VETH_FLUSHED_LOCAL" 'round(d["mib_per_sec"],1)'); fi
+      rows+=("| $label | $backend | $ack | $t_mib | $s_mib | $(python3 -c "print(f'{$t_mib/$s_mib:.2f}' if $s_mib else '-')") | $(field "$j" 'd["'"$ack"'_latency_us"]["p50"]') / $(field "$j" 'd["'"$ack"'_latency_us"]["p99"]') | $(field "$j" 'd["errors"]') |")
+      if [ "$backend" = local ] && [ "$vs" != "-" ]; then
+        cmp_rows+=("| $label | $ack | $t_mib | $vs | $(python3 -c "print(f'{$t_mib/$vs:.2f}' if $vs else '-')") |")
+      fi
     done
     stop_pid "$tpid"
     for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done
@@ -177,3 +208,11 @@ echo
 echo "| path | backend | ack | tlogd MiB/s | sink MiB/s | tlogd / sink | ack latency p50 / p99 (us) | errors |"
 echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+if [ "${#cmp_rows[@]}" -gt 0 ]; then
+  echo
+  echo "Userspace paths against the kernel path across namespaces (veth, local store, same run):"
+  echo
+  echo "| path | ack | MiB/s | kernel veth MiB/s | ratio |"
+  echo "|---|---|---|---|---|"
+  printf '%s\n' "${cmp_rows[@]}"
+fi

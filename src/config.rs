@@ -113,6 +113,10 @@ pub struct NetConfig {
     /// (measured: 8 connections, 1000 -> about 110 MiB/s with 5% of segments resent,
     /// 10000 -> about 240 MiB/s with none). Default 10000.
     pub tap_queue_len: u32,
+    /// Set by `tlogd --sink` (never read from a file): the userspace stack serves the
+    /// benchmark sink ([`crate::bench::SinkSession`]) instead of storing.
+    #[serde(skip)]
+    pub sink: bool,
 }
 
 /// `[flush]`: aggregation, erasure coding, memory bounds.
@@ -218,6 +222,7 @@ impl Default for NetConfig {
             sockets_per_queue: 64,
             socket_buffer_bytes: 1 << 20,
             tap_queue_len: 10_000,
+            sink: false,
         }
     }
 }

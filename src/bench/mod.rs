@@ -270,10 +270,8 @@ fn sink_conn(mut s: TcpStream, stop: Arc<AtomicBool>) -> Result<()> {
     s.set_nonblocking(false).ctx(|| "set blocking".into())?;
     s.set_nodelay(true).ctx(|| "nodelay".into())?;
     s.set_read_timeout(Some(Duration::from_millis(200))).ctx(|| "timeout".into())?;
-    let mut dec = FrameDecoder::new(64 << 20);
+    let mut sink = SinkSession::new();
     let mut buf = vec![0u8; 256 << 10];
-    let mut attached = false;
-    let mut out = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let n = match s.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -281,40 +279,119 @@ fn sink_conn(mut s: TcpStream, stop: Arc<AtomicBool>) -> Result<()> {
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(e) => return Err(Error::io("read", e)),
         };
-        dec.push(&buf[..n]);
+        sink.on_bytes(&buf[..n])?;
+        if sink.has_output() {
+            s.write_all(&sink.take_output()).ctx(|| "write".into())?;
+        }
+    }
+    Ok(())
+}
+
+/// The sink's protocol side, sans-IO (driven by the kernel sink above and by the userspace
+/// stack under `tlogd --sink`): answers the handshake, parses every frame, checks each
+/// block's BLAKE3 hash and acks every batch of bytes fed to it as received and flushed at
+/// once. Nothing is kept.
+#[derive(Default)]
+pub struct SinkSession {
+    dec: Option<FrameDecoder>,
+    attached: bool,
+    out: Vec<u8>,
+}
+
+impl SinkSession {
+    /// A session before its handshake.
+    pub fn new() -> SinkSession {
+        SinkSession { dec: Some(FrameDecoder::new(64 << 20)), attached: false, out: Vec::new() }
+    }
+
+    /// Feeds received bytes. Errors: a frame that does not parse (the connection should close).
+    pub fn on_bytes(&mut self, data: &[u8]) -> Result<()> {
+        let dec = self.dec.get_or_insert_with(|| FrameDecoder::new(64 << 20));
+        dec.push(data);
         let mut run: Option<(u64, u64)> = None;
         while let Some(f) = dec.next_frame()? {
-            if !attached {
+            if !self.attached {
                 decode_handshake_request(&f)?;
-                out.extend_from_slice(&encode_handshake_response(&HandshakeResponse {
+                self.out.extend_from_slice(&encode_handshake_response(&HandshakeResponse {
                     version: PROTOCOL_VERSION,
                     status: HandshakeStatus::Ok,
                     last_flushed_sequence: 0,
                     has_flushed: false,
                     message: "sink".into(),
                 }));
-                attached = true;
+                self.attached = true;
                 continue;
             }
             match decode_client_message(&f)? {
                 ClientMessage::Block(b) => {
-                    let ok = blake3::hash(&b.data).as_bytes() == &b.hash;
-                    if ok {
+                    if blake3::hash(&b.data).as_bytes() == &b.hash {
                         run = Some(run.map(|(f, _)| (f, b.sequence)).unwrap_or((b.sequence, b.sequence)));
                     }
                 }
-                ClientMessage::ForceFlush => out.extend_from_slice(&encode_server_message(&ServerMessage::ForceFlushReceived)),
+                ClientMessage::ForceFlush => self.out.extend_from_slice(&encode_server_message(&ServerMessage::ForceFlushReceived)),
                 ClientMessage::Disconnect => {}
             }
         }
         if let Some((f, l)) = run {
-            out.extend_from_slice(&encode_server_message(&ServerMessage::Received(f, l)));
-            out.extend_from_slice(&encode_server_message(&ServerMessage::Flushed(f, l)));
+            self.out.extend_from_slice(&encode_server_message(&ServerMessage::Received(f, l)));
+            self.out.extend_from_slice(&encode_server_message(&ServerMessage::Flushed(f, l)));
         }
-        if !out.is_empty() {
-            s.write_all(&out).ctx(|| "write".into())?;
-            out.clear();
-        }
+        Ok(())
     }
-    Ok(())
+
+    /// Whether acks wait to be sent.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// The bytes to send (acks, handshake answer).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{decode_handshake_response, decode_server_message, encode_client_message, encode_handshake_request, Block, HandshakeRequest, Operation};
+
+    fn frames(bytes: &[u8]) -> Vec<crate::wire::Frame> {
+        let mut d = FrameDecoder::new(1 << 20);
+        d.push(bytes);
+        let mut v = Vec::new();
+        while let Some(f) = d.next_frame().unwrap() {
+            v.push(f);
+        }
+        v
+    }
+
+    #[test]
+    fn sink_session_answers_the_handshake_and_acks_good_blocks_only() {
+        let mut s = SinkSession::new();
+        let hs = encode_handshake_request(&HandshakeRequest {
+            version: PROTOCOL_VERSION,
+            vdisk_id: "v".into(),
+            first_sequence: 1,
+            token: String::new(),
+            reset_first_sequence: false,
+        });
+        // Fed in two pieces: a frame split across reads still parses.
+        s.on_bytes(&hs[..3]).unwrap();
+        assert!(!s.has_output());
+        s.on_bytes(&hs[3..]).unwrap();
+        let f = frames(&s.take_output());
+        assert_eq!(decode_handshake_response(&f[0]).unwrap().status, HandshakeStatus::Ok);
+        let mut bytes = Vec::new();
+        for i in 1..=3u64 {
+            let mut b = Block::new(i, i, Operation::Write, vec![i as u8; 4096], 4096, 0);
+            if i == 3 {
+                b.hash[0] ^= 1; // a bad hash is not acked
+            }
+            bytes.extend_from_slice(&encode_client_message(&ClientMessage::Block(b)));
+        }
+        s.on_bytes(&bytes).unwrap();
+        let acks: Vec<ServerMessage> = frames(&s.take_output()).iter().map(|f| decode_server_message(f).unwrap()).collect();
+        assert_eq!(acks, vec![ServerMessage::Received(1, 2), ServerMessage::Flushed(1, 2)]);
+        assert!(s.on_bytes(&[0xff; 64]).is_err(), "garbage is an error, so the connection closes");
+    }
 }

@@ -30,6 +30,12 @@ struct Args {
     /// Validate the configuration, print a summary and exit (0 when valid).
     #[arg(long)]
     check_config: bool,
+    /// Serve the benchmark sink on the configured front-end instead of storing: handshake,
+    /// every frame parsed and hash-checked, each batch acked received and flushed at once,
+    /// nothing kept (the ceiling of a path for `tlog bench`; scripts/bench.sh uses it for the
+    /// tap and dpdk rows). In kernel mode it is `tlog bench --sink --listen`.
+    #[arg(long)]
+    sink: bool,
 }
 
 fn load(args: &Args) -> tlog::Result<Config> {
@@ -43,6 +49,7 @@ fn load(args: &Args) -> tlog::Result<Config> {
     if let Some(l) = &args.listen {
         c.server.listen = l.clone();
     }
+    c.net.sink = args.sink;
     c.validate()?;
     Ok(c)
 }
@@ -66,6 +73,13 @@ fn run(args: Args) -> tlog::Result<()> {
     }
     if cfg.net.mode == "dpdk" && !cfg!(feature = "dpdk") {
         return Err(tlog::Error::Config("net.mode = \"dpdk\": this tlogd was built without the dpdk feature (cargo build --features dpdk)".into()));
+    }
+    if args.sink && cfg.net.mode == "kernel" {
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
+        }
+        return tlog::bench::sink(&cfg.server.listen, stop, Duration::from_secs(100 * 365 * 86_400));
     }
     std::fs::create_dir_all(&cfg.server.data_dir).map_err(|e| tlog::Error::io(format!("create data directory {}", cfg.server.data_dir.display()), e))?;
     let (key, generated) = cfg.load_key(true)?;

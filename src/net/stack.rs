@@ -8,6 +8,7 @@
 //! blocked by backpressure (then they stay in the socket's receive buffer and the TCP window
 //! closes). Closed sockets are put back to listening.
 
+use crate::bench::SinkSession;
 use crate::namespace::Engine;
 use crate::session::{Progress, Session};
 use crossbeam_channel::Receiver;
@@ -41,11 +42,14 @@ pub struct StackConfig {
     pub sockets: usize,
     /// Receive and send buffer per socket, bytes.
     pub buffer_bytes: usize,
+    /// Serve the benchmark sink instead of tlog sessions (`tlogd --sink`).
+    pub sink: bool,
 }
 
 struct Conn {
     handle: SocketHandle,
     session: Option<Session>,
+    sink: Option<SinkSession>,
     acks: Option<Receiver<Vec<u8>>>,
     out: Vec<u8>,
     out_pos: usize,
@@ -89,7 +93,7 @@ impl Stack {
             let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0u8; cfg.buffer_bytes]), tcp::SocketBuffer::new(vec![0u8; cfg.buffer_bytes]));
             Self::tune(&mut s);
             let _ = s.listen(cfg.port);
-            conns.push(Conn { handle: sockets.add(s), session: None, acks: None, out: Vec::new(), out_pos: 0, blocked: false });
+            conns.push(Conn { handle: sockets.add(s), session: None, sink: None, acks: None, out: Vec::new(), out_pos: 0, blocked: false });
         }
         Stack { iface, sockets, conns, engine, cfg, all_busy_logged: false }
     }
@@ -135,7 +139,11 @@ impl Stack {
         Self::egress(&mut self.iface, device, &mut self.sockets);
         let mut served = false;
         for c in &mut self.conns {
-            served |= Self::serve(&self.engine, &mut self.sockets, c, self.cfg.port);
+            served |= if self.cfg.sink {
+                Self::serve_sink(&mut self.sockets, c, self.cfg.port)
+            } else {
+                Self::serve(&self.engine, &mut self.sockets, c, self.cfg.port)
+            };
         }
         // Push out what the sessions wrote (and the window they opened by reading).
         if served {
@@ -161,6 +169,57 @@ impl Stack {
                 break;
             }
         }
+    }
+
+    /// One connection of the benchmark sink: feed every received byte, send the acks.
+    fn serve_sink(sockets: &mut SocketSet<'static>, c: &mut Conn, port: u16) -> bool {
+        let s = sockets.get_mut::<tcp::Socket>(c.handle);
+        let mut work = false;
+        if c.sink.is_none() {
+            if s.state() == tcp::State::Established {
+                c.sink = Some(SinkSession::new());
+                c.out.clear();
+                c.out_pos = 0;
+                work = true;
+            } else {
+                if !s.is_open() {
+                    s.abort();
+                    Self::tune(s);
+                    let _ = s.listen(port);
+                }
+                return false;
+            }
+        }
+        let Some(sink) = c.sink.as_mut() else { return work };
+        let mut close = false;
+        if c.out_pos >= c.out.len() {
+            while !close && s.can_recv() {
+                match s.recv(|buf| (buf.len(), sink.on_bytes(buf))) {
+                    Ok(Ok(())) => work = true,
+                    Ok(Err(e)) => {
+                        tracing::debug!("sink connection: {e}");
+                        close = true;
+                    }
+                    Err(_) => close = true,
+                }
+            }
+            if sink.has_output() {
+                c.out = sink.take_output();
+                c.out_pos = 0;
+            }
+        }
+        if c.out_pos < c.out.len() && s.can_send() {
+            if let Ok(n) = s.send_slice(&c.out[c.out_pos..]) {
+                c.out_pos += n;
+                work |= n > 0;
+            }
+        }
+        if close || (!s.may_recv() && !s.can_recv()) || !s.is_open() {
+            c.sink = None;
+            s.close();
+            work = true;
+        }
+        work
     }
 
     fn serve(engine: &Arc<Engine>, sockets: &mut SocketSet<'static>, c: &mut Conn, port: u16) -> bool {

@@ -24,6 +24,7 @@ pub fn stack_config(cfg: &Config) -> Result<StackConfig> {
         port,
         sockets: n.sockets_per_queue,
         buffer_bytes: n.socket_buffer_bytes,
+        sink: n.sink,
     })
 }
 
