@@ -74,11 +74,11 @@ fn run(args: Args) -> tlog::Result<()> {
     if cfg.net.mode == "dpdk" && !cfg!(feature = "dpdk") {
         return Err(tlog::Error::Config("net.mode = \"dpdk\": this tlogd was built without the dpdk feature (cargo build --features dpdk)".into()));
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
+    }
     if args.sink && cfg.net.mode == "kernel" {
-        let stop = Arc::new(AtomicBool::new(false));
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
-        }
         return tlog::bench::sink(&cfg.server.listen, stop, Duration::from_secs(100 * 365 * 86_400));
     }
     std::fs::create_dir_all(&cfg.server.data_dir).map_err(|e| tlog::Error::io(format!("create data directory {}", cfg.server.data_dir.display()), e))?;
@@ -91,10 +91,6 @@ fn run(args: Args) -> tlog::Result<()> {
     let backends = cfg.open_backends()?;
     let ecfg = EngineConfig::from_config(&cfg)?;
     let engine = Engine::start(ecfg, sealer, backends)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
-    }
     if cfg.net.mode == "tap" {
         tlog::net::tap::serve(engine.clone(), &cfg, stop)?;
         return finish(&engine);

@@ -171,6 +171,13 @@ impl Stack {
         }
     }
 
+    /// Puts a closed socket back to listening, tuned as at start.
+    fn relisten(s: &mut tcp::Socket, port: u16) {
+        s.abort();
+        Self::tune(s);
+        let _ = s.listen(port);
+    }
+
     /// One connection of the benchmark sink: feed every received byte, send the acks.
     fn serve_sink(sockets: &mut SocketSet<'static>, c: &mut Conn, port: u16) -> bool {
         let s = sockets.get_mut::<tcp::Socket>(c.handle);
@@ -183,9 +190,7 @@ impl Stack {
                 work = true;
             } else {
                 if !s.is_open() {
-                    s.abort();
-                    Self::tune(s);
-                    let _ = s.listen(port);
+                    Self::relisten(s, port);
                 }
                 return false;
             }
@@ -237,9 +242,7 @@ impl Stack {
                 c.blocked = false;
                 work = true;
             } else if !s.is_open() {
-                s.abort();
-                Self::tune(s);
-                let _ = s.listen(port);
+                Self::relisten(s, port);
                 return false;
             } else {
                 return false;
