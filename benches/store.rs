@@ -33,7 +33,7 @@ fn appends(c: &mut Criterion) {
             let id = format!("{}KiB_sync_per_{}", size >> 10, batch);
             g.bench_function(BenchmarkId::new("store", &id), |b| {
                 let d = bench_dir();
-                let log = BigLog::open(d.path(), BigLogOptions { segment_bytes: 256 << 20, index_capacity: 65536 }).unwrap();
+                let log = BigLog::open(d.path(), BigLogOptions { segment_bytes: 256 << 20, index_capacity: 65536, ..Default::default() }).unwrap();
                 let mut written = 0u64;
                 b.iter_custom(|iters| {
                     let t = Instant::now();
@@ -117,7 +117,7 @@ fn seeks(c: &mut Criterion) {
     let mut g = c.benchmark_group("seek_time");
     let n: u64 = if full_run() { 1_000_000 } else { 20_000 };
     let d = bench_dir();
-    let log = BigLog::open(d.path(), BigLogOptions { segment_bytes: 512 << 20, index_capacity: 262_144 }).unwrap();
+    let log = BigLog::open(d.path(), BigLogOptions { segment_bytes: 512 << 20, index_capacity: 262_144, ..Default::default() }).unwrap();
     let rec = [7u8; 16];
     for i in 0..n {
         log.write_n_at(&[&rec], 1_000_000 + i * 1000).unwrap();

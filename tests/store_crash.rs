@@ -8,7 +8,7 @@ use tlog::store::{BigLog, BigLogOptions};
 const SEG: &str = "00000000000000000000";
 
 fn opts() -> BigLogOptions {
-    BigLogOptions { segment_bytes: 1 << 20, index_capacity: 16 }
+    BigLogOptions { segment_bytes: 1 << 20, index_capacity: 16, ..Default::default() }
 }
 
 /// Builds a log of 5 entries (7 offsets); returns (data bytes, index bytes, expected records).

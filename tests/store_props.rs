@@ -45,7 +45,7 @@ impl Model {
 }
 
 fn opts() -> BigLogOptions {
-    BigLogOptions { segment_bytes: 1 << 30, index_capacity: 1024 }
+    BigLogOptions { segment_bytes: 1 << 30, index_capacity: 1024, ..Default::default() }
 }
 
 proptest! {

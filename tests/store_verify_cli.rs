@@ -10,7 +10,7 @@ use tlog::store::{BigLog, BigLogOptions};
 fn verify_names_the_corrupt_segment() {
     let d = tempfile::tempdir().unwrap();
     {
-        let log = BigLog::open(d.path(), BigLogOptions { segment_bytes: 1 << 20, index_capacity: 64 }).unwrap();
+        let log = BigLog::open(d.path(), BigLogOptions { segment_bytes: 1 << 20, index_capacity: 64, ..Default::default() }).unwrap();
         for i in 0..20u32 {
             log.write(&vec![i as u8; 1000]).unwrap();
             if i == 9 {

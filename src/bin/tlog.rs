@@ -288,7 +288,11 @@ fn open_backends_for_restore(cfg: &Config) -> tlog::Result<Vec<std::sync::Arc<dy
     if cfg.backend.kind != "local" {
         return cfg.open_backends();
     }
-    let opts = tlog::store::BigLogOptions { segment_bytes: cfg.backend.local.segment_bytes, index_capacity: cfg.backend.local.index_capacity };
+    let opts = tlog::store::BigLogOptions {
+        segment_bytes: cfg.backend.local.segment_bytes,
+        index_capacity: cfg.backend.local.index_capacity,
+        drop_cache: cfg.backend.local.drop_cache,
+    };
     let mut v: Vec<std::sync::Arc<dyn tlog::backend::Backend>> = Vec::new();
     for d in cfg.local_dirs() {
         let b: std::sync::Arc<dyn tlog::backend::Backend> = if d.is_dir() {

@@ -146,6 +146,22 @@ pub struct Attached {
     pub last_flushed: Option<u64>,
 }
 
+/// A sealed aggregation whose shards are being written: what [`Engine::finish`] needs.
+struct InFlight {
+    ns: Arc<Namespace>,
+    agg_no: u64,
+    key: Key,
+    first_sequence: u64,
+    last_sequence: u64,
+    /// Kept for retries on backends that failed.
+    shards: Vec<Arc<Vec<u8>>>,
+    /// Buffered bytes released when it is flushed.
+    bytes: u64,
+    replies: Receiver<(usize, std::result::Result<(), String>)>,
+    epoch: u64,
+    timestamp: u64,
+}
+
 struct WriteJob {
     key: Key,
     shard: Arc<Vec<u8>>,
@@ -164,6 +180,9 @@ pub struct Engine {
     namespaces: Mutex<HashMap<String, Arc<Namespace>>>,
     total: AtomicU64,
     flush_tx: Sender<Arc<Namespace>>,
+    /// Sealed aggregations waiting for their writes, in dispatch order (bounded: a full queue
+    /// holds the flushers back).
+    completions: Sender<InFlight>,
     space: (Mutex<u64>, Condvar),
     shutdown: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -171,6 +190,11 @@ pub struct Engine {
     /// Aggregations flushed (for stats).
     pub flushed_aggregations: AtomicU64,
 }
+
+/// Sealed aggregations that may wait for their writes per flusher thread. More in flight lets
+/// each shard writer group more shards into one fsync; each holds its shards in memory (at most
+/// `max_aggregation_bytes` × (k+m)/k, plus lz4's worst case).
+const COMPLETIONS_PER_WORKER: usize = 4;
 
 /// Checks a vdisk id: 1..=128 bytes of `[A-Za-z0-9._-]`.
 pub fn valid_vdisk_id(v: &str) -> bool {
@@ -191,6 +215,7 @@ impl Engine {
         }
         std::fs::create_dir_all(cfg.data_dir.join("vdisks")).ctx(|| format!("create {}", cfg.data_dir.join("vdisks").display()))?;
         let (flush_tx, flush_rx) = crossbeam_channel::unbounded::<Arc<Namespace>>();
+        let (completions, completion_rx) = crossbeam_channel::bounded::<InFlight>(COMPLETIONS_PER_WORKER * cfg.workers.max(1));
         let mut writers = Vec::new();
         let mut threads = Vec::new();
         let mut writer_rxs = Vec::new();
@@ -209,6 +234,7 @@ impl Engine {
             namespaces: Mutex::new(HashMap::new()),
             total: AtomicU64::new(0),
             flush_tx,
+            completions,
             space: (Mutex::new(0), Condvar::new()),
             shutdown: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
@@ -225,6 +251,8 @@ impl Engine {
             let rx = flush_rx.clone();
             threads.push(std::thread::Builder::new().name(format!("flusher-{w}")).spawn(move || flusher(e, rx)).ctx(|| "spawn flusher".into())?);
         }
+        let e = engine.clone();
+        threads.push(std::thread::Builder::new().name("flush-completer".into()).spawn(move || completer(e, completion_rx)).ctx(|| "spawn flush completer".into())?);
         let e = engine.clone();
         threads.push(std::thread::Builder::new().name("flush-timer".into()).spawn(move || flush_timer(e)).ctx(|| "spawn flush timer".into())?);
         *lock(&engine.threads) = threads;
@@ -420,52 +448,76 @@ impl Engine {
         lock(&self.namespaces).get(vdisk).and_then(|ns| lock(&ns.state).last_flushed)
     }
 
-    fn seal_and_write(&self, ns: &Arc<Namespace>, scratch: &mut SealScratch) {
-        let (agg_no, sealed, bytes, rx, epoch, ts) = {
-            let mut chain = lock(&ns.chain);
-            let (buf, epoch, random, counter) = {
-                let mut st = lock(&ns.state);
-                let Some(buf) = st.full.pop_front() else { return };
-                let c = st.counter;
-                st.counter += 1;
-                (buf, st.epoch, st.attach_random, c)
-            };
-            let ts = now_ns();
-            let ctx = SealContext { vdisk: &ns.vdisk, epoch, counter, attach_random: random, prev: chain.prev, timestamp: ts };
-            let mut sealed = match self.sealer.seal_with(scratch, &ctx, &buf.blocks) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(vdisk = %ns.vdisk, "sealing failed, the blocks stay unflushed: {e}");
-                    return;
-                }
-            };
-            chain.height += 1;
-            chain.prev = sealed.key;
-            let head = HeadRecord {
-                height: chain.height,
-                key: sealed.key,
-                first_sequence: sealed.first_sequence,
-                last_sequence: sealed.last_sequence,
-                epoch,
-                timestamp: ts,
-            }
-            .encode();
-            let (tx, rx) = crossbeam_channel::bounded(self.writers.len() * 2);
-            let shards: Vec<Arc<Vec<u8>>> = std::mem::take(&mut sealed.shards).into_iter().map(Arc::new).collect();
-            for (i, w) in self.writers.iter().enumerate() {
-                let job = WriteJob { key: sealed.key, shard: shards[i].clone(), head: Some((ns.vdisk.clone(), head.clone())), reply: tx.clone() };
-                if w.send(job).is_err() {
-                    let _ = tx.send((i, Err(Error::Shutdown.to_string())));
-                }
-            }
-            (chain.height, (sealed, shards), buf.bytes, rx, epoch, ts)
+    /// Seals the vdisk's oldest full buffer onto its chain and hands the shards to the shard
+    /// writers; the aggregation then waits for its writes in the completer's queue, so the
+    /// flusher goes on sealing while the writes (and their fsyncs) proceed.
+    fn seal_and_dispatch(&self, ns: &Arc<Namespace>, scratch: &mut SealScratch) {
+        let mut chain = lock(&ns.chain);
+        let (buf, epoch, random, counter) = {
+            let mut st = lock(&ns.state);
+            let Some(buf) = st.full.pop_front() else { return };
+            let c = st.counter;
+            st.counter += 1;
+            (buf, st.epoch, st.attach_random, c)
         };
-        let (sealed, shards) = sealed;
+        let ts = now_ns();
+        let ctx = SealContext { vdisk: &ns.vdisk, epoch, counter, attach_random: random, prev: chain.prev, timestamp: ts };
+        let mut sealed = match self.sealer.seal_with(scratch, &ctx, &buf.blocks) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(vdisk = %ns.vdisk, "sealing failed, the blocks stay unflushed: {e}");
+                return;
+            }
+        };
+        let bytes = buf.bytes;
+        drop(buf); // the blocks are in the shards now
+        chain.height += 1;
+        chain.prev = sealed.key;
+        let head = HeadRecord {
+            height: chain.height,
+            key: sealed.key,
+            first_sequence: sealed.first_sequence,
+            last_sequence: sealed.last_sequence,
+            epoch,
+            timestamp: ts,
+        }
+        .encode();
+        let (tx, rx) = crossbeam_channel::bounded(self.writers.len() * 2);
+        let shards: Vec<Arc<Vec<u8>>> = std::mem::take(&mut sealed.shards).into_iter().map(Arc::new).collect();
+        for (i, w) in self.writers.iter().enumerate() {
+            let job = WriteJob { key: sealed.key, shard: shards[i].clone(), head: Some((ns.vdisk.clone(), head.clone())), reply: tx.clone() };
+            if w.send(job).is_err() {
+                let _ = tx.send((i, Err(Error::Shutdown.to_string())));
+            }
+        }
+        let pending = InFlight {
+            ns: ns.clone(),
+            agg_no: chain.height,
+            key: sealed.key,
+            first_sequence: sealed.first_sequence,
+            last_sequence: sealed.last_sequence,
+            shards,
+            bytes,
+            replies: rx,
+            epoch,
+            timestamp: ts,
+        };
+        // Queued while the chain lock is held, so one vdisk's aggregations reach the completer
+        // in chain order (its metadata index is appended in that order).
+        if let Err(e) = self.completions.send(pending) {
+            tracing::error!(vdisk = %ns.vdisk, "the flush completer is gone: {e}");
+        }
+    }
+
+    /// Waits for an aggregation's shard writes, retries until the write quorum is reached,
+    /// records missing shards for repair, appends the metadata index and sends the flushed acks.
+    fn finish(&self, a: InFlight) {
+        let ns = &a.ns;
         let n = self.writers.len();
         let mut ok = vec![false; n];
         let mut errors: Vec<String> = vec![String::new(); n];
         for _ in 0..n {
-            match rx.recv() {
+            match a.replies.recv() {
                 Ok((i, Ok(()))) => ok[i] = true,
                 Ok((i, Err(e))) => errors[i] = e,
                 Err(_) => break,
@@ -477,16 +529,16 @@ impl Engine {
             attempt += 1;
             let failed: Vec<String> = (0..n).filter(|i| !ok[*i]).map(|i| format!("{}: {}", self.backends[i].name(), errors[i])).collect();
             if attempt == 1 || attempt % 20 == 0 {
-                tracing::error!(vdisk = %ns.vdisk, key = %hex::encode(sealed.key), "write quorum {} not reached ({} stored); retrying: {}", self.cfg.write_quorum, ok.iter().filter(|x| **x).count(), failed.join("; "));
+                tracing::error!(vdisk = %ns.vdisk, key = %hex::encode(a.key), "write quorum {} not reached ({} stored); retrying: {}", self.cfg.write_quorum, ok.iter().filter(|x| **x).count(), failed.join("; "));
             }
             if self.shutdown.load(Ordering::SeqCst) && attempt > 10 {
-                tracing::error!(vdisk = %ns.vdisk, "giving up on aggregation {} at shutdown: its blocks stay unflushed (the client resends them)", hex::encode(sealed.key));
+                tracing::error!(vdisk = %ns.vdisk, "giving up on aggregation {} at shutdown: its blocks stay unflushed (the client resends them)", hex::encode(a.key));
                 return;
             }
             std::thread::sleep(Duration::from_millis((50 * attempt as u64).min(1000)));
             for i in 0..n {
                 if !ok[i] {
-                    match self.backends[i].put(&sealed.key, &shards[i]) {
+                    match self.backends[i].put(&a.key, &a.shards[i]) {
                         Ok(()) => ok[i] = true,
                         Err(e) => errors[i] = e.to_string(),
                     }
@@ -495,19 +547,19 @@ impl Engine {
         }
         let missing: Vec<usize> = (0..n).filter(|i| !ok[*i]).collect();
         if !missing.is_empty() {
-            self.record_repair(&ns.vdisk, &sealed.key, &missing, &errors);
+            self.record_repair(&ns.vdisk, &a.key, &missing, &errors);
         }
         if let Err(e) = lock(&ns.index).append(&index::IndexEntry {
-            first_sequence: sealed.first_sequence,
-            last_sequence: sealed.last_sequence,
-            timestamp: ts,
-            epoch,
-            key: sealed.key,
+            first_sequence: a.first_sequence,
+            last_sequence: a.last_sequence,
+            timestamp: a.timestamp,
+            epoch: a.epoch,
+            key: a.key,
         }) {
             tracing::warn!(vdisk = %ns.vdisk, "metadata index append failed (it can be rebuilt from the chain): {e}");
         }
         self.flushed_aggregations.fetch_add(1, Ordering::Relaxed);
-        self.complete(ns, agg_no, sealed.first_sequence, sealed.last_sequence, bytes);
+        self.complete(ns, a.agg_no, a.first_sequence, a.last_sequence, a.bytes);
     }
 
     fn record_repair(&self, vdisk: &str, key: &Key, missing: &[usize], errors: &[String]) {
@@ -599,7 +651,21 @@ fn flusher(engine: Arc<Engine>, rx: Receiver<Arc<Namespace>>) {
     let mut scratch = SealScratch::default();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(ns) => engine.seal_and_write(&ns, &mut scratch),
+            Ok(ns) => engine.seal_and_dispatch(&ns, &mut scratch),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if engine.shutdown.load(Ordering::SeqCst) && rx.is_empty() {
+                    return;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn completer(engine: Arc<Engine>, rx: Receiver<InFlight>) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(a) => engine.finish(a),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if engine.shutdown.load(Ordering::SeqCst) && rx.is_empty() {
                     return;

@@ -17,6 +17,7 @@ use memmap2::{Mmap, MmapMut};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,11 +29,15 @@ pub struct BigLogOptions {
     /// Index slots preallocated per segment (default 131072: one per 4 KiB of a 512 MiB
     /// segment). A full index splits the segment too.
     pub index_capacity: u64,
+    /// After each [`BigLog::sync`] (and when a segment is sealed), drop the synced data pages
+    /// from the page cache with `posix_fadvise(POSIX_FADV_DONTNEED)` (default true). Reads
+    /// still work, from the disk. Advisory: a failure is logged at debug level and ignored.
+    pub drop_cache: bool,
 }
 
 impl Default for BigLogOptions {
     fn default() -> Self {
-        BigLogOptions { segment_bytes: 512 << 20, index_capacity: 131_072 }
+        BigLogOptions { segment_bytes: 512 << 20, index_capacity: 131_072, drop_cache: true }
     }
 }
 
@@ -77,6 +82,8 @@ pub(crate) struct Segment {
     next_ro: u64,
     /// Data file length (the marker's data offset).
     data_len: u64,
+    /// Data bytes below this offset were already dropped from the page cache.
+    dropped: AtomicU64,
     pub damage: Option<Damage>,
 }
 
@@ -142,12 +149,29 @@ impl Segment {
         index.write_all_at(&format::encode_index_header(base, capacity), 0).ctx(|| format!("write {}", index_path.display()))?;
         let map = map_rw(&index, &index_path)?;
         let mut seg =
-            Segment { base, data_path, index_path, data, index: IndexMap::Rw(map), capacity, entries: 0, next_ro: 0, data_len: DATA_HEADER_LEN, damage: None };
+            Segment { base, data_path, index_path, data, index: IndexMap::Rw(map), capacity, entries: 0, next_ro: 0, data_len: DATA_HEADER_LEN, dropped: AtomicU64::new(0), damage: None };
         seg.put_slot(0, &IndexEntry::marker(0, DATA_HEADER_LEN).encode())?;
         seg.data.sync_all().ctx(|| format!("fsync {}", seg.data_path.display()))?;
         seg.flush_index()?;
         sync_dir(dir)?;
         Ok(seg)
+    }
+
+    /// Drops the data pages of `[dropped, upto)` from the page cache (whole pages only; the
+    /// kernel keeps a partial page at either end). Call only after the range is synced: dirty
+    /// pages are not dropped.
+    fn drop_cached(&self, upto: u64) {
+        const PAGE: u64 = 4096;
+        let from = self.dropped.load(Ordering::Relaxed) / PAGE * PAGE;
+        let to = upto / PAGE * PAGE;
+        if to <= from {
+            return;
+        }
+        let len = std::num::NonZeroU64::new(to - from);
+        match rustix::fs::fadvise(&self.data, from, len, rustix::fs::Advice::DontNeed) {
+            Ok(()) => self.dropped.store(to, Ordering::Relaxed),
+            Err(e) => tracing::debug!(file = %self.data_path.display(), "posix_fadvise(DONTNEED): {e}"),
+        }
     }
 
     fn flush_index(&self) -> Result<()> {
@@ -194,7 +218,7 @@ impl Segment {
         }
         let max_cap = ((index.bytes().len() - INDEX_HEADER_LEN) / ENTRY_LEN) as u64;
         let capacity = capacity.min(max_cap);
-        let mut seg = Segment { base, data_path, index_path, data, index, capacity, entries: 0, next_ro: 0, data_len: DATA_HEADER_LEN, damage: None };
+        let mut seg = Segment { base, data_path, index_path, data, index, capacity, entries: 0, next_ro: 0, data_len: DATA_HEADER_LEN, dropped: AtomicU64::new(0), damage: None };
 
         // Walk the slots: valid prefix, then the first non-valid slot.
         let mut last_valid: Option<(u64, IndexEntry)> = None;
@@ -632,6 +656,9 @@ impl BigLog {
         if let Some(s) = g.segments.last() {
             s.data.sync_data().ctx(|| format!("fsync {}", s.data_path.display()))?;
             s.flush_index()?;
+            if self.opts.drop_cache {
+                s.drop_cached(s.data_len);
+            }
         }
         Ok(())
     }
@@ -647,6 +674,9 @@ impl BigLog {
             Some(s) => {
                 s.data.sync_all().ctx(|| format!("fsync {}", s.data_path.display()))?;
                 s.flush_index()?;
+                if self.opts.drop_cache {
+                    s.drop_cached(s.data_len);
+                }
                 let mut next = s.base + s.next_ro;
                 if let Some(d) = &s.damage {
                     // Offsets past damage are unknown: leave room for any the damaged index named.
@@ -799,7 +829,7 @@ mod tests {
     use super::*;
 
     fn small() -> BigLogOptions {
-        BigLogOptions { segment_bytes: 4096, index_capacity: 16 }
+        BigLogOptions { segment_bytes: 4096, index_capacity: 16, ..Default::default() }
     }
 
     #[test]
@@ -826,7 +856,7 @@ mod tests {
     #[test]
     fn auto_split_on_capacity() {
         let d = tempfile::tempdir().unwrap();
-        let log = BigLog::open(d.path(), BigLogOptions { segment_bytes: 1 << 20, index_capacity: 4 }).unwrap();
+        let log = BigLog::open(d.path(), BigLogOptions { segment_bytes: 1 << 20, index_capacity: 4, ..Default::default() }).unwrap();
         for i in 0..10u8 {
             log.write(&[i]).unwrap();
         }
