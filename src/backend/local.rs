@@ -132,6 +132,16 @@ fn apply(map: &mut KeyMap, offset: u64, data: &[u8]) {
     }
 }
 
+/// [`apply`] for a record given as parts (kind, key or vdisk, payload); a shard's payload is
+/// not needed (nor copied).
+fn apply_parts(map: &mut KeyMap, offset: u64, parts: &[&[u8]; 3]) {
+    if parts[0].first() == Some(&KIND_SHARD) {
+        apply(map, offset, &[parts[0], parts[1]].concat());
+    } else {
+        apply(map, offset, &parts.concat());
+    }
+}
+
 fn save_keymap(dir: &Path, m: &KeyMap) -> Result<()> {
     let mut b = Vec::with_capacity(32 + m.shards.len() * 40);
     b.extend_from_slice(b"TLOGKMAP");
@@ -216,34 +226,34 @@ impl Backend for LocalBackend {
     }
 
     fn put_batch(&self, shards: &[(&Key, &[u8])], heads: &[(&str, &[u8])]) -> Result<()> {
-        let mut recs: Vec<Vec<u8>> = Vec::with_capacity(shards.len() + heads.len());
-        for (k, v) in shards {
-            let mut r = Vec::with_capacity(33 + v.len());
-            r.push(KIND_SHARD);
-            r.extend_from_slice(*k);
-            r.extend_from_slice(v);
-            recs.push(r);
-        }
-        for (vd, v) in heads {
+        // Records are written as parts (kind, key or vdisk, payload): the shards are not copied.
+        let mut head_prefixes: Vec<Vec<u8>> = Vec::with_capacity(heads.len());
+        for (vd, _) in heads {
             if vd.len() > u16::MAX as usize {
                 return Err(Error::InvalidArgument(format!("vdisk id of {} bytes", vd.len())));
             }
-            let mut r = Vec::with_capacity(3 + vd.len() + v.len());
-            r.push(KIND_HEAD);
-            r.extend_from_slice(&(vd.len() as u16).to_le_bytes());
-            r.extend_from_slice(vd.as_bytes());
-            r.extend_from_slice(v);
-            recs.push(r);
+            let mut p = Vec::with_capacity(3 + vd.len());
+            p.push(KIND_HEAD);
+            p.extend_from_slice(&(vd.len() as u16).to_le_bytes());
+            p.extend_from_slice(vd.as_bytes());
+            head_prefixes.push(p);
+        }
+        let mut recs: Vec<[&[u8]; 3]> = Vec::with_capacity(shards.len() + heads.len());
+        for (k, v) in shards {
+            recs.push([&[KIND_SHARD], &k[..], v]);
+        }
+        for (p, (_, v)) in head_prefixes.iter().zip(heads) {
+            recs.push([p.as_slice(), &[], v]);
         }
         if recs.is_empty() {
             return Ok(());
         }
-        let refs: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
+        let refs: Vec<&[&[u8]]> = recs.iter().map(|r| r.as_slice()).collect();
         let mut m = self.lock()?;
-        let first = self.log.write_n(&refs).map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
+        let first = self.log.write_parts(&refs).map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
         self.log.sync().map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
         for (i, r) in recs.iter().enumerate() {
-            apply(&mut m, first + i as u64, r);
+            apply_parts(&mut m, first + i as u64, r);
         }
         m.covered = first + recs.len() as u64;
         m.since_save += recs.len() as u64;

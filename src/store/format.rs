@@ -175,6 +175,22 @@ pub fn check_index_header(path: &Path, b: &[u8]) -> Result<(u64, u64)> {
     Ok((le_u64(&b[16..24]), u32::from_le_bytes([b[24], b[25], b[26], b[27]]) as u64))
 }
 
+/// The length prefix of each record (its parts' total length, u32 LE), as [`frame_records`]
+/// writes them. Errors with [`Error::InvalidArgument`] when the entry would reach 4 GiB.
+pub fn record_prefixes(records: &[&[&[u8]]]) -> Result<Vec<[u8; RECORD_PREFIX_LEN]>> {
+    let mut total = 0usize;
+    let mut out = Vec::with_capacity(records.len());
+    for parts in records {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        total = total.saturating_add(len + RECORD_PREFIX_LEN);
+        if total > u32::MAX as usize {
+            return Err(Error::InvalidArgument(format!("entry of {total} bytes or more exceeds the 4 GiB entry limit")));
+        }
+        out.push((len as u32).to_le_bytes());
+    }
+    Ok(out)
+}
+
 /// Frames records as stored in the data file: each `len: u32 LE` then the bytes.
 pub fn frame_records(records: &[&[u8]]) -> Result<Vec<u8>> {
     let total: usize = records.iter().map(|r| r.len() + RECORD_PREFIX_LEN).sum();
