@@ -26,6 +26,13 @@ pub enum Progress {
     Close,
 }
 
+/// What one frame decoded to (taken out of the decoder's borrow before acting on it).
+enum Decoded {
+    Handshake(crate::error::Result<crate::wire::HandshakeRequest>),
+    Message(crate::error::Result<ClientMessage>),
+    Broken(Error),
+}
+
 /// A connection's protocol state.
 pub struct Session {
     engine: Arc<Engine>,
@@ -83,6 +90,22 @@ impl Session {
         self.process()
     }
 
+    /// Space of at least `min` bytes to receive into, inside the session's frame buffer; then
+    /// call [`Session::on_received`] with the count written. Same as [`Session::on_bytes`]
+    /// without its copy.
+    pub fn receive_buffer(&mut self, min: usize) -> &mut [u8] {
+        self.decoder.receive_buffer(min)
+    }
+
+    /// Processes `n` bytes written into [`Session::receive_buffer`].
+    pub fn on_received(&mut self, n: usize) -> Progress {
+        if self.closed {
+            return Progress::Close;
+        }
+        self.decoder.commit(n);
+        self.process()
+    }
+
     /// Retries after backpressure.
     pub fn resume(&mut self) -> Progress {
         if self.closed {
@@ -137,38 +160,38 @@ impl Session {
             }
         }
         loop {
-            let frame = match self.decoder.next_frame() {
-                Ok(Some(f)) => f,
+            // Decoded in place from the receive buffer; the message owns only its block data.
+            let decoded = match self.decoder.next_frame_ref() {
+                Ok(Some(f)) if self.attached.is_none() => Decoded::Handshake(decode_handshake_request(f)),
+                Ok(Some(f)) => Decoded::Message(decode_client_message(f)),
                 Ok(None) => break,
-                Err(Error::FrameTooLarge { size, limit }) => {
+                Err(e) => Decoded::Broken(e),
+            };
+            let msg = match decoded {
+                Decoded::Broken(Error::FrameTooLarge { size, limit }) => {
                     return self.fatal(ErrorCode::TooLarge, format!("frame of {size} bytes exceeds the limit of {limit} bytes"));
                 }
-                Err(e) => return self.fatal(ErrorCode::BadMessage, e.to_string()),
-            };
-            if self.attached.is_none() {
-                let req = match decode_handshake_request(&frame) {
-                    Ok(r) => r,
-                    Err(e) => return self.handshake_fail(HandshakeStatus::BadRequest, format!("handshake does not decode: {e}")),
-                };
-                match self.engine.attach(&req, self.sink.clone()) {
-                    Ok(a) => {
-                        tracing::info!(peer = %self.peer, vdisk = %req.vdisk_id, epoch = a.epoch, "attached");
-                        self.out.extend_from_slice(&encode_handshake_response(&HandshakeResponse {
-                            version: PROTOCOL_VERSION,
-                            status: HandshakeStatus::Ok,
-                            last_flushed_sequence: a.last_flushed.unwrap_or(0),
-                            has_flushed: a.last_flushed.is_some(),
-                            message: String::new(),
-                        }));
-                        self.attached = Some((a.ns, a.epoch));
+                Decoded::Broken(e) => return self.fatal(ErrorCode::BadMessage, e.to_string()),
+                Decoded::Handshake(Err(e)) => return self.handshake_fail(HandshakeStatus::BadRequest, format!("handshake does not decode: {e}")),
+                Decoded::Handshake(Ok(req)) => {
+                    match self.engine.attach(&req, self.sink.clone()) {
+                        Ok(a) => {
+                            tracing::info!(peer = %self.peer, vdisk = %req.vdisk_id, epoch = a.epoch, "attached");
+                            self.out.extend_from_slice(&encode_handshake_response(&HandshakeResponse {
+                                version: PROTOCOL_VERSION,
+                                status: HandshakeStatus::Ok,
+                                last_flushed_sequence: a.last_flushed.unwrap_or(0),
+                                has_flushed: a.last_flushed.is_some(),
+                                message: String::new(),
+                            }));
+                            self.attached = Some((a.ns, a.epoch));
+                        }
+                        Err((status, msg)) => return self.handshake_fail(status, msg),
                     }
-                    Err((status, msg)) => return self.handshake_fail(status, msg),
+                    continue;
                 }
-                continue;
-            }
-            let msg = match decode_client_message(&frame) {
-                Ok(m) => m,
-                Err(e) => {
+                Decoded::Message(Ok(m)) => m,
+                Decoded::Message(Err(e)) => {
                     self.error(ErrorCode::BadMessage, 0, 0, format!("message does not decode: {e}"));
                     continue;
                 }

@@ -44,7 +44,16 @@ pub struct BenchConfig {
     pub prefix: String,
     /// Print a progress line each second to stderr.
     pub progress: bool,
+    /// Blocks each connection keeps in flight (sent, not yet flushed) at most, like a block
+    /// server's queue depth (`--window-blocks`, default [`DEFAULT_WINDOW_BLOCKS`]).
+    pub window_blocks: usize,
 }
+
+/// `tlog bench`'s default window: two aggregations of the default flush_size (1024), one
+/// filling while the one before it is written. A deeper window adds latency (Little's law:
+/// window / throughput) and memory on both sides, not throughput; measured on 8 vdisks x 4 KiB
+/// (README "Performance").
+pub const DEFAULT_WINDOW_BLOCKS: usize = 2048;
 
 /// Latency percentiles in microseconds.
 #[derive(Clone, Copy, Debug, Default)]
@@ -156,6 +165,9 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     if cfg.duration.is_none() && cfg.blocks.is_none() {
         return Err(Error::InvalidArgument("give --duration or --blocks".into()));
     }
+    if cfg.window_blocks == 0 {
+        return Err(Error::InvalidArgument("--window-blocks 0: at least 1".into()));
+    }
     if cfg.block_size == 0 || cfg.block_size % 512 != 0 {
         return Err(Error::InvalidArgument(format!("--block-size {}: a positive multiple of 512", cfg.block_size)));
     }
@@ -172,6 +184,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             let mut cc = ClientConfig::new(&cfg.server, &format!("{}{v}", cfg.prefix));
             cc.reconnect_timeout = Duration::from_secs(10);
             cc.window_bytes = 64 << 20;
+            cc.window_blocks = cfg.window_blocks;
             let client = Client::connect(cc)?;
             client.record_latencies();
             let data = payloads(cfg.block_size, cfg.compressibility, 64, v as u64 + 1);
@@ -271,15 +284,14 @@ fn sink_conn(mut s: TcpStream, stop: Arc<AtomicBool>) -> Result<()> {
     s.set_nodelay(true).ctx(|| "nodelay".into())?;
     s.set_read_timeout(Some(Duration::from_millis(200))).ctx(|| "timeout".into())?;
     let mut sink = SinkSession::new();
-    let mut buf = vec![0u8; 256 << 10];
     while !stop.load(Ordering::SeqCst) {
-        let n = match s.read(&mut buf) {
+        let n = match s.read(sink.receive_buffer(256 << 10)) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(e) => return Err(Error::io("read", e)),
         };
-        sink.on_bytes(&buf[..n])?;
+        sink.on_received(n)?;
         if sink.has_output() {
             s.write_all(&sink.take_output()).ctx(|| "write".into())?;
         }
@@ -304,14 +316,35 @@ impl SinkSession {
         SinkSession { dec: Some(FrameDecoder::new(64 << 20)), attached: false, out: Vec::new() }
     }
 
+    fn decoder(&mut self) -> &mut FrameDecoder {
+        self.dec.get_or_insert_with(|| FrameDecoder::new(64 << 20))
+    }
+
     /// Feeds received bytes. Errors: a frame that does not parse (the connection should close).
     pub fn on_bytes(&mut self, data: &[u8]) -> Result<()> {
+        self.decoder().push(data);
+        self.process()
+    }
+
+    /// Space of at least `min` bytes to receive into (no copy); then call
+    /// [`SinkSession::on_received`] with the count written.
+    pub fn receive_buffer(&mut self, min: usize) -> &mut [u8] {
+        self.decoder().receive_buffer(min)
+    }
+
+    /// Processes `n` bytes written into [`SinkSession::receive_buffer`]. Errors as
+    /// [`SinkSession::on_bytes`].
+    pub fn on_received(&mut self, n: usize) -> Result<()> {
+        self.decoder().commit(n);
+        self.process()
+    }
+
+    fn process(&mut self) -> Result<()> {
         let dec = self.dec.get_or_insert_with(|| FrameDecoder::new(64 << 20));
-        dec.push(data);
         let mut run: Option<(u64, u64)> = None;
-        while let Some(f) = dec.next_frame()? {
+        while let Some(f) = dec.next_frame_ref()? {
             if !self.attached {
-                decode_handshake_request(&f)?;
+                decode_handshake_request(f)?;
                 self.out.extend_from_slice(&encode_handshake_response(&HandshakeResponse {
                     version: PROTOCOL_VERSION,
                     status: HandshakeStatus::Ok,
@@ -322,7 +355,7 @@ impl SinkSession {
                 self.attached = true;
                 continue;
             }
-            match decode_client_message(&f)? {
+            match decode_client_message(f)? {
                 ClientMessage::Block(b) => {
                     if blake3::hash(&b.data).as_bytes() == &b.hash {
                         run = Some(run.map(|(f, _)| (f, b.sequence)).unwrap_or((b.sequence, b.sequence)));

@@ -89,6 +89,10 @@ enum Cmd {
         /// Vdisk id prefix (vdisks are <prefix>0, <prefix>1, ...).
         #[arg(long, default_value = "bench")]
         prefix: String,
+        /// Blocks each connection keeps in flight (sent, not yet flushed) at most. Keep it at
+        /// least twice the server's flush_size, or aggregations wait for flush_time.
+        #[arg(long, default_value_t = tlog::bench::DEFAULT_WINDOW_BLOCKS)]
+        window_blocks: usize,
         /// Run a sink instead: speak the handshake, parse frames, discard them, ack at once.
         #[arg(long)]
         sink: bool,
@@ -216,7 +220,7 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { server, vdisks, block_size, compressibility, duration, blocks, ack, json, prefix, sink, listen, max_seconds } => {
+        Cmd::Bench { server, vdisks, block_size, compressibility, duration, blocks, ack, json, prefix, window_blocks, sink, listen, max_seconds } => {
             if sink {
                 let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                 for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -238,6 +242,7 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
                 ack: if ack == "received" { tlog::bench::AckLevel::Received } else { tlog::bench::AckLevel::Flushed },
                 prefix,
                 progress: !json,
+                window_blocks,
             };
             let r = tlog::bench::run(&cfg)?;
             if json {

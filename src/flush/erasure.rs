@@ -179,6 +179,13 @@ pub fn encode(rs: &ReedSolomon, sealed: &[u8]) -> Result<Vec<Vec<u8>>> {
 /// final size and the data is copied once (from `sealed` into the data shards; parity is
 /// computed in place). Errors when `headers` does not hold one header per shard.
 pub fn encode_shards(rs: &ReedSolomon, sealed: &[u8], headers: &[ShardHeader]) -> Result<Vec<Vec<u8>>> {
+    encode_shards_reusing(rs, sealed, headers, &mut Vec::new())
+}
+
+/// [`encode_shards`] building the shards in buffers taken from `spare` (cleared first; their
+/// capacity is reused, so a steady stream of aggregations stops allocating and page-faulting
+/// fresh memory); new buffers are allocated when `spare` runs out.
+pub fn encode_shards_reusing(rs: &ReedSolomon, sealed: &[u8], headers: &[ShardHeader], spare: &mut Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>> {
     let k = rs.data_shard_count();
     let total = rs.total_shard_count();
     if headers.len() != total {
@@ -188,9 +195,12 @@ pub fn encode_shards(rs: &ReedSolomon, sealed: &[u8], headers: &[ShardHeader]) -
     let mut shards: Vec<Vec<u8>> = Vec::with_capacity(total);
     let mut offsets = Vec::with_capacity(total);
     for (i, h) in headers.iter().enumerate() {
-        let mut b = h.header_bytes(len);
+        let header = h.header_bytes(len);
+        let mut b = spare.pop().unwrap_or_default();
+        b.clear();
+        b.reserve_exact(header.len() + 32 + len);
+        b.extend_from_slice(&header);
         offsets.push(b.len());
-        b.reserve_exact(32 + len);
         b.extend_from_slice(&[0u8; 32]);
         if i < k {
             let start = (i * len).min(sealed.len());

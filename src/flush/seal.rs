@@ -149,6 +149,21 @@ pub struct SealScratch {
     words: Vec<capnp::Word>,
     plain: Vec<u8>,
     sealed: Vec<u8>,
+    /// Buffers of shards written earlier, handed back to be built into again.
+    spare_shards: Vec<Vec<u8>>,
+}
+
+impl SealScratch {
+    /// Hands back a shard buffer (its bytes are no longer needed) so the next seal builds a
+    /// shard in it instead of allocating.
+    pub fn recycle_shard(&mut self, buf: Vec<u8>) {
+        self.spare_shards.push(buf);
+    }
+
+    /// Shard buffers waiting to be reused.
+    pub fn spare_shards(&self) -> usize {
+        self.spare_shards.len()
+    }
 }
 
 fn aad(vdisk: &str, epoch: u64, first: u64, last: u64, prev: &Key) -> Vec<u8> {
@@ -256,11 +271,11 @@ impl Sealer {
             // The coder is built with one parity shard when m = 0: code k+1, keep k.
             let mut hs = headers;
             hs.push(ShardHeader { index: total as u8, ..hs[0].clone() });
-            let mut v = erasure::encode_shards(&self.rs, sealed, &hs)?;
+            let mut v = erasure::encode_shards_reusing(&self.rs, sealed, &hs, &mut s.spare_shards)?;
             v.truncate(total);
             v
         } else {
-            erasure::encode_shards(&self.rs, sealed, &headers)?
+            erasure::encode_shards_reusing(&self.rs, sealed, &headers, &mut s.spare_shards)?
         };
         Ok(Sealed { key, shards, first_sequence: first, last_sequence: last, sealed_len: sealed.len(), plain_len })
     }

@@ -183,6 +183,8 @@ pub struct Engine {
     /// Sealed aggregations waiting for their writes, in dispatch order (bounded: a full queue
     /// holds the flushers back).
     completions: Sender<InFlight>,
+    /// Buffers of written shards on their way back to the flushers (bounded; extras are freed).
+    shard_pool: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
     space: (Mutex<u64>, Condvar),
     shutdown: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -216,6 +218,7 @@ impl Engine {
         std::fs::create_dir_all(cfg.data_dir.join("vdisks")).ctx(|| format!("create {}", cfg.data_dir.join("vdisks").display()))?;
         let (flush_tx, flush_rx) = crossbeam_channel::unbounded::<Arc<Namespace>>();
         let (completions, completion_rx) = crossbeam_channel::bounded::<InFlight>(COMPLETIONS_PER_WORKER * cfg.workers.max(1));
+        let (backends_len, workers) = (backends.len(), cfg.workers.max(1));
         let mut writers = Vec::new();
         let mut threads = Vec::new();
         let mut writer_rxs = Vec::new();
@@ -235,6 +238,7 @@ impl Engine {
             total: AtomicU64::new(0),
             flush_tx,
             completions,
+            shard_pool: crossbeam_channel::bounded(backends_len * 2 * workers),
             space: (Mutex::new(0), Condvar::new()),
             shutdown: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
@@ -460,6 +464,12 @@ impl Engine {
             st.counter += 1;
             (buf, st.epoch, st.attach_random, c)
         };
+        while scratch.spare_shards() < self.writers.len() {
+            match self.shard_pool.1.try_recv() {
+                Ok(b) => scratch.recycle_shard(b),
+                Err(_) => break,
+            }
+        }
         let ts = now_ns();
         let ctx = SealContext { vdisk: &ns.vdisk, epoch, counter, attach_random: random, prev: chain.prev, timestamp: ts };
         let mut sealed = match self.sealer.seal_with(scratch, &ctx, &buf.blocks) {
@@ -560,6 +570,11 @@ impl Engine {
         }
         self.flushed_aggregations.fetch_add(1, Ordering::Relaxed);
         self.complete(ns, a.agg_no, a.first_sequence, a.last_sequence, a.bytes);
+        for shard in a.shards {
+            if let Ok(buf) = Arc::try_unwrap(shard) {
+                let _ = self.shard_pool.0.try_send(buf);
+            }
+        }
     }
 
     fn record_repair(&self, vdisk: &str, key: &Key, missing: &[usize], errors: &[String]) {
@@ -640,9 +655,13 @@ fn shard_writer(i: usize, backend: Arc<dyn Backend>, rx: Receiver<WriteJob>) {
                 }
             }
         }
-        let r = backend.put_batch(&shards, &heads);
-        for j in &jobs {
-            let _ = j.reply.send((i, r.as_ref().map(|_| ()).map_err(|e| e.to_string())));
+        let r = backend.put_batch(&shards, &heads).map_err(|e| e.to_string());
+        drop((shards, heads));
+        for j in jobs {
+            // The shard is released before the reply, so the completer can reuse its buffer.
+            let WriteJob { shard, reply, .. } = j;
+            drop(shard);
+            let _ = reply.send((i, r.clone()));
         }
     }
 }

@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Bytes offered to each `read` (received straight into the session's frame buffer).
+const RECEIVE_BYTES: usize = 256 << 10;
+
 /// Binds `addr`.
 pub fn bind(addr: &str) -> Result<TcpListener> {
     let l = TcpListener::bind(addr).ctx(|| format!("listen on {addr}"))?;
@@ -84,19 +87,18 @@ fn handle(engine: Arc<Engine>, stream: TcpStream, peer: String, stop: Arc<Atomic
         .ctx(|| "spawn writer".into())?;
     let mut session = Session::new(engine.clone(), tx.clone(), peer.clone());
     let mut rstream = stream;
-    let mut buf = vec![0u8; 256 << 10];
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
-        let n = match rstream.read(&mut buf) {
+        let n = match rstream.read(session.receive_buffer(RECEIVE_BYTES)) {
             Ok(0) => break Ok(()),
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => break Err(Error::io(format!("read from {peer}"), e)),
         };
-        let mut p = session.on_bytes(&buf[..n]);
+        let mut p = session.on_received(n);
         loop {
             if session.has_output() {
                 let _ = tx.send(session.take_output());

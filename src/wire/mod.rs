@@ -7,7 +7,7 @@
 
 mod frame;
 
-pub use frame::{Frame, FrameDecoder};
+pub use frame::{Frame, FrameDecoder, FrameRef};
 
 use crate::error::{Error, Result};
 use crate::tlog_capnp as schema;
@@ -217,8 +217,8 @@ pub fn encode_handshake_request(r: &HandshakeRequest) -> Vec<u8> {
 }
 
 /// Decodes a handshake request frame.
-pub fn decode_handshake_request(f: &Frame) -> Result<HandshakeRequest> {
-    let m = f.reader()?;
+pub fn decode_handshake_request<'a>(f: impl Into<FrameRef<'a>>) -> Result<HandshakeRequest> {
+    let m = f.into().reader()?;
     let r = m.get_root::<schema::handshake_request::Reader>().map_err(capnp_err)?;
     Ok(HandshakeRequest {
         version: r.get_version(),
@@ -272,8 +272,8 @@ pub fn encode_handshake_response(r: &HandshakeResponse) -> Vec<u8> {
 }
 
 /// Decodes a handshake response frame.
-pub fn decode_handshake_response(f: &Frame) -> Result<HandshakeResponse> {
-    let m = f.reader()?;
+pub fn decode_handshake_response<'a>(f: impl Into<FrameRef<'a>>) -> Result<HandshakeResponse> {
+    let m = f.into().reader()?;
     let r = m.get_root::<schema::handshake_response::Reader>().map_err(capnp_err)?;
     Ok(HandshakeResponse {
         version: r.get_version(),
@@ -324,8 +324,8 @@ pub fn encode_client_message(msg: &ClientMessage) -> Vec<u8> {
 }
 
 /// Decodes a client message frame.
-pub fn decode_client_message(f: &Frame) -> Result<ClientMessage> {
-    let m = f.reader()?;
+pub fn decode_client_message<'a>(f: impl Into<FrameRef<'a>>) -> Result<ClientMessage> {
+    let m = f.into().reader()?;
     let r = m.get_root::<schema::client_message::Reader>().map_err(capnp_err)?;
     use schema::client_message::Which;
     match r.which().map_err(|e| Error::Protocol(format!("unknown client message {}", e.0)))? {
@@ -393,8 +393,8 @@ pub fn encode_server_message(msg: &ServerMessage) -> Vec<u8> {
 }
 
 /// Decodes a server message frame.
-pub fn decode_server_message(f: &Frame) -> Result<ServerMessage> {
-    let m = f.reader()?;
+pub fn decode_server_message<'a>(f: impl Into<FrameRef<'a>>) -> Result<ServerMessage> {
+    let m = f.into().reader()?;
     let r = m.get_root::<schema::server_message::Reader>().map_err(capnp_err)?;
     use schema::server_message::Which;
     Ok(match r.which().map_err(|e| Error::Protocol(format!("unknown server message {}", e.0)))? {
