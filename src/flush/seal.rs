@@ -141,12 +141,12 @@ pub struct Sealer {
 /// AES-GCM tag bytes appended to the ciphertext.
 const TAG_LEN: usize = 16;
 
-/// Buffers one sealing thread reuses from one aggregation to the next (Cap'n Proto message,
-/// encoded aggregation, compressed-then-encrypted bytes), so sealing allocates only the shards
-/// it hands out. Grows to the largest aggregation seen. Not shared between threads.
+/// Buffers one sealing thread reuses from one aggregation to the next (encoded aggregation,
+/// compressed-then-encrypted bytes, shard buffers handed back with
+/// [`SealScratch::recycle_shard`]), so a steady stream of seals stops allocating. Grows to the
+/// largest aggregation seen. Not shared between threads.
 #[derive(Default)]
 pub struct SealScratch {
-    words: Vec<capnp::Word>,
     plain: Vec<u8>,
     sealed: Vec<u8>,
     /// Buffers of shards written earlier, handed back to be built into again.
@@ -229,7 +229,7 @@ impl Sealer {
             (Some(f), Some(l)) => (f.sequence, l.sequence),
             _ => return Err(Error::InvalidArgument("cannot seal an empty aggregation".into())),
         };
-        aggregate::encode_into(&mut s.words, &mut s.plain, c.vdisk, blocks, &c.prev, c.epoch, c.timestamp);
+        aggregate::encode_into(&mut s.plain, c.vdisk, blocks, &c.prev, c.epoch, c.timestamp);
         let plain_len = s.plain.len();
         let size = u32::try_from(plain_len).map_err(|_| Error::Seal(format!("aggregation of {plain_len} bytes is larger than lz4's 4 GiB size prefix")))?;
         // lz4 block with a little-endian u32 size prefix (lz4_flex's compress_prepend_size
