@@ -1,6 +1,8 @@
-//! The `kernel` front-end: the kernel's TCP through std::net. One reader thread and one writer
-//! thread per connection; the reader feeds the sans-IO [`Session`], the writer drains the
-//! connection's frame channel (session output and flushed acks) in batches.
+//! The `kernel` front-end: the kernel's TCP through std::net. Two threads per connection: the
+//! reader feeds the sans-IO [`Session`] and writes what it answers (received acks, errors)
+//! itself; the writer drains the connection's frame channel (flushed acks from the flush
+//! pipeline, fencing notices) in batches, so a slow client never stalls the pipeline. The two
+//! share the socket's write half under a lock, one whole batch of frames at a time.
 
 use crate::error::{Error, IoContext, Result};
 use crate::namespace::Engine;
@@ -8,7 +10,7 @@ use crate::session::{Progress, Session};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Bytes offered to each `read` (received straight into the session's frame buffer).
@@ -57,12 +59,24 @@ pub fn serve(engine: Arc<Engine>, listener: TcpListener, max: usize, stop: Arc<A
     Ok(())
 }
 
+/// Writes the session's answer on the reader's thread (the client reads its acks, or its
+/// socket fills and this waits: backpressure). A failed write shuts the socket down, which
+/// ends the reader's loop too.
+fn send(out: &Mutex<TcpStream>, frames: &[u8], peer: &str) {
+    let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = w.write_all(frames) {
+        tracing::debug!(%peer, "write: {e}");
+        let _ = w.shutdown(Shutdown::Both);
+    }
+}
+
 fn handle(engine: Arc<Engine>, stream: TcpStream, peer: String, stop: Arc<AtomicBool>) -> Result<()> {
     stream.set_nonblocking(false).ctx(|| "set blocking".into())?;
     stream.set_nodelay(true).ctx(|| "set nodelay".into())?;
     stream.set_read_timeout(Some(Duration::from_millis(200))).ctx(|| "set read timeout".into())?;
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
-    let mut wstream = stream.try_clone().ctx(|| "clone socket".into())?;
+    let out = Arc::new(Mutex::new(stream.try_clone().ctx(|| "clone socket".into())?));
+    let wstream = out.clone();
     let wpeer = peer.clone();
     let writer = std::thread::Builder::new()
         .name(format!("conn-w-{peer}"))
@@ -77,9 +91,10 @@ fn handle(engine: Arc<Engine>, stream: TcpStream, peer: String, stop: Arc<Atomic
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = wstream.write_all(&buf) {
+                let mut w = wstream.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = w.write_all(&buf) {
                     tracing::debug!(peer = %wpeer, "write: {e}");
-                    let _ = wstream.shutdown(Shutdown::Both);
+                    let _ = w.shutdown(Shutdown::Both);
                     return;
                 }
             }
@@ -101,7 +116,7 @@ fn handle(engine: Arc<Engine>, stream: TcpStream, peer: String, stop: Arc<Atomic
         let mut p = session.on_received(n);
         loop {
             if session.has_output() {
-                let _ = tx.send(session.take_output());
+                send(&out, &session.take_output(), &peer);
             }
             match p {
                 Progress::Ready => break,
@@ -120,7 +135,7 @@ fn handle(engine: Arc<Engine>, stream: TcpStream, peer: String, stop: Arc<Atomic
         }
     };
     if session.has_output() {
-        let _ = tx.send(session.take_output());
+        send(&out, &session.take_output(), &peer);
     }
     session.detach();
     drop(session);
