@@ -6,9 +6,13 @@
 //! flusher threads. A flusher takes the vdisk's *seal lock*, pops the oldest full buffer, seals
 //! it onto the chain (prev = the last key) and hands the k+m shards to the per-backend shard
 //! writers (FIFO, so each backend sees one vdisk's aggregations in chain order; each writer
-//! groups what is queued into one durable batch). The seal lock is released before the writes,
-//! so several aggregations of one vdisk are in flight at once; flushed acks still go out in
-//! sequence order (an aggregation is acked only after all before it).
+//! groups what is queued into one durable batch). It then queues the aggregation for the
+//! *completer* and goes on sealing: the completer waits for the writes in dispatch order,
+//! checks the write quorum, appends the metadata index and sends the flushed acks. So several
+//! aggregations are in flight at once (at most `COMPLETIONS_PER_WORKER` per flusher), the
+//! writers batch more shards per fsync, and flushed acks still go out in sequence order (an
+//! aggregation is acked only after all before it). Written shard buffers go back to the
+//! flushers to be sealed into again.
 //!
 //! Memory: bytes are counted from receipt until flushed, per vdisk and in total; at either
 //! bound `push` answers [`Push::Full`] and the front-end stops reading (backpressure).
