@@ -81,6 +81,11 @@ fn run(args: Args) -> tlog::Result<()> {
     if args.sink && cfg.net.mode == "kernel" {
         return tlog::bench::sink(&cfg.server.listen, stop, Duration::from_secs(100 * 365 * 86_400));
     }
+    #[cfg(feature = "dpdk")]
+    if cfg.net.mode == "dpdk" {
+        // Before any thread starts: only the poll loops take DPDK's SIGIO (net/dpdk/signals.rs).
+        tlog::net::dpdk::signals::block_sigio()?;
+    }
     std::fs::create_dir_all(&cfg.server.data_dir).map_err(|e| tlog::Error::io(format!("create data directory {}", cfg.server.data_dir.display()), e))?;
     let (key, generated) = cfg.load_key(true)?;
     if let Some(p) = generated {

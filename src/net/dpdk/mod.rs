@@ -4,7 +4,7 @@
 //! `dpdk`: [`ffi`] (bindgen bindings of DPDK 22.11 plus the C shim in `dpdk/shim.c`),
 //! [`port`] (EAL, mempool, port and queue setup, statistics) and [`device`] (a smoltcp
 //! `Device` over one RX/TX queue pair, handing received mbufs to smoltcp without copying).
-//! [`lcore`] (EAL lcores and launching work on them).
+//! [`lcore`] (EAL lcores and launching work on them), [`signals`] (SIGIO only on the poll loops).
 //! [`serve`] runs one poll loop per queue, each on its own lcore with its own userspace TCP stack; ARP
 //! frames received on one queue are copied to every other queue's stack so all of them learn
 //! the peers (the kernel side delivers an ARP reply to one queue only).
@@ -19,6 +19,8 @@ pub mod ffi;
 pub mod lcore;
 #[cfg(feature = "dpdk")]
 pub mod port;
+#[cfg(feature = "dpdk")]
+pub mod signals;
 
 #[cfg(feature = "dpdk")]
 pub use serve_impl::serve;
@@ -80,6 +82,9 @@ mod serve_impl {
             let owners = owners.clone();
             let (engine, port, stop, stats, scfg) = (engine.clone(), port.clone(), stop.clone(), stats.clone(), scfg.clone());
             loops.push(Box::new(move || {
+                if let Err(e) = super::signals::unblock_sigio() {
+                    tracing::warn!("dpdk queue {q}: {e}: net_tap may not see received packets");
+                }
                 let dev = QueueDevice::new(&port, q as u16, arp_rx, inboxes, owners);
                 poll_loop(q, dev, engine, scfg, &stop, &stats, idle_sleep);
             }));
