@@ -195,7 +195,11 @@ mod tests {
     fn matches_the_builder_on_edge_cases() {
         let prev = [7u8; 32];
         for vdisk in ["", "a", "vd-1234", "exactly8", "fifteen-chars-x", &"v".repeat(128)] {
-            for blocks in [vec![], vec![block(1, 4096, Operation::Write)], vec![block(5, 1, Operation::Write), block(6, 0, Operation::WriteZeroes), block(7, 513, Operation::Write)]] {
+            for blocks in [
+                vec![],
+                vec![block(1, 4096, Operation::Write)],
+                vec![block(5, 1, Operation::Write), block(6, 0, Operation::WriteZeroes), block(7, 513, Operation::Write)],
+            ] {
                 let ours = encode(vdisk, &blocks, &prev, 9, 11);
                 assert_eq!(ours, encode_with_builder(vdisk, &blocks, &prev, 9, 11), "vdisk {vdisk:?}, {} blocks", blocks.len());
                 let a = decode(&ours).unwrap();

@@ -260,7 +260,9 @@ impl Engine {
             threads.push(std::thread::Builder::new().name(format!("flusher-{w}")).spawn(move || flusher(e, rx)).ctx(|| "spawn flusher".into())?);
         }
         let e = engine.clone();
-        threads.push(std::thread::Builder::new().name("flush-completer".into()).spawn(move || completer(e, completion_rx)).ctx(|| "spawn flush completer".into())?);
+        threads.push(
+            std::thread::Builder::new().name("flush-completer".into()).spawn(move || completer(e, completion_rx)).ctx(|| "spawn flush completer".into())?,
+        );
         let e = engine.clone();
         threads.push(std::thread::Builder::new().name("flush-timer".into()).spawn(move || flush_timer(e)).ctx(|| "spawn flush timer".into())?);
         *lock(&engine.threads) = threads;

@@ -168,8 +168,19 @@ impl Segment {
         index.set_len(len).ctx(|| format!("preallocate {}", index_path.display()))?;
         index.write_all_at(&format::encode_index_header(base, capacity), 0).ctx(|| format!("write {}", index_path.display()))?;
         let map = map_rw(&index, &index_path)?;
-        let mut seg =
-            Segment { base, data_path, index_path, data, index: IndexMap::Rw(map), capacity, entries: 0, next_ro: 0, data_len: DATA_HEADER_LEN, dropped: AtomicU64::new(0), damage: None };
+        let mut seg = Segment {
+            base,
+            data_path,
+            index_path,
+            data,
+            index: IndexMap::Rw(map),
+            capacity,
+            entries: 0,
+            next_ro: 0,
+            data_len: DATA_HEADER_LEN,
+            dropped: AtomicU64::new(0),
+            damage: None,
+        };
         seg.put_slot(0, &IndexEntry::marker(0, DATA_HEADER_LEN).encode())?;
         seg.data.sync_all().ctx(|| format!("fsync {}", seg.data_path.display()))?;
         seg.flush_index()?;
@@ -238,7 +249,19 @@ impl Segment {
         }
         let max_cap = ((index.bytes().len() - INDEX_HEADER_LEN) / ENTRY_LEN) as u64;
         let capacity = capacity.min(max_cap);
-        let mut seg = Segment { base, data_path, index_path, data, index, capacity, entries: 0, next_ro: 0, data_len: DATA_HEADER_LEN, dropped: AtomicU64::new(0), damage: None };
+        let mut seg = Segment {
+            base,
+            data_path,
+            index_path,
+            data,
+            index,
+            capacity,
+            entries: 0,
+            next_ro: 0,
+            data_len: DATA_HEADER_LEN,
+            dropped: AtomicU64::new(0),
+            damage: None,
+        };
 
         // Walk the slots: valid prefix, then the first non-valid slot.
         let mut last_valid: Option<(u64, IndexEntry)> = None;
