@@ -39,15 +39,8 @@ pids=()
 for i in $(seq 0 $((n - 1))); do
   if [ "$i" = 0 ] && [ "${TLOG_KILL_CLIENT:-0}" = 1 ]; then
     (
-      "$bin/tlog" import --server 198.18.0.2:11211 --vdisk "dvd$i" "$img" > "$work/kill.log" 2>&1 &
-      ipid=$!
-      for _ in $(seq 1 400); do
-        [ "$(du -sk "$work/data/store/0" 2>/dev/null | cut -f1)" -gt 1024 ] 2>/dev/null && break
-        sleep 0.01
-      done
-      kill -9 "$ipid" 2>/dev/null || true
-      wait "$ipid" 2>/dev/null || true
-      echo "netns-dpdk: client of dvd$i killed mid-stream; running it again"
+      . "$here/scripts/import-killed.sh"
+      import_killed "$bin" 198.18.0.2:11211 "dvd$i" "$img" "$work/data/store/0" "$work/kill.log" netns-dpdk
       "$bin/tlog" import --reconnect-timeout 30 --server 198.18.0.2:11211 --vdisk "dvd$i" "$img"
     ) &
   else

@@ -31,16 +31,8 @@ ip link show tlog0 >/dev/null 2>&1 || { echo "netns-tap: tlogd did not create tl
 ip addr add 198.18.0.1/24 dev tlog0
 ip link set tlog0 up
 if [ "${TLOG_KILL_CLIENT:-0}" = 1 ]; then
-  "$bin/tlog" import --server 198.18.0.2:11211 --vdisk "$vdisk" "$img" > "$work/import1.log" 2>&1 &
-  ipid=$!
-  # Kill the client once the server has flushed something (bounded wait).
-  for _ in $(seq 1 400); do
-    [ "$(du -sk "$work/data/store/0" 2>/dev/null | cut -f1)" -gt 1024 ] 2>/dev/null && break
-    sleep 0.01
-  done
-  kill -9 "$ipid" 2>/dev/null || true
-  wait "$ipid" 2>/dev/null || true
-  echo "netns-tap: client killed mid-stream; running it again"
+  . "$here/scripts/import-killed.sh"
+  import_killed "$bin" 198.18.0.2:11211 "$vdisk" "$img" "$work/data/store/0" "$work/import1.log" netns-tap
 fi
 "$bin/tlog" import --reconnect-timeout 30 --server 198.18.0.2:11211 --vdisk "$vdisk" "$img"
 kill -TERM "$tlogd_pid"
