@@ -8,6 +8,7 @@
 # Usage: scripts/netns-tap.sh IMAGE WORKDIR [VDISK]
 #   TLOG_BIN_DIR: where tlogd and tlog are (default target/debug)
 #   TLOG_KILL_CLIENT=1: kill the first import mid-stream (SIGKILL) and run it again
+#   TLOG_TAP_MTU=N: serve with net.mtu = N (default: the config's, i.e. tlogd's default)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -z "${TLOG_IN_NETNS:-}" ]; then
@@ -24,7 +25,13 @@ ip link set lo up
 tlogd_pid=""
 cleanup() { [ -n "$tlogd_pid" ] && kill "$tlogd_pid" 2>/dev/null || true; }
 trap cleanup EXIT
-"$bin/tlogd" --config "$here/config/tlogd-tap.toml" --data-dir "$work/data" 2>"$work/tlogd.log" &
+cfg="$here/config/tlogd-tap.toml"
+if [ -n "${TLOG_TAP_MTU:-}" ]; then
+  sed "s/^mtu = .*/mtu = $TLOG_TAP_MTU/" "$cfg" > "$work/tlogd-tap.toml"
+  grep -q "^mtu = $TLOG_TAP_MTU\$" "$work/tlogd-tap.toml" || { echo "netns-tap: no mtu key in $cfg"; exit 1; }
+  cfg="$work/tlogd-tap.toml"
+fi
+"$bin/tlogd" --config "$cfg" --data-dir "$work/data" 2>"$work/tlogd.log" &
 tlogd_pid=$!
 for _ in $(seq 1 100); do ip link show tlog0 >/dev/null 2>&1 && break; sleep 0.05; done
 ip link show tlog0 >/dev/null 2>&1 || { echo "netns-tap: tlogd did not create tlog0"; cat "$work/tlogd.log"; exit 1; }
@@ -38,6 +45,6 @@ fi
 kill -TERM "$tlogd_pid"
 wait "$tlogd_pid" || true
 tlogd_pid=""
-"$bin/tlog" restore --config "$here/config/tlogd-tap.toml" --data-dir "$work/data" --vdisk "$vdisk" --output "$work/restored.img"
+"$bin/tlog" restore --config "$cfg" --data-dir "$work/data" --vdisk "$vdisk" --output "$work/restored.img"
 cmp "$img" "$work/restored.img"
 echo "netns-tap: restored image is identical"

@@ -113,6 +113,11 @@ pub struct NetConfig {
     /// (measured: 8 connections, 1000 -> about 110 MiB/s with 5% of segments resent,
     /// 10000 -> about 240 MiB/s with none). Default 10000.
     pub tap_queue_len: u32,
+    /// IP MTU of tlogd's userspace interface, bytes (as `ip link` counts it; the Ethernet frame
+    /// is 14 bytes more). 0 = the front-end's default: tap 65521 (the largest a tap takes;
+    /// see [`crate::net::tap::TAP_DEFAULT_MTU`]), dpdk 1500. Set on the tap device at start;
+    /// on a DPDK port with `rte_eth_dev_set_mtu`. Allowed 0 or 576 ..= 65521.
+    pub mtu: u32,
     /// Set by `tlogd --sink` (never read from a file): the userspace stack serves the
     /// benchmark sink ([`crate::bench::SinkSession`]) instead of storing.
     #[serde(skip)]
@@ -227,6 +232,7 @@ impl Default for NetConfig {
             sockets_per_queue: 64,
             socket_buffer_bytes: 1 << 20,
             tap_queue_len: 10_000,
+            mtu: 0,
             sink: false,
         }
     }
@@ -350,6 +356,9 @@ impl Config {
             }
             if n.tap_queue_len > 1_000_000 {
                 return bad("net.tap_queue_len", format!("{}: allowed 0 ..= 1000000 (0 = leave the device's own)", n.tap_queue_len));
+            }
+            if n.mtu != 0 && !(576..=65521).contains(&n.mtu) {
+                return bad("net.mtu", format!("{}: allowed 576 ..= 65521 bytes, or 0 for the front-end's default (tap 65521, dpdk 1500)", n.mtu));
             }
         }
         if n.mode == "dpdk" {
@@ -605,6 +614,14 @@ mod tests {
         assert_eq!(Config::default().write_quorum(), 5);
         let e = Config::parse("[net]\nmode = \"tap\"\ntap_queue_len = 2000000\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("net.tap_queue_len"), "{e}");
+        for bad_mtu in [100, 575, 65522, 100_000] {
+            let e = Config::parse(&format!("[net]\nmode = \"tap\"\nmtu = {bad_mtu}\n"), "t.toml").unwrap_err().to_string();
+            assert!(e.contains("net.mtu") && e.contains("576 ..= 65521"), "{e}");
+        }
+        for good_mtu in [0, 576, 1500, 9000, 65521] {
+            let c = Config::parse(&format!("[net]\nmode = \"tap\"\nmtu = {good_mtu}\n"), "t.toml").unwrap();
+            assert_eq!(c.net.mtu, good_mtu);
+        }
         assert_eq!(Config::parse("[net]\nmode = \"tap\"\ntap_queue_len = 0\n", "t.toml").unwrap().net.tap_queue_len, 0);
     }
 

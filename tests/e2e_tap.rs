@@ -1,7 +1,8 @@
 //! Acceptance (tap mode): tlogd serves with its userspace TCP stack (smoltcp) on a Linux tap
 //! device inside a network namespace the test creates (unshare); the client uses the kernel's
 //! TCP through the tap. A real ext4 image is imported and restored exactly; a client killed
-//! mid-stream and started again leaves no loss. Runs scripts/netns-tap.sh.
+//! mid-stream and started again leaves no loss, at the default MTU (65521) and at 1500.
+//! Runs scripts/netns-tap.sh.
 
 mod common;
 use common::*;
@@ -12,14 +13,15 @@ fn netns_ok() -> bool {
     Command::new("unshare").args([flag, "true"]).status().map(|s| s.success()).unwrap_or(false)
 }
 
-fn run_tap(img: &std::path::Path, work: &std::path::Path, kill_client: bool) {
+/// Runs scripts/netns-tap.sh; `mtu` None keeps tlogd's default MTU (65521).
+fn run_tap(img: &std::path::Path, work: &std::path::Path, kill_client: bool, mtu: Option<u32>) {
     let bin_dir = tlogd_bin().parent().unwrap().to_path_buf();
-    let o = run(Command::new("bash")
-        .arg(repo().join("scripts/netns-tap.sh"))
-        .arg(img)
-        .arg(work)
-        .env("TLOG_BIN_DIR", bin_dir)
-        .env("TLOG_KILL_CLIENT", if kill_client { "1" } else { "0" }));
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("scripts/netns-tap.sh")).arg(img).arg(work).env("TLOG_BIN_DIR", bin_dir).env("TLOG_KILL_CLIENT", if kill_client { "1" } else { "0" });
+    if let Some(m) = mtu {
+        cmd.env("TLOG_TAP_MTU", m.to_string());
+    }
+    let o = run(&mut cmd);
     assert_ok(&o, "scripts/netns-tap.sh");
     assert!(String::from_utf8_lossy(&o.stdout).contains("restored image is identical"));
     if kill_client {
@@ -28,6 +30,9 @@ fn run_tap(img: &std::path::Path, work: &std::path::Path, kill_client: bool) {
     // tlogd lengthened the tap's transmit queue (net.tap_queue_len), so bursts are not dropped.
     let log = std::fs::read_to_string(work.join("tlogd.log")).unwrap_or_default();
     assert!(log.contains("transmit queue length set to 10000"), "tap transmit queue not set: {log}");
+    // tlogd gave the tap the MTU asked for (net.mtu, default 65521), and smoltcp used it.
+    let want = mtu.unwrap_or(65521);
+    assert!(log.contains(&format!("MTU {want} bytes (frames up to {})", want + 14)), "tap MTU not {want}: {log}");
 }
 
 #[test]
@@ -38,9 +43,11 @@ fn tap_mode_ext4_roundtrip_and_client_kill() {
     }
     let d = tempfile::tempdir().unwrap();
     let Some(img) = ext4_image(&d.path().join("disk.img"), 64) else { return };
-    run_tap(&img, &d.path().join("w1"), false);
+    // The default MTU (64 KiB segments) for the ext4 image, a standard Ethernet MTU for the
+    // client-kill run: both frame sizes go through the stack.
+    run_tap(&img, &d.path().join("w1"), false, None);
     assert_fsck(&d.path().join("w1/restored.img"));
     let big = d.path().join("mixed.raw");
     mixed_image(&big, 96, 11);
-    run_tap(&big, &d.path().join("w2"), true);
+    run_tap(&big, &d.path().join("w2"), true, Some(1500));
 }
