@@ -14,3 +14,19 @@ uint8_t *tlog_pktmbuf_data(struct rte_mbuf *m) { return rte_pktmbuf_mtod(m, uint
 uint16_t tlog_pktmbuf_data_len(const struct rte_mbuf *m) { return rte_pktmbuf_data_len(m); }
 uint8_t *tlog_pktmbuf_append(struct rte_mbuf *m, uint16_t len) { return (uint8_t *)rte_pktmbuf_append(m, len); }
 uint16_t tlog_pktmbuf_default_buf_size(void) { return RTE_MBUF_DEFAULT_BUF_SIZE; }
+uint16_t tlog_pktmbuf_nb_segs(const struct rte_mbuf *m) { return m->nb_segs; }
+uint32_t tlog_pktmbuf_pkt_len(const struct rte_mbuf *m) { return rte_pktmbuf_pkt_len(m); }
+struct rte_mbuf *tlog_pktmbuf_next(struct rte_mbuf *m) { return m->next; }
+int tlog_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail) { return rte_pktmbuf_chain(head, tail); }
+uint16_t tlog_pktmbuf_tailroom(const struct rte_mbuf *m) { return rte_pktmbuf_tailroom(m); }
+void tlog_pktmbuf_set_tso(struct rte_mbuf *m, uint16_t l2_len, uint16_t l3_len, uint16_t l4_len, uint16_t tso_segsz) {
+	m->ol_flags |= RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_IPV4 | RTE_MBUF_F_TX_IP_CKSUM;
+	m->l2_len = l2_len;
+	m->l3_len = l3_len;
+	m->l4_len = l4_len;
+	m->tso_segsz = tso_segsz;
+}
+uint64_t tlog_rx_offload_scatter(void) { return RTE_ETH_RX_OFFLOAD_SCATTER; }
+uint64_t tlog_tx_offload_multi_segs(void) { return RTE_ETH_TX_OFFLOAD_MULTI_SEGS; }
+uint64_t tlog_tx_offload_tso(void) { return RTE_ETH_TX_OFFLOAD_TCP_TSO | RTE_ETH_TX_OFFLOAD_IPV4_CKSUM | RTE_ETH_TX_OFFLOAD_TCP_CKSUM; }
+uint16_t tlog_pktmbuf_headroom_default(void) { return RTE_PKTMBUF_HEADROOM; }

@@ -8,6 +8,13 @@
 #   TLOG_BIN_DIR: where tlogd (built with --features dpdk) and tlog are (default target/debug)
 #   TLOG_KILL_CLIENT=1: the first vdisk's client is killed mid-stream (SIGKILL) and run again
 #   TLOG_DPDK_QUEUES: RX/TX queues (default: the config's 2)
+#   TLOG_DPDK_MTU=N: net.mtu = N, and dtap0 (the kernel side, i.e. the clients' link) gets MTU
+#     N too. Above 1500, net_tap's own limit, received frames arrive as mbuf chains and
+#     tlogd's longer frames leave with TCP segmentation offload.
+#   TLOG_SLOW_CLIENT=1: also replay, after the imports, a recorded client stream slowly into
+#     tlogd with a 4 KiB receive buffer and no reading (scripts/slow-client.py), so acks pile
+#     up in tlogd and leave in large segments; checks the last ack arrives and that the kernel
+#     saw no TCP checksum error.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 if [ -z "${TLOG_IN_NETNS:-}" ]; then
@@ -23,6 +30,23 @@ mkdir -p "$work"
 ip link set lo up
 cfg="$work/tlogd-dpdk.toml"
 sed -e "s/--file-prefix=tlog/--file-prefix=tlog$$/" -e "s/^queues = .*/queues = ${TLOG_DPDK_QUEUES:-2}/" "$here/config/tlogd-dpdk.toml" > "$cfg"
+if [ -n "${TLOG_DPDK_MTU:-}" ]; then
+  sed -i "s/^mtu = .*/mtu = $TLOG_DPDK_MTU/" "$cfg"
+  grep -q "^mtu = $TLOG_DPDK_MTU\$" "$cfg" || { echo "netns-dpdk: no mtu key in config/tlogd-dpdk.toml"; exit 1; }
+fi
+if [ "${TLOG_SLOW_CLIENT:-0}" = 1 ]; then
+  # Record a client's stream (3000 blocks of 512 bytes, flushed) against the sink, on loopback.
+  "$bin/tlog" bench --sink --listen 127.0.0.1:17400 --max-seconds 60 2>"$work/sink.log" &
+  sink_pid=$!
+  python3 "$here/scripts/slow-client.py" record 17401 17400 "$work/stream.bin" &
+  rec_pid=$!
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/17400) 2>/dev/null && break; sleep 0.05; done
+  sleep 0.3
+  "$bin/tlog" bench --server 127.0.0.1:17401 --vdisks 1 --block-size 512 --blocks 3000 --ack flushed --prefix slow >/dev/null
+  wait "$rec_pid"
+  kill "$sink_pid" 2>/dev/null || true
+  wait "$sink_pid" 2>/dev/null || true
+fi
 tlogd_pid=""
 cleanup() { [ -n "$tlogd_pid" ] && kill "$tlogd_pid" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -34,6 +58,7 @@ ip addr add 198.18.0.1/24 dev dtap0
 # The kernel side of net_tap drops what overflows its queues (1000 packets by default) and
 # drops cost retransmissions: give it room for 8 connections' windows.
 ip link set dtap0 txqueuelen 10000
+[ -n "${TLOG_DPDK_MTU:-}" ] && ip link set dtap0 mtu "$TLOG_DPDK_MTU"
 ip link set dtap0 up
 pids=()
 for i in $(seq 0 $((n - 1))); do
@@ -50,6 +75,12 @@ for i in $(seq 0 $((n - 1))); do
 done
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
+if [ "${TLOG_SLOW_CLIENT:-0}" = 1 ]; then
+  sysctl -qw net.ipv4.tcp_autocorking=0 # one segment per write
+  python3 "$here/scripts/slow-client.py" replay "$work/stream.bin" 198.18.0.2 11211 3000 || fail=1
+  csum=$(awk '/^Tcp: [0-9]/ {print $NF}' /proc/net/snmp)
+  [ "$csum" = 0 ] || { echo "netns-dpdk: the kernel saw $csum TCP segments with bad checksums"; fail=1; }
+fi
 kill -TERM "$tlogd_pid"
 wait "$tlogd_pid" || true
 tlogd_pid=""

@@ -58,9 +58,18 @@ mod serve_impl {
                 d.queues.saturating_sub(1)
             )));
         }
-        let port = Arc::new(Port::setup(d.port, d.queues, d.rx_descriptors, d.tx_descriptors, d.mbufs, d.mbuf_cache)?);
+        let port = Arc::new(Port::setup(d.port, d.queues, d.rx_descriptors, d.tx_descriptors, d.mbufs, d.mbuf_cache, cfg.net.mtu)?);
         let mut scfg = crate::net::tap::stack_config(cfg)?;
         scfg.mac = port.mac();
+        let fr = port.frames();
+        tracing::info!(
+            "dpdk port {}: MTU {} bytes (stack), {} (port){}{}",
+            d.port,
+            fr.stack_mtu,
+            fr.port_mtu,
+            if fr.scatter { ", frames longer than one mbuf as segment chains" } else { "" },
+            if fr.tso { ", longer TCP frames segmented by the port (TSO)" } else { "" }
+        );
         let placement: Vec<String> = (0..d.queues as usize).map(|q| format!("queue {q} on lcore {} (cpu {})", lcores[q], lcore::cpu_of(lcores[q]))).collect();
         tracing::info!(
             "dpdk mode: port {} ({} queues, MAC {}) serving {}:{}; {}",
@@ -206,12 +215,15 @@ mod serve_impl {
         if let Ok(s) = stats.lock() {
             for (q, x) in s.iter().enumerate() {
                 tracing::info!(
-                    "dpdk queue {q}: rx {} packets {} bytes, tx {} packets {} bytes, tx drops {}, mbuf alloc failures {}, arp copies {}, steered {}",
+                    "dpdk queue {q}: rx {} packets {} bytes ({} chained), tx {} packets {} bytes ({} segmented by the port), tx drops {}, oversize drops {}, mbuf alloc failures {}, arp copies {}, steered {}",
                     x.rx_packets,
                     x.rx_bytes,
+                    x.rx_chains,
                     x.tx_packets,
                     x.tx_bytes,
+                    x.tso_frames,
                     x.tx_drops,
+                    x.oversize_drops,
                     x.alloc_failures,
                     x.arp_copies,
                     x.steered

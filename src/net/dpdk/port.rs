@@ -46,12 +46,81 @@ impl Eal {
     }
 }
 
+/// The standard Ethernet MTU, bytes: the stack's MTU when `net.mtu` is 0.
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// Ethernet header bytes (without CRC).
+const ETHERNET_HEADER: u32 = 14;
+
+/// How frames of the stack's MTU fit the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frames {
+    /// The stack's IP MTU, bytes (`net.mtu`, 0 = [`DEFAULT_MTU`]): what smoltcp may send and
+    /// advertises as its MSS.
+    pub stack_mtu: u32,
+    /// The port's own IP MTU, bytes: `stack_mtu` when the port takes it, else
+    /// [`DEFAULT_MTU`] (DPDK 22.11's net_tap takes at most 1504, whatever the kernel side's MTU).
+    pub port_mtu: u32,
+    /// Data bytes of one mbuf: larger frames arrive and leave as segment chains.
+    pub mbuf_data: u32,
+    /// Frames longer than the port's own MTU leave with TCP segmentation offload (the port
+    /// or its PMD cuts them to `port_mtu`).
+    pub tso: bool,
+    /// Scattered receive is on (frames longer than one mbuf arrive as chains).
+    pub scatter: bool,
+}
+
+impl Frames {
+    /// The largest Ethernet frame the stack sends or takes, bytes.
+    pub fn stack_frame(&self) -> usize {
+        (self.stack_mtu + ETHERNET_HEADER) as usize
+    }
+
+    /// The largest frame the port sends without segmentation offload, bytes.
+    pub fn port_frame(&self) -> usize {
+        (self.port_mtu + ETHERNET_HEADER) as usize
+    }
+
+    /// Plans the offloads for a stack MTU of `want` bytes on a port whose largest MTU is
+    /// `port_max`, with mbufs of `mbuf_data` bytes, and the port's offload capabilities.
+    ///
+    /// Errors ([`Error::Config`], naming `net.mtu`): the port cannot take frames of `want`:
+    /// it needs scattered receive when a frame exceeds one mbuf, multi-segment transmit for
+    /// chains, and TCP segmentation offload when `want` exceeds `port_max`.
+    pub fn plan(want: u32, port_max: u32, mbuf_data: u32, can_scatter: bool, can_multi_segs: bool, can_tso: bool) -> Result<Frames> {
+        // Beyond the port's largest MTU the wire keeps the standard one (what every peer takes);
+        // segmentation offload cuts the stack's frames to it.
+        let port_mtu = if want <= port_max { want } else { DEFAULT_MTU.min(port_max) };
+        let frame = want + ETHERNET_HEADER;
+        let chains = frame > mbuf_data;
+        let tso = want > port_mtu;
+        let missing: Vec<&str> = [
+            (chains && !can_scatter, "scattered receive (RTE_ETH_RX_OFFLOAD_SCATTER)"),
+            (chains && !can_multi_segs, "multi-segment transmit (RTE_ETH_TX_OFFLOAD_MULTI_SEGS)"),
+            (tso && !can_tso, "TCP segmentation offload (RTE_ETH_TX_OFFLOAD_TCP_TSO with IPv4 and TCP checksums)"),
+        ]
+        .iter()
+        .filter(|(m, _)| *m)
+        .map(|(_, what)| *what)
+        .collect();
+        if !missing.is_empty() {
+            return Err(Error::Config(format!(
+                "net.mtu = {want}: the DPDK port takes frames up to MTU {port_max} in {mbuf_data}-byte mbufs and lacks {}; set net.mtu to at most {}",
+                missing.join(", "),
+                port_max.min(mbuf_data.saturating_sub(ETHERNET_HEADER))
+            )));
+        }
+        Ok(Frames { stack_mtu: want, port_mtu, mbuf_data, tso, scatter: chains })
+    }
+}
+
 /// A started port with its mempool.
 pub struct Port {
     id: u16,
     queues: u16,
     pool: *mut ffi::rte_mempool,
     mac: [u8; 6],
+    frames: Frames,
 }
 
 // SAFETY: the mempool pointer is shared by the queue threads; DPDK mempools are safe for
@@ -62,8 +131,11 @@ unsafe impl Sync for Port {}
 
 impl Port {
     /// Creates the mempool and configures, sets up and starts `port` with `queues` RX/TX queue
-    /// pairs. Errors name the DPDK call that failed.
-    pub fn setup(port: u16, queues: u16, rx_desc: u16, tx_desc: u16, mbufs: u32, cache: u32) -> Result<Port> {
+    /// pairs, for a stack MTU of `mtu` bytes (0 = [`DEFAULT_MTU`]; see [`Frames::plan`] for
+    /// the offloads a larger one turns on). Errors name the DPDK call that failed, or what the
+    /// port lacks for `mtu`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn setup(port: u16, queues: u16, rx_desc: u16, tx_desc: u16, mbufs: u32, cache: u32, mtu: u32) -> Result<Port> {
         // SAFETY: plain DPDK calls after a successful rte_eal_init; every pointer passed is to
         // a live local (zeroed config structs, which DPDK documents as valid defaults), and
         // return codes are checked.
@@ -79,10 +151,38 @@ impl Port {
             if pool.is_null() {
                 return Err(rte_error(&format!("rte_pktmbuf_pool_create({mbufs} mbufs; with --no-huge give EAL -m 512 or more)"), -1));
             }
-            let conf: ffi::rte_eth_conf = std::mem::zeroed();
+            let mut info: ffi::rte_eth_dev_info = std::mem::zeroed();
+            let rc = ffi::rte_eth_dev_info_get(port, &mut info);
+            if rc < 0 {
+                return Err(rte_error(&format!("rte_eth_dev_info_get(port {port})"), rc));
+            }
+            // DPDK's rule (eth_dev_validate_mtu): MTU + overhead <= max_rx_pktlen, where the
+            // overhead is max_rx_pktlen - max_mtu when the driver gives both, else header + CRC.
+            let overhead = if info.max_mtu != u16::MAX && info.max_rx_pktlen > info.max_mtu as u32 { info.max_rx_pktlen - info.max_mtu as u32 } else { 18 };
+            let port_max = info.max_rx_pktlen.saturating_sub(overhead).min(info.max_mtu as u32);
+            let mbuf_data = (ffi::tlog_pktmbuf_default_buf_size() - ffi::tlog_pktmbuf_headroom_default()) as u32;
+            let (scatter, multi, tso) = (ffi::tlog_rx_offload_scatter(), ffi::tlog_tx_offload_multi_segs(), ffi::tlog_tx_offload_tso());
+            let want = if mtu == 0 { DEFAULT_MTU } else { mtu };
+            let frames = Frames::plan(
+                want,
+                port_max,
+                mbuf_data,
+                info.rx_offload_capa & scatter == scatter,
+                info.tx_offload_capa & multi == multi,
+                info.tx_offload_capa & tso == tso,
+            )?;
+            let mut conf: ffi::rte_eth_conf = std::mem::zeroed();
+            conf.rxmode.mtu = frames.port_mtu;
+            if frames.scatter {
+                conf.rxmode.offloads |= scatter;
+                conf.txmode.offloads |= multi;
+            }
+            if frames.tso {
+                conf.txmode.offloads |= tso | multi;
+            }
             let rc = ffi::rte_eth_dev_configure(port, queues, queues, &conf);
             if rc < 0 {
-                return Err(rte_error(&format!("rte_eth_dev_configure(port {port}, {queues} queues)"), rc));
+                return Err(rte_error(&format!("rte_eth_dev_configure(port {port}, {queues} queues, MTU {})", frames.port_mtu), rc));
             }
             for q in 0..queues {
                 let rc = ffi::rte_eth_rx_queue_setup(port, q, rx_desc, socket as u32, std::ptr::null(), pool);
@@ -104,7 +204,7 @@ impl Port {
             if rc < 0 {
                 return Err(rte_error("rte_eth_macaddr_get", rc));
             }
-            Ok(Port { id: port, queues, pool, mac: mac.addr_bytes })
+            Ok(Port { id: port, queues, pool, mac: mac.addr_bytes, frames })
         }
     }
 
@@ -121,6 +221,11 @@ impl Port {
     /// The mempool (for the queue devices).
     pub(crate) fn pool(&self) -> *mut ffi::rte_mempool {
         self.pool
+    }
+
+    /// How the stack's frames fit the port (MTUs, chains, segmentation offload).
+    pub fn frames(&self) -> Frames {
+        self.frames
     }
 
     /// The port's MAC address.
@@ -149,5 +254,35 @@ impl Port {
         unsafe {
             let _ = ffi::rte_eth_dev_stop(self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_keeps_standard_frames_plain() {
+        let f = Frames::plan(1500, 1500, 2048, false, false, false).unwrap();
+        assert_eq!((f.stack_mtu, f.port_mtu, f.tso, f.scatter), (1500, 1500, false, false));
+        assert_eq!((f.stack_frame(), f.port_frame()), (1514, 1514));
+    }
+
+    #[test]
+    fn plan_uses_chains_and_tso_beyond_the_port() {
+        // DPDK 22.11 net_tap: max MTU 1504, scatter and TSO offered.
+        let f = Frames::plan(65521, 1504, 2048, true, true, true).unwrap();
+        assert_eq!((f.stack_mtu, f.port_mtu, f.tso, f.scatter), (65521, 1500, true, true));
+        // A jumbo-capable NIC: no TSO needed, chains are.
+        let f = Frames::plan(9000, 9600, 2048, true, true, false).unwrap();
+        assert_eq!((f.port_mtu, f.tso, f.scatter), (9000, false, true));
+    }
+
+    #[test]
+    fn plan_names_what_the_port_lacks() {
+        let e = Frames::plan(9000, 1500, 2048, true, true, false).unwrap_err().to_string();
+        assert!(e.contains("net.mtu = 9000") && e.contains("TCP segmentation offload") && e.contains("at most 1500"), "{e}");
+        let e = Frames::plan(4000, 9000, 2048, false, true, true).unwrap_err().to_string();
+        assert!(e.contains("scattered receive") && !e.contains("segmentation"), "{e}");
     }
 }
