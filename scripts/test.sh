@@ -35,5 +35,6 @@ cargo test --locked --benches
 # The DPDK front-end: built with --features dpdk and tested on the net_tap PMD (this rebuilds
 # tlogd and tlog with the feature; the other tests already ran).
 cargo build --locked --features dpdk --bins
+cargo test --locked --features dpdk --lib net::dpdk
 cargo test --locked --features dpdk --test e2e_dpdk -- --test-threads=1
 echo "test.sh: all tests passed in $(( $(date +%s) - start )) s"
