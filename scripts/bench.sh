@@ -4,8 +4,12 @@
 #
 #   paths:    kernel TCP on loopback; kernel TCP across a veth pair between two network
 #             namespaces this script creates (198.18.0.1 client, 198.18.0.2 server) and removes;
-#             tap (tlogd's userspace TCP on a tap device in a namespace the script creates);
-#             dpdk (tlogd on DPDK's net_tap PMD, 2 queues, in a namespace the script creates).
+#             tap (tlogd's userspace TCP on a tap device in a namespace the script creates;
+#             tlogd gives the tap its default MTU, 65521);
+#             dpdk (tlogd on DPDK's net_tap PMD, 2 queues, in a namespace the script creates;
+#             net.mtu and the kernel side's MTU TLOG_BENCH_DPDK_MTU, default 65521: longer
+#             frames than net_tap's 1500 arrive as mbuf chains, see README "DPDK mode").
+#             Loopback and veth carry 64 KiB segments too (segmentation offload).
 #   sinks:    `tlog bench --sink` on the kernel paths, `tlogd --sink` (the same userspace stack)
 #             on the tap and dpdk paths.
 #   backends: local (embedded store), redis (six redis-server, appendfsync always)
@@ -138,6 +142,9 @@ start_userspace() {
   ip -n "$ns" addr add 198.18.0.1/24 dev "$iface" 2>/dev/null || true
   # The kernel drops what overflows the tap's transmit queue (1000 packets by default).
   ip -n "$ns" link set "$iface" txqueuelen 10000 up
+  # dpdk: the kernel side of net_tap is the clients' link; its MTU bounds their segments (the
+  # tap front-end sets its own device's MTU).
+  if [ "$iface" = dtap0 ]; then ip -n "$ns" link set "$iface" mtu "$dmtu"; fi
   wait_port 198.18.0.2 11211 "$ns"
 }
 # measure_userspace LABEL IFACE NET_TOML
@@ -193,8 +200,9 @@ else
   rows+=("| tap | - | - | skipped: needs root for ip netns | | | |")
 fi
 dq=${TLOG_BENCH_DPDK_QUEUES:-2}
+dmtu=${TLOG_BENCH_DPDK_MTU:-65521}
 measure_dpdk() {
-  measure_userspace "dpdk net_tap ($dq queues)" dtap0 "$(printf '[net]\nmode = "dpdk"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\n[dpdk]\neal_args = ["--no-huge", "-m", "512", "--no-pci", "--vdev=net_tap0,iface=dtap0", "--file-prefix=tlogb%s"]\nqueues = %s\nstats_interval_secs = 0\n' "$$" "$dq")"
+  measure_userspace "dpdk net_tap ($dq queues, MTU $dmtu)" dtap0 "$(printf '[net]\nmode = "dpdk"\naddress = "198.18.0.2/24"\ngateway = "198.18.0.1"\nmtu = %s\n[dpdk]\neal_args = ["--no-huge", "-m", "512", "--no-pci", "--vdev=net_tap0,iface=dtap0", "--file-prefix=tlogb%s"]\nqueues = %s\nstats_interval_secs = 0\n' "$dmtu" "$$" "$dq")"
 }
 if [ -n "$features" ] && [ "$(id -u)" = 0 ]; then
   measure_dpdk
