@@ -11,12 +11,21 @@ mod common;
 use common::*;
 use std::process::Command;
 
-#[test]
-fn dpdk_net_tap_two_queues_eight_vdisks() {
+/// Whether this process can create a network namespace (`unshare -n` as root, `-rn` without);
+/// reports the skip when not.
+fn netns_ok() -> bool {
     let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
     let flag = if root { "-n" } else { "-rn" };
-    if !Command::new("unshare").args([flag, "true"]).status().map(|s| s.success()).unwrap_or(false) {
+    let ok = Command::new("unshare").args([flag, "true"]).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
         skip("cannot create a network namespace (unshare refused)");
+    }
+    ok
+}
+
+#[test]
+fn dpdk_net_tap_two_queues_eight_vdisks() {
+    if !netns_ok() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -60,10 +69,7 @@ fn queue_counter(log: &str, label: &str) -> u64 {
 /// frames the PMD segments (TSO). Restores stay exact and the slow client gets every ack.
 #[test]
 fn dpdk_large_mtu_chains_and_segmentation_offload() {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
-    let flag = if root { "-n" } else { "-rn" };
-    if !Command::new("unshare").args([flag, "true"]).status().map(|s| s.success()).unwrap_or(false) {
-        skip("cannot create a network namespace (unshare refused)");
+    if !netns_ok() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
