@@ -187,6 +187,11 @@ pub struct LocalConfig {
     /// caching it only evicts other data, and reusing the same warm pages is much cheaper than
     /// touching new ones (see README "Performance").
     pub drop_cache: bool,
+    /// Write segment data with direct I/O (`O_DIRECT`), past the page cache. Default true:
+    /// the bytes go from tlogd's buffer to the device with no copy into the cache and no
+    /// writeback at fsync (see README "Performance"). A filesystem without direct I/O is
+    /// written through the page cache instead, and tlogd logs it.
+    pub direct_io: bool,
 }
 
 /// `[backend.redis]`.
@@ -282,7 +287,7 @@ impl Default for BackendConfig {
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        LocalConfig { dirs: Vec::new(), segment_bytes: 512 << 20, index_capacity: 131_072, drop_cache: true }
+        LocalConfig { dirs: Vec::new(), segment_bytes: 512 << 20, index_capacity: 131_072, drop_cache: true, direct_io: true }
     }
 }
 
@@ -588,6 +593,7 @@ impl Config {
                     segment_bytes: self.backend.local.segment_bytes,
                     index_capacity: self.backend.local.index_capacity,
                     drop_cache: self.backend.local.drop_cache,
+                    direct_io: self.backend.local.direct_io,
                 };
                 for d in self.local_dirs() {
                     v.push(std::sync::Arc::new(LocalBackend::open(&d, opts.clone())?));

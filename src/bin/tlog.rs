@@ -297,6 +297,7 @@ fn open_backends_for_restore(cfg: &Config) -> tlog::Result<Vec<std::sync::Arc<dy
         segment_bytes: cfg.backend.local.segment_bytes,
         index_capacity: cfg.backend.local.index_capacity,
         drop_cache: cfg.backend.local.drop_cache,
+        direct_io: cfg.backend.local.direct_io,
     };
     let mut v: Vec<std::sync::Arc<dyn tlog::backend::Backend>> = Vec::new();
     for d in cfg.local_dirs() {
