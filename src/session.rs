@@ -9,7 +9,7 @@
 use crate::error::Error;
 use crate::namespace::{AckSink, Engine, Namespace, Push};
 use crate::wire::{
-    decode_client_message, decode_handshake_request, encode_handshake_response, encode_server_message, Block, ClientMessage, ErrorCode, FrameDecoder,
+    decode_client_message_with, decode_handshake_request, encode_handshake_response, encode_server_message, Block, ClientMessage, ErrorCode, FrameDecoder,
     HandshakeResponse, HandshakeStatus, Operation, ServerError, ServerMessage, PROTOCOL_VERSION,
 };
 use std::sync::Arc;
@@ -161,9 +161,10 @@ impl Session {
         }
         loop {
             // Decoded in place from the receive buffer; the message owns only its block data.
+            let pool = self.engine.buffers();
             let decoded = match self.decoder.next_frame_ref() {
                 Ok(Some(f)) if self.attached.is_none() => Decoded::Handshake(decode_handshake_request(f)),
-                Ok(Some(f)) => Decoded::Message(decode_client_message(f)),
+                Ok(Some(f)) => Decoded::Message(decode_client_message_with(f, &mut |d: &[u8]| pool.copy(d))),
                 Ok(None) => break,
                 Err(e) => Decoded::Broken(e),
             };

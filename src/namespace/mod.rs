@@ -18,6 +18,7 @@
 //! bound `push` answers [`Push::Full`] and the front-end stops reading (backpressure).
 
 pub mod index;
+pub mod pool;
 
 use crate::backend::{Backend, Key};
 use crate::error::{Error, IoContext, Result};
@@ -189,6 +190,8 @@ pub struct Engine {
     completions: Sender<InFlight>,
     /// Buffers of written shards on their way back to the flushers (bounded; extras are freed).
     shard_pool: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
+    /// Block data buffers, handed back by the flushers once sealed, taken by the connections.
+    buffers: pool::BufferPool,
     space: (Mutex<u64>, Condvar),
     shutdown: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -201,6 +204,10 @@ pub struct Engine {
 /// each shard writer group more shards into one fsync; each holds its shards in memory (at most
 /// `max_aggregation_bytes` × (k+m)/k, plus lz4's worst case).
 const COMPLETIONS_PER_WORKER: usize = 4;
+
+/// Largest block data buffer the buffer pool keeps (bytes); larger blocks are allocated and
+/// freed as usual.
+const BUFFER_POOL_MAX_BUFFER: usize = 256 << 10;
 
 /// Checks a vdisk id: 1..=128 bytes of `[A-Za-z0-9._-]`.
 pub fn valid_vdisk_id(v: &str) -> bool {
@@ -231,6 +238,10 @@ impl Engine {
             writers.push(tx);
             writer_rxs.push(rx);
         }
+        // Room for what the flushers free while the connections refill: two aggregations per
+        // flusher (within the total buffer bound).
+        let pool_bytes = cfg.max_aggregation_bytes.saturating_mul(8 * workers as u64).min(cfg.max_buffer_bytes) as usize;
+        let buffers = pool::BufferPool::new(pool_bytes, BUFFER_POOL_MAX_BUFFER, pool_bytes / 4096 + 1);
         let repair_path = cfg.data_dir.join("repair.log");
         let repair = std::fs::OpenOptions::new().create(true).append(true).open(&repair_path).ctx(|| format!("open {}", repair_path.display()))?;
         let engine = Arc::new(Engine {
@@ -242,7 +253,8 @@ impl Engine {
             total: AtomicU64::new(0),
             flush_tx,
             completions,
-            shard_pool: crossbeam_channel::bounded(backends_len * 2 * workers),
+            shard_pool: crossbeam_channel::bounded(backends_len * (COMPLETIONS_PER_WORKER + 1) * workers),
+            buffers,
             space: (Mutex::new(0), Condvar::new()),
             shutdown: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
@@ -272,6 +284,11 @@ impl Engine {
     /// The configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// The pool that block data is copied into on receipt (given back after sealing).
+    pub fn buffers(&self) -> &pool::BufferPool {
+        &self.buffers
     }
 
     /// The shutdown flag (set by [`Engine::shutdown`]).
@@ -424,14 +441,16 @@ impl Engine {
         if st.current.is_empty() {
             return;
         }
-        let spare = std::mem::take(&mut st.spare);
+        let mut spare = std::mem::take(&mut st.spare);
+        if spare.capacity() == 0 {
+            spare = Vec::with_capacity(self.cfg.flush_size);
+        }
         let blocks = std::mem::replace(&mut st.current, spare);
         st.full.push_back(FullBuffer { blocks, bytes: st.current_bytes });
         st.current_bytes = 0;
         st.current_data = 0;
         st.current_started = None;
         st.in_flight += 1;
-        st.spare = Vec::with_capacity(self.cfg.flush_size);
         let _ = self.flush_tx.send(ns.clone());
     }
 
@@ -486,7 +505,18 @@ impl Engine {
             }
         };
         let bytes = buf.bytes;
-        drop(buf); // the blocks are in the shards now
+        // The blocks are in the shards now: their buffers go back to the pool, and the emptied
+        // list becomes the namespace's spare if it has none.
+        let mut blocks = buf.blocks;
+        for b in blocks.drain(..) {
+            self.buffers.give(b.data);
+        }
+        {
+            let mut st = lock(&ns.state);
+            if st.spare.capacity() < blocks.capacity() {
+                st.spare = blocks;
+            }
+        }
         chain.height += 1;
         chain.prev = sealed.key;
         let head = HeadRecord {

@@ -298,6 +298,12 @@ pub fn write_block(mut b: schema::block::Builder, x: &Block) {
 /// Reads a schema Block into a [`Block`] (copies the data). Errors on a hash that is not
 /// 32 bytes.
 pub fn read_block(r: schema::block::Reader) -> Result<Block> {
+    read_block_with(r, &mut |d: &[u8]| d.to_vec())
+}
+
+/// [`read_block`] with the data copied by `copy` (which returns an owned copy of its argument,
+/// e.g. into a reused buffer).
+pub fn read_block_with(r: schema::block::Reader, copy: &mut dyn FnMut(&[u8]) -> Vec<u8>) -> Result<Block> {
     let h = r.get_hash().map_err(capnp_err)?;
     let hash: [u8; HASH_LEN] = h.try_into().map_err(|_| Error::Protocol(format!("block {}: hash of {} bytes, expected 32", r.get_sequence(), h.len())))?;
     Ok(Block {
@@ -305,7 +311,7 @@ pub fn read_block(r: schema::block::Reader) -> Result<Block> {
         lba: r.get_lba(),
         size: r.get_size(),
         hash,
-        data: r.get_data().map_err(capnp_err)?.to_vec(),
+        data: copy(r.get_data().map_err(capnp_err)?),
         timestamp: r.get_timestamp(),
         operation: r.get_operation(),
     })
@@ -325,11 +331,16 @@ pub fn encode_client_message(msg: &ClientMessage) -> Vec<u8> {
 
 /// Decodes a client message frame.
 pub fn decode_client_message<'a>(f: impl Into<FrameRef<'a>>) -> Result<ClientMessage> {
+    decode_client_message_with(f, &mut |d: &[u8]| d.to_vec())
+}
+
+/// [`decode_client_message`] with a block's data copied by `copy` (see [`read_block_with`]).
+pub fn decode_client_message_with<'a>(f: impl Into<FrameRef<'a>>, copy: &mut dyn FnMut(&[u8]) -> Vec<u8>) -> Result<ClientMessage> {
     let m = f.into().reader()?;
     let r = m.get_root::<schema::client_message::Reader>().map_err(capnp_err)?;
     use schema::client_message::Which;
     match r.which().map_err(|e| Error::Protocol(format!("unknown client message {}", e.0)))? {
-        Which::Block(b) => Ok(ClientMessage::Block(read_block(b.map_err(capnp_err)?)?)),
+        Which::Block(b) => Ok(ClientMessage::Block(read_block_with(b.map_err(capnp_err)?, copy)?)),
         Which::ForceFlush(()) => Ok(ClientMessage::ForceFlush),
         Which::Disconnect(()) => Ok(ClientMessage::Disconnect),
     }
