@@ -136,7 +136,7 @@ impl DirectWriter {
         let at = stage.as_ptr().align_offset(mem_align);
         let buf = stage
             .get_mut(at..at + DIRECT_CHUNK)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::Other, "cannot align the direct-I/O staging buffer"))?;
+            .ok_or_else(|| std::io::Error::other("cannot align the direct-I/O staging buffer"))?;
         let mut offset = data_len - tail.len() as u64;
         let mut fill = tail.len();
         buf[..fill].copy_from_slice(tail);
