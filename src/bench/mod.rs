@@ -183,6 +183,10 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         handles.push(std::thread::spawn(move || -> Result<(u64, u64, Vec<u64>, Vec<u64>, u64)> {
             let mut cc = ClientConfig::new(&cfg.server, &format!("{}{v}", cfg.prefix));
             cc.reconnect_timeout = Duration::from_secs(10);
+            // A server that stops flushing (a full disk, a lost quorum) ends the run with
+            // errors within a minute instead of holding it.
+            cc.send_timeout = Duration::from_secs(60);
+            cc.flush_timeout = Duration::from_secs(60);
             cc.window_bytes = 64 << 20;
             cc.window_blocks = cfg.window_blocks;
             let client = Client::connect(cc)?;

@@ -44,6 +44,9 @@ pub struct ClientConfig {
     pub reconnect_timeout: Duration,
     /// Longest `flush()` waits. Default 600 s.
     pub flush_timeout: Duration,
+    /// Longest a send waits for room in the window (the server acks nothing flushed, e.g.
+    /// while its store is full). Default 600 s.
+    pub send_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -60,6 +63,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(2),
             reconnect_timeout: Duration::from_secs(120),
             flush_timeout: Duration::from_secs(600),
+            send_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -258,16 +262,27 @@ impl Client {
         self.send(lba, Operation::WriteZeroes, Vec::new(), size)
     }
 
-    /// Sends one block.
+    /// Sends one block. Waits for room in the window first; errors with [`Error::Timeout`]
+    /// when none frees up within `send_timeout`, or on a fatal server error.
     pub fn send(&self, lba: u64, op: Operation, data: Vec<u8>, size: u64) -> Result<u64> {
         let sh = &self.shared;
         let need = data.len() as u64 + 128;
         {
+            let deadline = Instant::now() + sh.cfg.send_timeout;
             let mut st = lock(&sh.state);
             loop {
                 Self::check_fatal(&st)?;
                 if st.window.is_empty() || (st.window.len() < sh.cfg.window_blocks && st.window_bytes + need <= sh.cfg.window_bytes) {
                     break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout(format!(
+                        "vdisk {}: no room in the window for {:?} ({} blocks, {} bytes in flight, none flushed meanwhile)",
+                        sh.cfg.vdisk,
+                        sh.cfg.send_timeout,
+                        st.window.len(),
+                        st.window_bytes
+                    )));
                 }
                 st = sh.cond.wait_timeout(st, Duration::from_millis(100)).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
             }
@@ -502,5 +517,59 @@ fn handle_message(sh: &Shared, m: ServerMessage) {
             drop(st);
             sh.cond.notify_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    /// A server that answers the handshake (as the sink does) and then acks nothing.
+    fn silent_server() -> (String, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let mut sink = crate::bench::SinkSession::new();
+            let mut answered = false;
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                match s.read(sink.receive_buffer(64 << 10)) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        sink.on_received(n).unwrap();
+                        let out = sink.take_output();
+                        if !answered && !out.is_empty() {
+                            s.write_all(&out).unwrap();
+                            answered = true;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn send_gives_up_when_the_window_never_frees() {
+        let (addr, server) = silent_server();
+        let mut cfg = ClientConfig::new(&addr, "vd");
+        cfg.window_blocks = 2;
+        cfg.send_timeout = Duration::from_millis(300);
+        let c = Client::connect(cfg).unwrap();
+        c.write(0, vec![1u8; 4096]).unwrap();
+        c.write(8, vec![2u8; 4096]).unwrap();
+        let t = Instant::now();
+        match c.write(16, vec![3u8; 4096]) {
+            Err(Error::Timeout(m)) => assert!(m.contains("no room in the window") && m.contains("2 blocks"), "{m}"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        drop(c);
+        server.join().unwrap();
     }
 }
