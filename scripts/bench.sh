@@ -113,6 +113,8 @@ measure_path() { # name host client_ns server_ns
     done
     stop_pid "$tpid"
     for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done
+    # Each row writes gigabytes; keep only its logs and config.
+    rm -rf "$d/data" "$d"/r[0-9]*
   done
 }
 
@@ -190,6 +192,8 @@ measure_userspace() {
     done
     stop_pid "$tpid"
     for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done
+    # Each row writes gigabytes; keep only its logs and config.
+    rm -rf "$d/data" "$d"/r[0-9]*
   done
   ip netns del "$ns"
 }
