@@ -113,11 +113,8 @@ impl DirectWriter {
         if align > DIRECT_CHUNK {
             return Err(format!("direct-I/O alignment of {align} bytes is larger than the {DIRECT_CHUNK}-byte staging buffer"));
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
-            .map_err(|e| format!("open with O_DIRECT: {e}"))?;
+        let file =
+            OpenOptions::new().write(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(path).map_err(|e| format!("open with O_DIRECT: {e}"))?;
         let start = data_len / align as u64 * align as u64;
         let mut tail = vec![0u8; (data_len - start) as usize];
         data.read_exact_at(&mut tail, start).map_err(|e| format!("read the last {} bytes: {e}", tail.len()))?;
@@ -134,9 +131,7 @@ impl DirectWriter {
             stage.resize(DIRECT_CHUNK + mem_align, 0);
         }
         let at = stage.as_ptr().align_offset(mem_align);
-        let buf = stage
-            .get_mut(at..at + DIRECT_CHUNK)
-            .ok_or_else(|| std::io::Error::other("cannot align the direct-I/O staging buffer"))?;
+        let buf = stage.get_mut(at..at + DIRECT_CHUNK).ok_or_else(|| std::io::Error::other("cannot align the direct-I/O staging buffer"))?;
         let mut offset = data_len - tail.len() as u64;
         let mut fill = tail.len();
         buf[..fill].copy_from_slice(tail);
