@@ -238,7 +238,7 @@ impl Engine {
             writers.push(tx);
             writer_rxs.push(rx);
         }
-        // Room for what the flushers free while the connections refill: two aggregations per
+        // Room for what the flushers free while the connections refill: eight aggregations per
         // flusher (within the total buffer bound).
         let pool_bytes = cfg.max_aggregation_bytes.saturating_mul(8 * workers as u64).min(cfg.max_buffer_bytes) as usize;
         let buffers = pool::BufferPool::new(pool_bytes, BUFFER_POOL_MAX_BUFFER, pool_bytes / 4096 + 1);

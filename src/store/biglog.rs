@@ -254,6 +254,24 @@ impl Segment {
         }
     }
 
+    /// A segment over opened files, before any entry is known (data length: the header's).
+    fn empty(base: u64, data_path: PathBuf, index_path: PathBuf, data: File, index: IndexMap, capacity: u64) -> Segment {
+        Segment {
+            base,
+            data_path,
+            index_path,
+            data,
+            index,
+            capacity,
+            entries: 0,
+            next_ro: 0,
+            data_len: DATA_HEADER_LEN,
+            dropped: AtomicU64::new(0),
+            damage: None,
+            direct: None,
+        }
+    }
+
     /// Creates an empty hot segment; with `direct_io` its data is written with direct I/O
     /// where the filesystem allows.
     fn create(dir: &Path, base: u64, capacity: u64, direct_io: bool) -> Result<Segment> {
@@ -267,20 +285,7 @@ impl Segment {
         index.set_len(len).ctx(|| format!("preallocate {}", index_path.display()))?;
         index.write_all_at(&format::encode_index_header(base, capacity), 0).ctx(|| format!("write {}", index_path.display()))?;
         let map = map_rw(&index, &index_path)?;
-        let mut seg = Segment {
-            base,
-            data_path,
-            index_path,
-            data,
-            index: IndexMap::Rw(map),
-            capacity,
-            entries: 0,
-            next_ro: 0,
-            data_len: DATA_HEADER_LEN,
-            dropped: AtomicU64::new(0),
-            damage: None,
-            direct: None,
-        };
+        let mut seg = Segment::empty(base, data_path, index_path, data, IndexMap::Rw(map), capacity);
         seg.put_slot(0, &IndexEntry::marker(0, DATA_HEADER_LEN).encode())?;
         seg.data.sync_all().ctx(|| format!("fsync {}", seg.data_path.display()))?;
         seg.flush_index()?;
@@ -289,6 +294,16 @@ impl Segment {
             seg.enable_direct();
         }
         Ok(seg)
+    }
+
+    /// Ends direct writes to this segment and cuts the zero padding after its data off.
+    /// Returns whether it was written with direct I/O.
+    fn end_direct(&mut self) -> std::io::Result<bool> {
+        if self.direct.take().is_none() {
+            return Ok(false);
+        }
+        self.data.set_len(self.data_len)?;
+        Ok(true)
     }
 
     /// Switches the data writes of this (hot) segment to direct I/O, or logs why not.
@@ -369,20 +384,7 @@ impl Segment {
         }
         let max_cap = ((index.bytes().len() - INDEX_HEADER_LEN) / ENTRY_LEN) as u64;
         let capacity = capacity.min(max_cap);
-        let mut seg = Segment {
-            base,
-            data_path,
-            index_path,
-            data,
-            index,
-            capacity,
-            entries: 0,
-            next_ro: 0,
-            data_len: DATA_HEADER_LEN,
-            dropped: AtomicU64::new(0),
-            damage: None,
-            direct: None,
-        };
+        let mut seg = Segment::empty(base, data_path, index_path, data, index, capacity);
 
         // Walk the slots: valid prefix, then the first non-valid slot.
         let mut last_valid: Option<(u64, IndexEntry)> = None;
@@ -665,10 +667,8 @@ impl Drop for BigLog {
     fn drop(&mut self) {
         let Ok(g) = self.inner.get_mut() else { return };
         if let Some(s) = g.segments.last_mut() {
-            if s.direct.take().is_some() {
-                if let Err(e) = s.data.set_len(s.data_len) {
-                    tracing::debug!(file = %s.data_path.display(), "cut direct-I/O padding: {e}");
-                }
+            if let Err(e) = s.end_direct() {
+                tracing::debug!(file = %s.data_path.display(), "cut direct-I/O padding: {e}");
             }
         }
     }
@@ -900,11 +900,8 @@ impl BigLog {
     fn split_locked(&self, g: &mut Inner) -> Result<()> {
         let next = match g.segments.last_mut() {
             Some(s) => {
-                let was_direct = s.direct.take().is_some();
-                if was_direct {
-                    // Sealed segments hold their data only: cut the zero padding off.
-                    s.data.set_len(s.data_len).ctx(|| format!("truncate {}", s.data_path.display()))?;
-                }
+                // Sealed segments hold their data only: the zero padding is cut off.
+                let was_direct = s.end_direct().ctx(|| format!("truncate {}", s.data_path.display()))?;
                 s.data.sync_all().ctx(|| format!("fsync {}", s.data_path.display()))?;
                 s.flush_index()?;
                 if self.opts.drop_cache && !was_direct {
