@@ -63,7 +63,7 @@ mod dpdk {
             .header("dpdk/wrapper.h")
             .clang_args(cflags.iter())
             .clang_arg("-Idpdk")
-            .allowlist_function("rte_eal_init|rte_eal_cleanup|rte_eth_dev_count_avail|rte_eth_dev_configure|rte_eth_rx_queue_setup|rte_eth_tx_queue_setup|rte_eth_dev_start|rte_eth_dev_stop|rte_eth_dev_close|rte_eth_macaddr_get|rte_eth_dev_socket_id|rte_eth_stats_get|rte_eth_promiscuous_enable|rte_eth_dev_info_get|rte_eth_dev_get_mtu|rte_eth_promiscuous_enable|rte_pktmbuf_pool_create|rte_mempool_free|rte_socket_id|rte_strerror|rte_get_main_lcore|rte_get_next_lcore|rte_lcore_to_cpu_id|rte_eal_remote_launch|rte_eal_wait_lcore|tlog_.*")
+            .allowlist_function("rte_eal_init|rte_eal_cleanup|rte_eth_dev_count_avail|rte_eth_dev_configure|rte_eth_rx_queue_setup|rte_eth_tx_queue_setup|rte_eth_dev_start|rte_eth_dev_stop|rte_eth_dev_close|rte_eth_macaddr_get|rte_eth_dev_socket_id|rte_eth_stats_get|rte_eth_promiscuous_enable|rte_eth_dev_info_get|rte_eth_dev_get_mtu|rte_eth_promiscuous_enable|rte_pktmbuf_pool_create|rte_mempool_free|rte_socket_id|rte_strerror|rte_get_main_lcore|rte_get_next_lcore|rte_lcore_to_cpu_id|rte_eal_remote_launch|rte_eal_wait_lcore|rte_eth_dev_rx_intr_ctl_q_get_fd|tlog_.*")
             .allowlist_var("RTE_MAX_LCORE")
             .allowlist_type("rte_eth_conf|rte_eth_stats|rte_ether_addr|rte_eth_dev_info|rte_eth_rxconf|rte_eth_txconf")
             .opaque_type("rte_arp_hdr|rte_arp_ipv4|rte_l2tpv2_combined_msg_hdr|rte_gtp_psc_generic_hdr")

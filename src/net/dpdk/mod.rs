@@ -4,7 +4,8 @@
 //! `dpdk`: [`ffi`] (bindgen bindings of DPDK 22.11 plus the C shim in `dpdk/shim.c`),
 //! [`port`] (EAL, mempool, port and queue setup, statistics) and [`device`] (a smoltcp
 //! `Device` over one RX/TX queue pair, handing received mbufs to smoltcp without copying).
-//! [`lcore`] (EAL lcores and launching work on them), [`signals`] (SIGIO only on the poll loops).
+//! [`lcore`] (EAL lcores and launching work on them), [`signals`] (SIGIO only on the poll loops,
+//! each queue's to its own loop, and naps that a frame ends).
 //! [`serve`] runs one poll loop per queue, each on its own lcore with its own userspace TCP stack; ARP
 //! frames received on one queue are copied to every other queue's stack so all of them learn
 //! the peers (the kernel side delivers an ARP reply to one queue only).
@@ -94,6 +95,12 @@ mod serve_impl {
                 if let Err(e) = super::signals::unblock_sigio() {
                     tracing::warn!("dpdk queue {q}: {e}: net_tap may not see received packets");
                 }
+                if let Some(fd) = port.rx_fd(q as u16) {
+                    match super::signals::own_rx_signals(fd) {
+                        Ok(()) => tracing::debug!("dpdk queue {q}: receive signals of fd {fd} go to this poll loop"),
+                        Err(e) => tracing::warn!("dpdk queue {q}: {e}: its poll loop wakes late on frames"),
+                    }
+                }
                 let dev = QueueDevice::new(&port, q as u16, arp_rx, inboxes, owners);
                 poll_loop(q, dev, engine, scfg, &stop, &stats, idle_sleep);
             }));
@@ -178,10 +185,11 @@ mod serve_impl {
                 // Poll mode, but give the core back as soon as a few polls in a row find
                 // nothing: on machines where clients and flushers share the lcores' cores,
                 // pure busy polling starves them. `dpdk.idle_sleep_us` = 0 keeps pure busy
-                // polling (for lcores on dedicated, isolated cores).
+                // polling (for lcores on dedicated, isolated cores). The sleep ends early on a
+                // signal: on net_tap, a frame on this queue (see signals::own_rx_signals).
                 idle = idle.saturating_add(1);
                 if idle > 2 && idle_sleep > Duration::ZERO {
-                    std::thread::sleep(idle_sleep);
+                    super::signals::nap(idle_sleep);
                 } else if idle > 1 {
                     std::thread::yield_now();
                 }

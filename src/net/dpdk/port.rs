@@ -121,6 +121,8 @@ pub struct Port {
     pool: *mut ffi::rte_mempool,
     mac: [u8; 6],
     frames: Frames,
+    /// Receive interrupts are configured (per-queue file descriptors, see [`Port::rx_fd`]).
+    rx_intr: bool,
 }
 
 // SAFETY: the mempool pointer is shared by the queue threads; DPDK mempools are safe for
@@ -171,8 +173,14 @@ impl Port {
                 info.tx_offload_capa & multi == multi,
                 info.tx_offload_capa & tso == tso,
             )?;
+            let driver = if info.driver_name.is_null() { String::new() } else { CStr::from_ptr(info.driver_name).to_string_lossy().into_owned() };
             let mut conf: ffi::rte_eth_conf = std::mem::zeroed();
             conf.rxmode.mtu = frames.port_mtu;
+            // net_tap: with receive interrupts on, each queue's file descriptor (its tap queue)
+            // can be had, so that its receive signal goes to its own poll loop (see
+            // super::signals::own_rx_signals).
+            let mut rx_intr = driver == "net_tap";
+            conf.intr_conf.set_rxq(rx_intr as u32);
             if frames.scatter {
                 conf.rxmode.offloads |= scatter;
                 conf.txmode.offloads |= multi;
@@ -180,7 +188,12 @@ impl Port {
             if frames.tso {
                 conf.txmode.offloads |= tso | multi;
             }
-            let rc = ffi::rte_eth_dev_configure(port, queues, queues, &conf);
+            let mut rc = ffi::rte_eth_dev_configure(port, queues, queues, &conf);
+            if rc < 0 && rx_intr {
+                rx_intr = false;
+                conf.intr_conf.set_rxq(0);
+                rc = ffi::rte_eth_dev_configure(port, queues, queues, &conf);
+            }
             if rc < 0 {
                 return Err(rte_error(&format!("rte_eth_dev_configure(port {port}, {queues} queues, MTU {})", frames.port_mtu), rc));
             }
@@ -204,7 +217,7 @@ impl Port {
             if rc < 0 {
                 return Err(rte_error("rte_eth_macaddr_get", rc));
             }
-            Ok(Port { id: port, queues, pool, mac: mac.addr_bytes, frames })
+            Ok(Port { id: port, queues, pool, mac: mac.addr_bytes, frames, rx_intr })
         }
     }
 
@@ -236,6 +249,17 @@ impl Port {
     /// MAC as text.
     pub fn mac_string(&self) -> String {
         self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+
+    /// The file descriptor behind `queue`'s receive interrupt, when the port has one: for
+    /// net_tap, the queue's tap file descriptor. None for other ports.
+    pub fn rx_fd(&self, queue: u16) -> Option<i32> {
+        if !self.rx_intr {
+            return None;
+        }
+        // SAFETY: plain query of a started port's queue; returns -1 when there is none.
+        let fd = unsafe { ffi::rte_eth_dev_rx_intr_ctl_q_get_fd(self.id, queue) };
+        (fd >= 0).then_some(fd)
     }
 
     /// Port statistics (zeroed when the driver cannot give them).
