@@ -23,6 +23,14 @@ fn netns_ok() -> bool {
     ok
 }
 
+/// `scripts/netns-dpdk.sh IMAGE WORK VDISKS` with this build's binaries; callers add their
+/// scenario's environment.
+fn netns_dpdk(img: &std::path::Path, work: &std::path::Path, vdisks: usize) -> Command {
+    let mut c = Command::new("bash");
+    c.arg(repo().join("scripts/netns-dpdk.sh")).arg(img).arg(work).arg(vdisks.to_string()).env("TLOG_BIN_DIR", tlogd_bin().parent().unwrap());
+    c
+}
+
 #[test]
 fn dpdk_net_tap_two_queues_eight_vdisks() {
     if !netns_ok() {
@@ -30,12 +38,7 @@ fn dpdk_net_tap_two_queues_eight_vdisks() {
     }
     let d = tempfile::tempdir().unwrap();
     let Some(img) = ext4_image(&d.path().join("disk.img"), 64) else { return };
-    let o = run(Command::new("bash")
-        .arg(repo().join("scripts/netns-dpdk.sh"))
-        .arg(&img)
-        .arg(d.path().join("w"))
-        .arg("8")
-        .env("TLOG_BIN_DIR", tlogd_bin().parent().unwrap())
+    let o = run(netns_dpdk(&img, &d.path().join("w"), 8)
         .env("TLOG_KILL_CLIENT", "1")
         .env("TLOG_DPDK_QUEUES", std::env::var("TLOG_DPDK_QUEUES").unwrap_or_else(|_| "2".into())));
     assert_ok(&o, "scripts/netns-dpdk.sh");
@@ -75,14 +78,7 @@ fn dpdk_large_mtu_chains_and_segmentation_offload() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("mixed.raw");
     mixed_image(&img, 32, 5);
-    let o = run(Command::new("bash")
-        .arg(repo().join("scripts/netns-dpdk.sh"))
-        .arg(&img)
-        .arg(d.path().join("w"))
-        .arg("2")
-        .env("TLOG_BIN_DIR", tlogd_bin().parent().unwrap())
-        .env("TLOG_DPDK_MTU", "65521")
-        .env("TLOG_SLOW_CLIENT", "1"));
+    let o = run(netns_dpdk(&img, &d.path().join("w"), 2).env("TLOG_DPDK_MTU", "65521").env("TLOG_SLOW_CLIENT", "1"));
     assert_ok(&o, "scripts/netns-dpdk.sh");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("all 2 restored images are identical"), "{out}");
