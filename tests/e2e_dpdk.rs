@@ -70,6 +70,10 @@ fn queue_counter(log: &str, label: &str) -> u64 {
 /// A stack MTU of 65521 over net_tap (which takes 1500): the clients' 64 KiB segments arrive as
 /// mbuf chains, and tlogd's acks, piled up behind a client that stops reading, leave as long
 /// frames the PMD segments (TSO). Restores stay exact and the slow client gets every ack.
+///
+/// Whether a piled-up ack leaves longer than 1500 bytes depends on how the slow client's
+/// kernel reopens its tiny window, which is timing: about 1 run in 15 sent every ack in short
+/// segments. Every run must be correct; the scenario runs up to 3 times until one shows TSO.
 #[test]
 fn dpdk_large_mtu_chains_and_segmentation_offload() {
     if !netns_ok() {
@@ -78,15 +82,25 @@ fn dpdk_large_mtu_chains_and_segmentation_offload() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("mixed.raw");
     mixed_image(&img, 32, 5);
-    let o = run(netns_dpdk(&img, &d.path().join("w"), 2).env("TLOG_DPDK_MTU", "65521").env("TLOG_SLOW_CLIENT", "1"));
-    assert_ok(&o, "scripts/netns-dpdk.sh");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("all 2 restored images are identical"), "{out}");
-    assert!(out.contains("last ack present"), "{out}");
-    let log = std::fs::read_to_string(d.path().join("w/tlogd.log")).unwrap_or_default();
-    assert!(log.contains("MTU 65521 bytes (stack), 1500 (port)"), "{log}");
-    assert!(queue_counter(&log, "chained") > 0, "no frame arrived as an mbuf chain: {log}");
-    assert!(queue_counter(&log, "segmented by the port") > 0, "no frame left with TSO: {log}");
-    let queue_lines: Vec<&str> = log.lines().filter(|l| l.contains("dpdk queue") && l.contains(" packets ")).collect();
-    assert!(!queue_lines.is_empty() && queue_lines.iter().all(|l| l.contains("oversize drops 0,")), "{log}");
+    let mut segmented = 0;
+    let mut logs = Vec::new();
+    for attempt in 0..3 {
+        let w = d.path().join(format!("w{attempt}"));
+        let o = run(netns_dpdk(&img, &w, 2).env("TLOG_DPDK_MTU", "65521").env("TLOG_SLOW_CLIENT", "1"));
+        assert_ok(&o, "scripts/netns-dpdk.sh");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("all 2 restored images are identical"), "{out}");
+        assert!(out.contains("last ack present"), "{out}");
+        let log = std::fs::read_to_string(w.join("tlogd.log")).unwrap_or_default();
+        assert!(log.contains("MTU 65521 bytes (stack), 1500 (port)"), "{log}");
+        assert!(queue_counter(&log, "chained") > 0, "no frame arrived as an mbuf chain: {log}");
+        let queue_lines: Vec<&str> = log.lines().filter(|l| l.contains("dpdk queue") && l.contains(" packets ")).collect();
+        assert!(!queue_lines.is_empty() && queue_lines.iter().all(|l| l.contains("oversize drops 0,")), "{log}");
+        segmented = queue_counter(&log, "segmented by the port");
+        logs.push(log);
+        if segmented > 0 {
+            break;
+        }
+    }
+    assert!(segmented > 0, "no frame left with TSO in {} runs: {}", logs.len(), logs.join("\n---\n"));
 }
