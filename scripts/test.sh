@@ -7,21 +7,54 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 
+# Each dependency is detected by what its user loads or runs, and installed when missing.
+# bindgen (build script of the dpdk feature) loads libclang through clang-sys, which takes
+# libclang.so* or libclang-<version>.so* and skips libclang-cpp: Debian machines often ship
+# libclang-cpp14 alone, which must not count.
+have_libclang() {
+  local d f
+  for d in ${LIBCLANG_PATH:-} /usr/lib/llvm-*/lib /usr/lib /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/lib; do
+    for f in "$d"/libclang.so* "$d"/libclang-[0-9]*.so*; do
+      [ -e "$f" ] && return 0
+    done
+  done
+  return 1
+}
+# `want PACKAGE COMMAND...`: PACKAGE is needed unless COMMAND runs and exits 0.
 need=()
-command -v capnp >/dev/null || need+=(capnproto)
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-command -v cmp >/dev/null || need+=(diffutils)
-command -v pkg-config >/dev/null || need+=(pkg-config)
-pkg-config --exists libdpdk 2>/dev/null || need+=(libdpdk-dev)
-[ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null | head -1)" ] || need+=(libclang-dev clang)
-command -v unshare >/dev/null || need+=(util-linux)
-command -v ip >/dev/null || need+=(iproute2)
+want() {
+  local pkg=$1
+  shift
+  "$@" >/dev/null 2>&1 || need+=("$pkg")
+}
+check_all() {
+  need=()
+  want capnproto capnp --version                  # build.rs compiles the schema with it
+  want redis-server redis-server --version        # e2e_redis, the redis scenarios
+  want redis-tools redis-cli --version            # scripts/redis-start.sh
+  want e2fsprogs mkfs.ext4 -V                     # scripts/make-test-image.sh
+  want e2fsprogs e2fsck -V
+  want diffutils cmp --version
+  want util-linux unshare --version               # network namespaces of the tap/dpdk tests
+  want iproute2 ip -V
+  want python3 python3 --version                  # scripts/slow-client.py
+  want pkg-config pkg-config --version            # build.rs asks it for libdpdk's flags
+  want libdpdk-dev pkg-config --exists libdpdk
+  have_libclang || need+=(libclang-dev)
+}
+check_all
 if [ "${#need[@]}" -gt 0 ]; then
+  # One package may be named by two checks.
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test.sh: installing ${need[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    check_all
+    if [ "${#need[@]}" -gt 0 ]; then
+      echo "test.sh: still missing after apt-get install: ${need[*]}" >&2
+      exit 1
+    fi
   else
     echo "test.sh: missing packages: ${need[*]} (install them as root with apt-get); the tests that need them will skip"
   fi
