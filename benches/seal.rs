@@ -9,8 +9,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use std::time::Duration;
-use tlog::flush::seal::{SealContext, SealScratch};
-use tlog::flush::{aggregate, erasure, SealKey, Sealer};
+use tlog::seal::{aggregate, erasure, SealKey, Sealer};
+use tlog::seal::{SealContext, SealScratch};
 use tlog::wire::{Block, Operation};
 
 fn blocks(total: usize, r: f64) -> Vec<Block> {

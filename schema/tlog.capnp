@@ -12,7 +12,9 @@ struct HandshakeRequest {
   vdiskId @1 :Text;                # 1..=128 bytes of [A-Za-z0-9._-]
   firstSequence @2 :UInt64;        # the first sequence the client will send
   token @3 :Text;                  # optional auth token ("" = none)
-  resetFirstSequence @4 :Bool;     # start a new sequence space at firstSequence
+  resetFirstSequence @4 :Bool;     # jump forward to firstSequence (refused if the history holds it)
+  resumeEpoch @5 :UInt64;          # a reconnecting writer's epoch (from its last handshake), 0 for
+                                   # a new writer: refused (fenced) when a newer writer took over
 }
 
 enum HandshakeStatus {
@@ -31,6 +33,7 @@ struct HandshakeResponse {
   lastFlushedSequence @2 :UInt64;  # 0 when nothing is flushed yet
   hasFlushed @3 :Bool;             # false when the vdisk has no flushed block
   message @4 :Text;
+  epoch @5 :UInt64;                # the writer epoch of this connection (present it on reconnect)
 }
 
 enum Operation {
@@ -71,6 +74,18 @@ enum ErrorCode {
   notAttached @6;
   internalError @7;
   badSize @8;
+  outOfRange @9;         # lba * 512 + size past server.max_vdisk_bytes
+  sequenceExhausted @10; # sequence 2^64 - 1 was taken: the sequence space ends there
+}
+
+enum NoticeKind {
+  waiting @0;   # blocks are received but cannot be made durable yet (the message says why)
+  resumed @1;   # durable writes go on again
+}
+
+struct Notice {
+  kind @0 :NoticeKind;
+  message @1 :Text;
 }
 
 struct ServerError {
@@ -86,6 +101,7 @@ struct ServerMessage {
     flushed @1 :SequenceRange;
     forceFlushReceived @2 :Void;
     error @3 :ServerError;
+    notice @4 :Notice;   # not an error: the server tells why acks are slow, and when they resume
   }
 }
 

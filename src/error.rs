@@ -100,15 +100,48 @@ pub enum Error {
         /// The superseded epoch.
         epoch: u64,
     },
-    /// The server refused the request (handshake status or an error message).
-    #[error("server refused: {0}")]
-    Refused(String),
+    /// The server refused: a handshake status or an error it sent; `reason` says which kind,
+    /// so callers decide (e.g. whether to reconnect) on the value, never on the text.
+    #[error("server refused ({reason:?}): {message}")]
+    Refused {
+        /// The kind of refusal.
+        reason: Refusal,
+        /// The server's message.
+        message: String,
+    },
     /// An operation did not finish in its time bound.
     #[error("timed out: {0}")]
     Timeout(String),
     /// The component is shutting down.
     #[error("shutting down")]
     Shutdown,
+}
+
+/// Why a server refused a client (the protocol's handshake statuses and error kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Malformed request (or a request the vdisk's state forbids, e.g. reusing sequences).
+    BadRequest,
+    /// Unsupported protocol version.
+    BadVersion,
+    /// Invalid vdisk id.
+    BadVdisk,
+    /// Missing or wrong auth token.
+    Unauthorized,
+    /// A newer writer owns the vdisk.
+    Fenced,
+    /// A server-side failure that may pass (a takeover still draining, a backend outage,
+    /// shutting down): worth retrying.
+    Internal,
+    /// The server refused a block (bad hash, out of order, out of range, ...).
+    Block,
+}
+
+impl Refusal {
+    /// Whether trying again later can succeed.
+    pub fn retryable(self) -> bool {
+        self == Refusal::Internal
+    }
 }
 
 /// The crate's result type.

@@ -1,35 +1,61 @@
 //! The `local` backend: one embedded BigLog store directory per shard index.
 //!
-//! Each put appends records to the directory's BigLog (one index entry per batch, the
-//! records as embedded offsets) and fsyncs once per batch (group commit). Records are
-//! `kind u8` then: `1` shard: key (32) + bytes; `2` head: vdisk length u16 LE + vdisk + bytes;
-//! `3` delete: key (32).
+//! A store directory is *initialized* when it holds the identity file `STORE` (written by
+//! [`LocalBackend::init`]: `tlog store init DIR`, or tlogd on a fresh data directory). Opening
+//! never creates a directory: a missing or empty one may be a disk that failed to mount, and an
+//! empty store silently put in its place would hide that. A directory written by an older tlog
+//! (segments, no `STORE`) is adopted.
+//!
+//! Each put appends records to the directory's BigLog (one index entry per batch, the records
+//! as embedded offsets) and fsyncs once per batch (group commit). Records are `kind u8` then:
+//!
+//! | kind | record                                                                    |
+//! |------|---------------------------------------------------------------------------|
+//! | 1    | shard: key (32) + shard bytes                                             |
+//! | 2    | head (written by older versions): vdisk (u16 length + UTF-8) + record     |
+//! | 3    | delete: key (32)                                                          |
+//! | 4    | head: vdisk (u16 length + UTF-8), epoch u64, height u64, record           |
+//!
+//! Per vdisk the head with the greatest (epoch, height) wins. A kind-2 head counts as epoch 0
+//! at the height stored in bytes 8..16 of its record (the `TLOGHEAD` layout of those versions).
 //!
 //! A key → offset map answers `get` without scanning. It is persisted to `keymap` (magic
-//! `b"TLOGKMAP"`, version u32, the log offset it covers u64, shard and head entries, CRC-32)
-//! every [`KEYMAP_SAVE_EVERY`] records and on drop, by write + fsync + rename. On open it is
+//! `b"TLOGKMAP"`, version u32 (2), the log offset it covers u64, shard entries (key, offset),
+//! head entries (vdisk, offset, epoch, height), CRC-32 of everything before it) every
+//! [`KEYMAP_SAVE_EVERY`] records and on drop, with [`crate::fs::write_atomic`]. On open it is
 //! loaded and only the log records after the covered offset are scanned; when it is missing,
-//! unreadable, or covers more than the log holds (stale), it is rebuilt by a full scan.
+//! unreadable, or covers more than the log holds (stale), it is rebuilt by a full scan. Version
+//! 1 maps (heads without epoch) are read as epoch 0. Readers ([`LocalBackend::open_read_only`])
+//! build the map in memory and write nothing, so they can run beside a writing tlogd.
 
-use super::{head_height, Backend, Key};
+use super::{Backend, HeadWrite, Key, ShardWrite};
+use crate::bytes::{put_str16, Reader};
 use crate::error::{Error, IoContext, Result};
 use crate::store::{BigLog, BigLogOptions, Scanner};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Records appended between two saves of the key map.
 pub const KEYMAP_SAVE_EVERY: u64 = 4096;
 
-const KIND_SHARD: u8 = 1;
-const KIND_HEAD: u8 = 2;
-const KIND_DELETE: u8 = 3;
+/// Name of the identity file of an initialized store directory.
+pub const IDENTITY_FILE: &str = "STORE";
 
-#[derive(Default)]
+const IDENTITY: &[u8] = b"tlog store v1\n";
+
+const KIND_SHARD: u8 = 1;
+const KIND_HEAD_V1: u8 = 2;
+const KIND_DELETE: u8 = 3;
+const KIND_HEAD: u8 = 4;
+
+const KEYMAP_VERSION: u32 = 2;
+
+#[derive(Default, Debug, PartialEq)]
 struct KeyMap {
     shards: HashMap<Key, u64>,
-    heads: HashMap<String, (u64, u64)>, // vdisk -> (offset, height)
+    /// vdisk -> (offset, epoch, height)
+    heads: HashMap<String, (u64, u64, u64)>,
     covered: u64,
     since_save: u64,
 }
@@ -39,13 +65,104 @@ pub struct LocalBackend {
     dir: PathBuf,
     log: BigLog,
     map: Mutex<KeyMap>,
+    writable: bool,
+}
+
+/// What a directory is, as a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreState {
+    /// No such directory.
+    Missing,
+    /// Not a directory.
+    NotADirectory,
+    /// An empty directory (e.g. a mount point without its disk).
+    Empty,
+    /// Holds files but no identity file and no segments: not a store.
+    Foreign,
+    /// Segments without the identity file: written by an older tlog (adopted on open).
+    Legacy,
+    /// An initialized store.
+    Initialized,
+}
+
+/// Looks at `dir` without changing it.
+pub fn store_state(dir: &Path) -> StoreState {
+    let md = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(_) => return StoreState::Missing,
+    };
+    if !md.is_dir() {
+        return StoreState::NotADirectory;
+    }
+    if dir.join(IDENTITY_FILE).is_file() {
+        return StoreState::Initialized;
+    }
+    let mut any = false;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            any = true;
+            if e.file_name().to_string_lossy().ends_with(".data") {
+                return StoreState::Legacy;
+            }
+        }
+    }
+    if any {
+        StoreState::Foreign
+    } else {
+        StoreState::Empty
+    }
 }
 
 impl LocalBackend {
-    /// Opens (creating) the store in `dir`.
+    /// Initializes a store in `dir` (created if missing): writes the identity file. Errors when
+    /// `dir` already holds a store or other files.
+    pub fn init(dir: &Path) -> Result<()> {
+        match store_state(dir) {
+            StoreState::Missing | StoreState::Empty => {}
+            StoreState::Initialized | StoreState::Legacy => return Err(Error::InvalidArgument(format!("{} is already a store", dir.display()))),
+            StoreState::NotADirectory => return Err(Error::InvalidArgument(format!("{} exists and is not a directory", dir.display()))),
+            StoreState::Foreign => return Err(Error::InvalidArgument(format!("{} holds other files: not made a store", dir.display()))),
+        }
+        std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+        crate::fs::write_atomic(&dir.join(IDENTITY_FILE), IDENTITY)?;
+        if let Some(p) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::fs::sync_dir(p)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the initialized store in `dir` for writing (one writer process per directory).
+    ///
+    /// Errors: the directory is not an initialized store ([`Error::NotFound`] saying how to
+    /// initialize it), is in use by another process, or its files are damaged beyond what
+    /// recovery on open handles.
     pub fn open(dir: impl AsRef<Path>, opts: BigLogOptions) -> Result<LocalBackend> {
         let dir = dir.as_ref().to_path_buf();
+        match store_state(&dir) {
+            StoreState::Initialized => {}
+            StoreState::Legacy => {
+                tracing::info!(dir = %dir.display(), "store written by an older tlog: adopted (identity file written)");
+                crate::fs::write_atomic(&dir.join(IDENTITY_FILE), IDENTITY)?;
+            }
+            s => return Err(not_a_store(&dir, s)),
+        }
         let log = BigLog::open(&dir, opts)?;
+        Self::with_log(dir, log, true)
+    }
+
+    /// Opens the store in `dir` for reading only: takes no lock, writes nothing (the key map is
+    /// built in memory), so it can run while tlogd writes the same directory.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<LocalBackend> {
+        let dir = dir.as_ref().to_path_buf();
+        match store_state(&dir) {
+            StoreState::Initialized | StoreState::Legacy => {}
+            s => return Err(not_a_store(&dir, s)),
+        }
+        let log = BigLog::open_read_only(&dir)?;
+        Self::with_log(dir, log, false)
+    }
+
+    fn with_log(dir: PathBuf, log: BigLog, writable: bool) -> Result<LocalBackend> {
         let next = log.next_offset()?;
         let first = log.first_offset()?;
         let mut map = match load_keymap(&dir.join("keymap")) {
@@ -63,7 +180,7 @@ impl LocalBackend {
         };
         // Drop entries of trimmed segments, then scan what the map does not cover.
         map.shards.retain(|_, o| *o >= first);
-        map.heads.retain(|_, (o, _)| *o >= first);
+        map.heads.retain(|_, (o, _, _)| *o >= first);
         let from = map.covered.max(first);
         let mut scanned = 0u64;
         for rec in Scanner::new(&log, from) {
@@ -76,11 +193,11 @@ impl LocalBackend {
             }
         }
         map.covered = next;
-        if scanned > 0 {
+        if scanned > 0 && writable {
             tracing::info!(dir = %dir.display(), "indexed {scanned} records past the saved key map");
         }
-        let b = LocalBackend { dir, log, map: Mutex::new(map) };
-        if scanned > 0 {
+        let b = LocalBackend { dir, log, map: Mutex::new(map), writable };
+        if scanned > 0 && writable {
             b.save_keymap()?;
         }
         Ok(b)
@@ -91,12 +208,20 @@ impl LocalBackend {
         &self.log
     }
 
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, KeyMap>> {
         self.map.lock().map_err(|_| Error::Backend { backend: self.name(), detail: "key map lock poisoned".into() })
     }
 
-    /// Writes the key map file (atomically).
+    /// Writes the key map file (atomically). A read-only store writes nothing.
     pub fn save_keymap(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
         let mut m = self.lock()?;
         save_keymap(&self.dir, &m)?;
         m.since_save = 0;
@@ -104,112 +229,141 @@ impl LocalBackend {
     }
 }
 
+fn not_a_store(dir: &Path, s: StoreState) -> Error {
+    let what = match s {
+        StoreState::Missing => "is missing",
+        StoreState::NotADirectory => "is not a directory",
+        StoreState::Empty => "is empty (a disk that did not mount?)",
+        StoreState::Foreign => "holds files that are not a tlog store",
+        _ => "is not a store",
+    };
+    Error::NotFound(format!(
+        "store directory {} {what}; it is not recreated by itself (it may be a disk that failed to mount): run `tlog store init {}` to start it empty",
+        dir.display(),
+        dir.display()
+    ))
+}
+
+/// The height in a head record written by older versions (bytes 8..16 of their `TLOGHEAD`
+/// layout; see the module doc): what orders kind-2 records.
+fn legacy_height(record: &[u8]) -> u64 {
+    record.get(8..16).map(crate::bytes::le_u64).unwrap_or(0)
+}
+
 fn apply(map: &mut KeyMap, offset: u64, data: &[u8]) {
-    match data.first() {
-        Some(&KIND_SHARD) if data.len() >= 33 => {
-            let mut k = [0u8; 32];
-            k.copy_from_slice(&data[1..33]);
-            map.shards.insert(k, offset);
+    let mut r = Reader::new(data);
+    match r.u8() {
+        Some(KIND_SHARD) => {
+            if let Some(k) = r.array::<32>() {
+                map.shards.insert(k, offset);
+            }
         }
-        Some(&KIND_DELETE) if data.len() >= 33 => {
-            let mut k = [0u8; 32];
-            k.copy_from_slice(&data[1..33]);
-            map.shards.remove(&k);
+        Some(KIND_DELETE) => {
+            if let Some(k) = r.array::<32>() {
+                map.shards.remove(&k);
+            }
         }
-        Some(&KIND_HEAD) if data.len() >= 3 => {
-            let n = u16::from_le_bytes([data[1], data[2]]) as usize;
-            if data.len() >= 3 + n {
-                if let Ok(v) = std::str::from_utf8(&data[3..3 + n]) {
-                    let h = head_height(&data[3 + n..]);
-                    let newer = map.heads.get(v).map(|(_, old)| h > *old).unwrap_or(true);
-                    if newer {
-                        map.heads.insert(v.to_string(), (offset, h));
-                    }
-                }
+        Some(KIND_HEAD_V1) => {
+            if let Some(v) = r.str16() {
+                let h = legacy_height(r.rest());
+                set_head(map, v, offset, 0, h);
+            }
+        }
+        Some(KIND_HEAD) => {
+            if let (Some(v), Some(e), Some(h)) = (r.str16(), r.u64(), r.u64()) {
+                set_head(map, v, offset, e, h);
             }
         }
         _ => {}
     }
 }
 
-/// [`apply`] for a record given as parts (kind, key or vdisk, payload); a shard's payload is
-/// not needed (nor copied).
-fn apply_parts(map: &mut KeyMap, offset: u64, parts: &[&[u8]; 3]) {
-    if parts[0].first() == Some(&KIND_SHARD) {
-        apply(map, offset, &[parts[0], parts[1]].concat());
-    } else {
-        apply(map, offset, &parts.concat());
+fn set_head(map: &mut KeyMap, vdisk: &str, offset: u64, epoch: u64, height: u64) {
+    let newer = map.heads.get(vdisk).map(|(_, e, h)| (epoch, height) > (*e, *h)).unwrap_or(true);
+    if newer {
+        map.heads.insert(vdisk.to_string(), (offset, epoch, height));
     }
 }
 
-fn save_keymap(dir: &Path, m: &KeyMap) -> Result<()> {
+fn encode_keymap(m: &KeyMap) -> Vec<u8> {
     let mut b = Vec::with_capacity(32 + m.shards.len() * 40);
     b.extend_from_slice(b"TLOGKMAP");
-    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&KEYMAP_VERSION.to_le_bytes());
     b.extend_from_slice(&m.covered.to_le_bytes());
-    b.extend_from_slice(&(m.shards.len() as u64).to_le_bytes());
-    for (k, o) in &m.shards {
-        b.extend_from_slice(k);
+    let mut shards: Vec<_> = m.shards.iter().collect();
+    shards.sort();
+    b.extend_from_slice(&(shards.len() as u64).to_le_bytes());
+    for (k, o) in shards {
+        b.extend_from_slice(&k[..]);
         b.extend_from_slice(&o.to_le_bytes());
     }
-    b.extend_from_slice(&(m.heads.len() as u64).to_le_bytes());
-    for (v, (o, h)) in &m.heads {
-        b.extend_from_slice(&(v.len() as u16).to_le_bytes());
-        b.extend_from_slice(v.as_bytes());
-        b.extend_from_slice(&o.to_le_bytes());
-        b.extend_from_slice(&h.to_le_bytes());
+    let mut heads: Vec<_> = m.heads.iter().collect();
+    heads.sort();
+    b.extend_from_slice(&(heads.len() as u64).to_le_bytes());
+    for (v, (o, e, h)) in heads {
+        put_str16(&mut b, v);
+        for x in [o, e, h] {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
     }
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
-    let tmp = dir.join("keymap.tmp");
-    let p = dir.join("keymap");
-    let mut f = std::fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    f.write_all(&b).ctx(|| format!("write {}", tmp.display()))?;
-    f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
-    std::fs::rename(&tmp, &p).ctx(|| format!("rename {}", tmp.display()))?;
-    crate::store::biglog::sync_dir(dir)
+    b
 }
 
-fn load_keymap(p: &Path) -> Result<KeyMap> {
-    let b = std::fs::read(p).ctx(|| format!("read {}", p.display()))?;
+fn save_keymap(dir: &Path, m: &KeyMap) -> Result<()> {
+    crate::fs::write_atomic(&dir.join("keymap"), &encode_keymap(m))
+}
+
+fn decode_keymap(p: &Path, b: &[u8]) -> Result<KeyMap> {
     let bad = |d: &str| Error::Format { path: p.into(), detail: d.into() };
     if b.len() < 32 || &b[0..8] != b"TLOGKMAP" {
         return Err(bad("bad magic"));
     }
     let (body, crc) = b.split_at(b.len() - 4);
-    if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+    if crc32fast::hash(body) != crate::bytes::le_u32(crc) {
         return Err(bad("checksum mismatch"));
     }
-    if u32::from_le_bytes([b[8], b[9], b[10], b[11]]) != 1 {
-        return Err(bad("unknown version"));
+    let mut r = Reader::new(&body[8..]);
+    let version = r.u32().ok_or_else(|| bad("truncated"))?;
+    if version != 1 && version != KEYMAP_VERSION {
+        return Err(bad(&format!("unknown version {version}")));
     }
-    let u64at = |p: usize| -> Result<u64> { body.get(p..p + 8).map(crate::store::format::le_u64).ok_or_else(|| bad("truncated")) };
-    let mut m = KeyMap { covered: u64at(12)?, ..Default::default() };
-    let n = u64at(20)? as usize;
-    let mut p = 28usize;
+    let mut m = KeyMap { covered: r.u64().ok_or_else(|| bad("truncated"))?, ..Default::default() };
+    let n = r.u64().ok_or_else(|| bad("truncated"))?;
+    if n > r.remaining() as u64 / 40 {
+        return Err(bad("shard count larger than the file"));
+    }
     for _ in 0..n {
-        let k = body.get(p..p + 32).ok_or_else(|| bad("truncated"))?;
-        let mut key = [0u8; 32];
-        key.copy_from_slice(k);
-        m.shards.insert(key, u64at(p + 32)?);
-        p += 40;
+        let key = r.array::<32>().ok_or_else(|| bad("truncated"))?;
+        m.shards.insert(key, r.u64().ok_or_else(|| bad("truncated"))?);
     }
-    let nh = u64at(p)? as usize;
-    p += 8;
+    let nh = r.u64().ok_or_else(|| bad("truncated"))?;
+    if nh > r.remaining() as u64 / 18 {
+        return Err(bad("head count larger than the file"));
+    }
     for _ in 0..nh {
-        let l = body.get(p..p + 2).ok_or_else(|| bad("truncated"))?;
-        let l = u16::from_le_bytes([l[0], l[1]]) as usize;
-        let v = body.get(p + 2..p + 2 + l).ok_or_else(|| bad("truncated"))?;
-        let v = String::from_utf8(v.to_vec()).map_err(|_| bad("vdisk not UTF-8"))?;
-        p += 2 + l;
-        m.heads.insert(v, (u64at(p)?, u64at(p + 8)?));
-        p += 16;
+        let v = r.str16().ok_or_else(|| bad("truncated or not UTF-8"))?.to_string();
+        let o = r.u64().ok_or_else(|| bad("truncated"))?;
+        let (e, h) = if version == 1 { (0, r.u64()) } else { (r.u64().ok_or_else(|| bad("truncated"))?, r.u64()) };
+        m.heads.insert(v, (o, e, h.ok_or_else(|| bad("truncated"))?));
+    }
+    if r.remaining() != 0 {
+        return Err(bad("trailing bytes"));
     }
     Ok(m)
 }
 
+fn load_keymap(p: &Path) -> Result<KeyMap> {
+    let b = std::fs::read(p).ctx(|| format!("read {}", p.display()))?;
+    decode_keymap(p, &b)
+}
+
 impl Drop for LocalBackend {
     fn drop(&mut self) {
+        if !self.writable {
+            return;
+        }
         if let Ok(m) = self.map.lock() {
             if m.since_save > 0 {
                 if let Err(e) = save_keymap(&self.dir, &m) {
@@ -225,25 +379,28 @@ impl Backend for LocalBackend {
         format!("local {}", self.dir.display())
     }
 
-    fn put_batch(&self, shards: &[(&Key, &[u8])], heads: &[(&str, &[u8])]) -> Result<()> {
+    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("backend::put_batch", |arg| crate::failpoint_action(arg));
         // Records are written as parts (kind, key or vdisk, payload): the shards are not copied.
         let mut head_prefixes: Vec<Vec<u8>> = Vec::with_capacity(heads.len());
-        for (vd, _) in heads {
-            if vd.len() > u16::MAX as usize {
-                return Err(Error::InvalidArgument(format!("vdisk id of {} bytes", vd.len())));
+        for h in heads {
+            if h.vdisk.len() > u16::MAX as usize {
+                return Err(Error::InvalidArgument(format!("vdisk id of {} bytes", h.vdisk.len())));
             }
-            let mut p = Vec::with_capacity(3 + vd.len());
+            let mut p = Vec::with_capacity(19 + h.vdisk.len());
             p.push(KIND_HEAD);
-            p.extend_from_slice(&(vd.len() as u16).to_le_bytes());
-            p.extend_from_slice(vd.as_bytes());
+            put_str16(&mut p, h.vdisk);
+            p.extend_from_slice(&h.epoch.to_le_bytes());
+            p.extend_from_slice(&h.height.to_le_bytes());
             head_prefixes.push(p);
         }
         let mut recs: Vec<[&[u8]; 3]> = Vec::with_capacity(shards.len() + heads.len());
-        for (k, v) in shards {
-            recs.push([&[KIND_SHARD], &k[..], v]);
+        for s in shards {
+            recs.push([&[KIND_SHARD], &s.key[..], s.bytes]);
         }
-        for (p, (_, v)) in head_prefixes.iter().zip(heads) {
-            recs.push([p.as_slice(), &[], v]);
+        for (p, h) in head_prefixes.iter().zip(heads) {
+            recs.push([p.as_slice(), &[], h.record]);
         }
         if recs.is_empty() {
             return Ok(());
@@ -252,8 +409,11 @@ impl Backend for LocalBackend {
         let mut m = self.lock()?;
         let first = self.log.write_parts(&refs).map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
         self.log.sync().map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
-        for (i, r) in recs.iter().enumerate() {
-            apply_parts(&mut m, first + i as u64, r);
+        for (i, s) in shards.iter().enumerate() {
+            m.shards.insert(*s.key, first + i as u64);
+        }
+        for (i, h) in heads.iter().enumerate() {
+            set_head(&mut m, h.vdisk, first + (shards.len() + i) as u64, h.epoch, h.height);
         }
         m.covered = first + recs.len() as u64;
         m.since_save += recs.len() as u64;
@@ -269,22 +429,25 @@ impl Backend for LocalBackend {
             Some(o) => *o,
             None => return Ok(None),
         };
-        match self.log.read_at(off)? {
-            Some((_, d)) if d.len() >= 33 && d[0] == KIND_SHARD && &d[1..33] == key => Ok(Some(d[33..].to_vec())),
-            _ => Err(Error::Corrupt { location: format!("{} offset {off}", self.name()), detail: "record does not hold the indexed key".into() }),
+        let corrupt = |d: &str| Error::Corrupt { location: format!("{} offset {off}", self.name()), detail: d.into() };
+        let Some((_, d)) = self.log.read_at(off)? else { return Err(corrupt("indexed record is past the end of the log")) };
+        let mut r = Reader::new(&d);
+        match (r.u8(), r.array::<32>()) {
+            (Some(KIND_SHARD), Some(k)) if &k == key => Ok(Some(r.rest().to_vec())),
+            _ => Err(corrupt("record does not hold the indexed key")),
         }
     }
 
     fn delete(&self, key: &Key) -> Result<()> {
-        let mut r = vec![KIND_DELETE];
-        r.extend_from_slice(key);
+        let mut rec = vec![KIND_DELETE];
+        rec.extend_from_slice(key);
         let mut m = self.lock()?;
         if !m.shards.contains_key(key) {
             return Ok(());
         }
-        let off = self.log.write(&r)?;
+        let off = self.log.write(&rec)?;
         self.log.sync()?;
-        apply(&mut m, off, &r);
+        m.shards.remove(key);
         m.covered = off + 1;
         m.since_save += 1;
         Ok(())
@@ -292,16 +455,30 @@ impl Backend for LocalBackend {
 
     fn get_head(&self, vdisk: &str) -> Result<Option<Vec<u8>>> {
         let off = match self.lock()?.heads.get(vdisk) {
-            Some((o, _)) => *o,
+            Some((o, _, _)) => *o,
             None => return Ok(None),
         };
-        match self.log.read_at(off)? {
-            Some((_, d)) if d.len() >= 3 && d[0] == KIND_HEAD => {
-                let n = u16::from_le_bytes([d[1], d[2]]) as usize;
-                Ok(Some(d[3 + n..].to_vec()))
+        let corrupt = || Error::Corrupt { location: format!("{} offset {off}", self.name()), detail: "record is not a head record".into() };
+        let Some((_, d)) = self.log.read_at(off)? else { return Err(corrupt()) };
+        let mut r = Reader::new(&d);
+        match r.u8() {
+            Some(KIND_HEAD_V1) => {
+                r.str16().ok_or_else(corrupt)?;
+                Ok(Some(r.rest().to_vec()))
             }
-            _ => Err(Error::Corrupt { location: format!("{} offset {off}", self.name()), detail: "record is not a head record".into() }),
+            Some(KIND_HEAD) => {
+                r.str16().ok_or_else(corrupt)?;
+                r.u64().zip(r.u64()).ok_or_else(corrupt)?;
+                Ok(Some(r.rest().to_vec()))
+            }
+            _ => Err(corrupt()),
         }
+    }
+
+    fn vdisks(&self) -> Result<Vec<String>> {
+        let mut v: Vec<String> = self.lock()?.heads.keys().cloned().collect();
+        v.sort();
+        Ok(v)
     }
 }
 
@@ -315,15 +492,30 @@ mod tests {
         v
     }
 
+    fn hw<'a>(vdisk: &'a str, epoch: u64, height: u64, record: &'a [u8]) -> HeadWrite<'a> {
+        HeadWrite { vdisk, epoch, height, record }
+    }
+
+    fn sw<'a>(key: &'a Key, bytes: &'a [u8]) -> ShardWrite<'a> {
+        ShardWrite { vdisk: "vd", epoch: 1, key, bytes }
+    }
+
+    fn store() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        LocalBackend::init(d.path()).unwrap();
+        d
+    }
+
     #[test]
     fn put_get_restart_with_and_without_keymap() {
-        let d = tempfile::tempdir().unwrap();
+        let d = store();
         let k1 = [1u8; 32];
         let k2 = [2u8; 32];
         {
             let b = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
-            b.put_batch(&[(&k1, b"one"), (&k2, b"two")], &[("vd", &head(2))]).unwrap();
-            b.put_batch(&[], &[("vd", &head(1))]).unwrap(); // older head loses
+            b.put_batch(&[sw(&k1, b"one"), sw(&k2, b"two")], &[hw("vd", 1, 2, &head(2))]).unwrap();
+            b.put_batch(&[], &[hw("vd", 1, 1, &head(1))]).unwrap(); // older head loses
+            b.put_batch(&[], &[hw("vd", 0, 9, &head(9))]).unwrap(); // older epoch loses
             b.delete(&k2).unwrap();
         }
         for remove_map in [false, true] {
@@ -333,7 +525,8 @@ mod tests {
             let b = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
             assert_eq!(b.get(&k1).unwrap().unwrap(), b"one");
             assert_eq!(b.get(&k2).unwrap(), None);
-            assert_eq!(head_height(&b.get_head("vd").unwrap().unwrap()), 2);
+            assert_eq!(b.get_head("vd").unwrap().unwrap(), head(2));
+            assert_eq!(b.vdisks().unwrap(), vec!["vd".to_string()]);
         }
         // A stale map (covers more than the log) is rebuilt.
         let mut m = load_keymap(&d.path().join("keymap")).unwrap();
@@ -341,5 +534,74 @@ mod tests {
         save_keymap(d.path(), &m).unwrap();
         let b = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
         assert_eq!(b.get(&k1).unwrap().unwrap(), b"one");
+    }
+
+    #[test]
+    fn missing_or_empty_directories_are_not_stores() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s");
+        let e = LocalBackend::open(&p, BigLogOptions::default()).err().unwrap().to_string();
+        assert!(e.contains("missing") && e.contains("tlog store init"), "{e}");
+        assert!(!p.exists(), "open must not create the directory");
+        std::fs::create_dir(&p).unwrap();
+        let e = LocalBackend::open(&p, BigLogOptions::default()).err().unwrap().to_string();
+        assert!(e.contains("empty"), "{e}");
+        LocalBackend::init(&p).unwrap();
+        assert!(LocalBackend::init(&p).unwrap_err().to_string().contains("already a store"));
+        LocalBackend::open(&p, BigLogOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn readers_write_nothing_and_run_beside_the_writer() {
+        let d = store();
+        let w = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
+        let k = [7u8; 32];
+        w.put_batch(&[sw(&k, b"seven")], &[hw("vd", 1, 1, &head(1))]).unwrap();
+        let before: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let r = LocalBackend::open_read_only(d.path()).unwrap();
+        assert_eq!(r.get(&k).unwrap().unwrap(), b"seven");
+        assert!(r.put_batch(&[sw(&k, b"x")], &[]).is_err(), "a reader cannot write");
+        drop(r);
+        let after: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_not_panics() {
+        let d = store();
+        let b = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
+        // A head record whose vdisk length runs past the record (the old code sliced
+        // `d[3 + n..]` unchecked).
+        b.log.write(&[KIND_HEAD, 0xff, 0x7f, b'v']).unwrap();
+        b.log.sync().unwrap();
+        let mut m = KeyMap::default();
+        apply(&mut m, 0, &[KIND_HEAD, 0xff, 0x7f, b'v']);
+        assert!(m.heads.is_empty());
+        b.lock().unwrap().heads.insert("v".into(), (0, 0, 1));
+        assert!(matches!(b.get_head("v"), Err(Error::Corrupt { .. })));
+        for bad in [&b"TLOGKMAP\x02\x00\x00\x00"[..], &[0u8; 40][..]] {
+            assert!(decode_keymap(Path::new("k"), bad).is_err());
+        }
+    }
+
+    /// The key map's bytes, pinned.
+    #[test]
+    fn golden_keymap() {
+        let mut m = KeyMap { covered: 9, ..Default::default() };
+        m.shards.insert([3; 32], 5);
+        m.heads.insert("vd".into(), (6, 2, 7));
+        let b = encode_keymap(&m);
+        let mut want = b"TLOGKMAP\x02\x00\x00\x00\x09\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00".to_vec();
+        want.extend_from_slice(&[3; 32]);
+        want.extend_from_slice(&5u64.to_le_bytes());
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(b"\x02\x00vd");
+        for x in [6u64, 2, 7] {
+            want.extend_from_slice(&x.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&want);
+        want.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(b, want);
+        assert_eq!(decode_keymap(Path::new("k"), &b).unwrap(), m);
     }
 }

@@ -1,32 +1,69 @@
-//! In-memory backend for unit tests; can be switched off to simulate an outage.
+//! In-memory backend for tests, with injectable faults: down (every call fails), refusing
+//! writes, slow (a delay per call), hung (writes block until released or a bound passes, as a
+//! frozen server would until its client's timeout) and corrupting (stored shards get a flipped
+//! byte).
 
-use super::{head_height, Backend, Key};
+use super::{Backend, HeadWrite, Key, ShardWrite};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-/// Shards and heads in hash maps. `set_down(true)` makes every call fail.
+/// Shards and heads in hash maps, with faults switched on and off by the test.
 #[derive(Default)]
 pub struct MemoryBackend {
     name: String,
     shards: Mutex<HashMap<Key, Vec<u8>>>,
-    heads: Mutex<HashMap<String, Vec<u8>>>,
+    heads: Mutex<HashMap<String, ((u64, u64), Vec<u8>)>>,
     down: AtomicBool,
+    refuse_writes: AtomicBool,
+    corrupt_writes: AtomicBool,
+    delay_us: AtomicU64,
+    hang: (Mutex<bool>, Condvar),
+    /// How long a hung write waits before failing with a timeout (ms).
+    hang_bound_ms: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl MemoryBackend {
     /// A new empty backend named `name`.
     pub fn new(name: &str) -> Self {
-        MemoryBackend { name: name.into(), ..Default::default() }
+        let b = MemoryBackend { name: name.into(), ..Default::default() };
+        b.hang_bound_ms.store(10_000, Ordering::SeqCst);
+        b
     }
 
-    /// Simulates an outage (true) or recovery (false).
+    /// Simulates an outage (true) or recovery (false): every call fails.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    /// Overwrites a stored shard (to simulate corruption).
+    /// Writes fail (e.g. a full disk) while reads work.
+    pub fn set_refuse_writes(&self, refuse: bool) {
+        self.refuse_writes.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Shards written from now on are stored with their last byte flipped.
+    pub fn set_corrupt_writes(&self, corrupt: bool) {
+        self.corrupt_writes.store(corrupt, Ordering::SeqCst);
+    }
+
+    /// Every call sleeps `d` first.
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_us.store(d.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Writes block until `set_hung(false)`, or fail after `bound` (a client's timeout).
+    pub fn set_hung(&self, hung: bool, bound: Duration) {
+        self.hang_bound_ms.store(bound.as_millis() as u64, Ordering::SeqCst);
+        if let Ok(mut h) = self.hang.0.lock() {
+            *h = hung;
+            self.hang.1.notify_all();
+        }
+    }
+
+    /// Overwrites a stored shard (to simulate corruption at rest).
     pub fn tamper(&self, key: &Key, f: impl FnOnce(&mut Vec<u8>)) {
         if let Ok(mut m) = self.shards.lock() {
             if let Some(v) = m.get_mut(key) {
@@ -45,16 +82,44 @@ impl MemoryBackend {
         self.len() == 0
     }
 
+    /// Whether a shard is stored under `key`.
+    pub fn has(&self, key: &Key) -> bool {
+        self.shards.lock().map(|m| m.contains_key(key)).unwrap_or(false)
+    }
+
+    /// Successful `put_batch` calls so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    fn err(&self, detail: &str) -> Error {
+        Error::Backend { backend: self.name(), detail: detail.into() }
+    }
+
     fn check(&self) -> Result<()> {
+        let d = self.delay_us.load(Ordering::SeqCst);
+        if d > 0 {
+            std::thread::sleep(Duration::from_micros(d));
+        }
         if self.down.load(Ordering::SeqCst) {
-            return Err(Error::Backend { backend: self.name(), detail: "down (simulated)".into() });
+            return Err(self.err("down (simulated)"));
         }
         Ok(())
     }
-}
 
-fn poisoned(name: &str) -> Error {
-    Error::Backend { backend: name.into(), detail: "lock poisoned".into() }
+    fn wait_unhung(&self) -> Result<()> {
+        let bound = Duration::from_millis(self.hang_bound_ms.load(Ordering::SeqCst));
+        let end = Instant::now() + bound;
+        let mut h = self.hang.0.lock().map_err(|_| self.err("lock poisoned"))?;
+        while *h {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.err("timed out (simulated hang)"));
+            }
+            h = self.hang.1.wait_timeout(h, left).map_err(|_| self.err("lock poisoned"))?.0;
+        }
+        Ok(())
+    }
 }
 
 impl Backend for MemoryBackend {
@@ -62,35 +127,54 @@ impl Backend for MemoryBackend {
         format!("memory {}", self.name)
     }
 
-    fn put_batch(&self, shards: &[(&Key, &[u8])], heads: &[(&str, &[u8])]) -> Result<()> {
+    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
         self.check()?;
-        let mut m = self.shards.lock().map_err(|_| poisoned(&self.name))?;
-        for (k, v) in shards {
-            m.insert(**k, v.to_vec());
+        self.wait_unhung()?;
+        if self.refuse_writes.load(Ordering::SeqCst) {
+            return Err(self.err("write refused (simulated)"));
         }
-        let mut h = self.heads.lock().map_err(|_| poisoned(&self.name))?;
-        for (vd, v) in heads {
-            let newer = h.get(*vd).map(|old| head_height(v) > head_height(old)).unwrap_or(true);
-            if newer {
-                h.insert(vd.to_string(), v.to_vec());
+        let corrupt = self.corrupt_writes.load(Ordering::SeqCst);
+        let mut m = self.shards.lock().map_err(|_| self.err("lock poisoned"))?;
+        for s in shards {
+            let mut v = s.bytes.to_vec();
+            if corrupt {
+                if let Some(b) = v.last_mut() {
+                    *b ^= 0x40;
+                }
+            }
+            m.insert(*s.key, v);
+        }
+        let mut hm = self.heads.lock().map_err(|_| self.err("lock poisoned"))?;
+        for h in heads {
+            let order = (h.epoch, h.height);
+            if hm.get(h.vdisk).map(|(o, _)| order > *o).unwrap_or(true) {
+                hm.insert(h.vdisk.to_string(), (order, h.record.to_vec()));
             }
         }
+        self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
         self.check()?;
-        Ok(self.shards.lock().map_err(|_| poisoned(&self.name))?.get(key).cloned())
+        Ok(self.shards.lock().map_err(|_| self.err("lock poisoned"))?.get(key).cloned())
     }
 
     fn delete(&self, key: &Key) -> Result<()> {
         self.check()?;
-        self.shards.lock().map_err(|_| poisoned(&self.name))?.remove(key);
+        self.shards.lock().map_err(|_| self.err("lock poisoned"))?.remove(key);
         Ok(())
     }
 
     fn get_head(&self, vdisk: &str) -> Result<Option<Vec<u8>>> {
         self.check()?;
-        Ok(self.heads.lock().map_err(|_| poisoned(&self.name))?.get(vdisk).cloned())
+        Ok(self.heads.lock().map_err(|_| self.err("lock poisoned"))?.get(vdisk).map(|(_, r)| r.clone()))
+    }
+
+    fn vdisks(&self) -> Result<Vec<String>> {
+        self.check()?;
+        let mut v: Vec<String> = self.heads.lock().map_err(|_| self.err("lock poisoned"))?.keys().cloned().collect();
+        v.sort();
+        Ok(v)
     }
 }

@@ -1,37 +1,62 @@
 //! Backends: where shards and head records are stored.
 //!
 //! One [`Backend`] is one shard index's store: a local store directory ([`local`]), one
-//! Redis-protocol server ([`redis`]), or memory ([`memory`], for tests). A vdisk's aggregation
-//! is written as k+m shards, shard `i` to backend `i`.
+//! Redis-protocol server ([`redis`]), or memory ([`memory`], for tests, with injectable faults).
+//! A vdisk's aggregation is written as k+m shards, shard `i` to backend `i`. [`Unusable`] stands
+//! for a backend that could not be opened (readers tolerate up to m of them); [`Reopening`]
+//! wraps one that tlogd tries to open again from time to time (a degraded start).
 //!
 //! Durability contract: when [`Backend::put_batch`] returns `Ok`, every shard and head record
 //! of the batch survives a crash of the machine holding the backend (fsync'd for `local`;
 //! `appendfsync always` or WAITAOF for `redis`). `get` never returns bytes that were not put
-//! (the shard header's checksum is verified above this layer too).
+//! (the shard header's checksum is verified above this layer too). Every operation is bounded
+//! in time (a stalled Redis server answers with a timeout error, never a hang).
 
 pub mod local;
 pub mod memory;
 pub mod redis;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// An aggregation's key: BLAKE3-256 of its sealed bytes.
 pub type Key = [u8; 32];
+
+/// One shard to store: shard bytes of an aggregation of `vdisk` sealed in `epoch`.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardWrite<'a> {
+    /// The vdisk the aggregation belongs to.
+    pub vdisk: &'a str,
+    /// The writer epoch that sealed it.
+    pub epoch: u64,
+    /// The aggregation's key.
+    pub key: &'a Key,
+    /// The encoded shard (header, checksum, data).
+    pub bytes: &'a [u8],
+}
+
+/// One head record to store. A backend keeps, per vdisk, the record with the greatest
+/// `(epoch, height)`: an older one arriving late never replaces a newer one.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadWrite<'a> {
+    /// The vdisk.
+    pub vdisk: &'a str,
+    /// Epoch of the writer that wrote it.
+    pub epoch: u64,
+    /// Chain height of the aggregation it names (1 for the first).
+    pub height: u64,
+    /// The encoded record (`seal::HeadRecord`), opaque here.
+    pub record: &'a [u8],
+}
 
 /// A store for one shard index.
 pub trait Backend: Send + Sync {
     /// Human-readable name for logs and errors, e.g. "local /data/store0".
     fn name(&self) -> String;
 
-    /// Stores the shards (`key → bytes`) and head records (`vdisk → bytes`) durably; returns
-    /// after all are durable. Head records of a vdisk replace older ones only when the new
-    /// record's height (bytes 8..16 of the encoded head, see `flush::chain`) is greater.
-    fn put_batch(&self, shards: &[(&Key, &[u8])], heads: &[(&str, &[u8])]) -> Result<()>;
-
-    /// Stores one shard durably.
-    fn put(&self, key: &Key, shard: &[u8]) -> Result<()> {
-        self.put_batch(&[(key, shard)], &[])
-    }
+    /// Stores the shards and head records durably; returns after all are durable.
+    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()>;
 
     /// The shard stored under `key`, if any.
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>>;
@@ -41,14 +66,165 @@ pub trait Backend: Send + Sync {
 
     /// The newest head record of `vdisk`, if any.
     fn get_head(&self, vdisk: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Every vdisk with a head record here.
+    fn vdisks(&self) -> Result<Vec<String>>;
 }
 
-/// Height stored in an encoded head record (bytes 8..16, little-endian); 0 when too short.
-pub fn head_height(head: &[u8]) -> u64 {
-    if head.len() < 16 {
-        return 0;
+/// A backend that cannot be used (a store directory missing or damaged, a bad address):
+/// every call fails with the reason.
+pub struct Unusable {
+    name: String,
+    reason: String,
+}
+
+impl Unusable {
+    /// An unusable backend named `name` (e.g. "local /data/store/3"), failing with `reason`.
+    pub fn new(name: impl Into<String>, reason: impl Into<String>) -> Unusable {
+        Unusable { name: name.into(), reason: reason.into() }
     }
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&head[8..16]);
-    u64::from_le_bytes(a)
+
+    /// Why it is unusable.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    fn err<T>(&self) -> Result<T> {
+        Err(Error::Backend { backend: self.name.clone(), detail: format!("unusable: {}", self.reason) })
+    }
+}
+
+impl Backend for Unusable {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn put_batch(&self, _: &[ShardWrite<'_>], _: &[HeadWrite<'_>]) -> Result<()> {
+        self.err()
+    }
+    fn get(&self, _: &Key) -> Result<Option<Vec<u8>>> {
+        self.err()
+    }
+    fn delete(&self, _: &Key) -> Result<()> {
+        self.err()
+    }
+    fn get_head(&self, _: &str) -> Result<Option<Vec<u8>>> {
+        self.err()
+    }
+    fn vdisks(&self) -> Result<Vec<String>> {
+        self.err()
+    }
+}
+
+/// Opens the backend behind a [`Reopening`].
+pub type Opener = Box<dyn Fn() -> Result<Arc<dyn Backend>> + Send + Sync>;
+
+/// A backend that could not be opened at start: every call fails with the last reason until
+/// an attempt to open it (at most one per `interval`, made by the call that finds it due)
+/// succeeds; from then on calls go to the opened backend. Shards it missed meanwhile are in
+/// the repair queue.
+pub struct Reopening {
+    name: String,
+    open: Opener,
+    interval: Duration,
+    inner: RwLock<Option<Arc<dyn Backend>>>,
+    state: Mutex<(Instant, String)>,
+}
+
+impl Reopening {
+    /// Wraps a backend named `name` that failed to open with `reason`; `open` is tried again
+    /// every `interval`.
+    pub fn new(name: impl Into<String>, reason: impl Into<String>, interval: Duration, open: Opener) -> Reopening {
+        Reopening { name: name.into(), open, interval, inner: RwLock::new(None), state: Mutex::new((Instant::now(), reason.into())) }
+    }
+
+    /// The opened backend, trying to open it if an attempt is due.
+    fn backend(&self) -> Result<Arc<dyn Backend>> {
+        if let Some(b) = self.inner.read().map_err(|_| self.poisoned())?.as_ref() {
+            return Ok(b.clone());
+        }
+        let mut st = self.state.lock().map_err(|_| self.poisoned())?;
+        if let Some(b) = self.inner.read().map_err(|_| self.poisoned())?.as_ref() {
+            return Ok(b.clone());
+        }
+        if st.0.elapsed() >= self.interval {
+            st.0 = Instant::now();
+            match (self.open)() {
+                Ok(b) => {
+                    tracing::warn!(backend = %self.name, "unusable backend opened: it takes writes again and repair fills in what it missed");
+                    *self.inner.write().map_err(|_| self.poisoned())? = Some(b.clone());
+                    return Ok(b);
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if why != st.1 {
+                        tracing::warn!(backend = %self.name, "backend still unusable: {why}");
+                    }
+                    st.1 = why;
+                }
+            }
+        }
+        Err(Error::Backend { backend: self.name.clone(), detail: format!("unusable: {}", st.1) })
+    }
+
+    /// Whether the backend has been opened.
+    pub fn is_open(&self) -> bool {
+        self.inner.read().map(|g| g.is_some()).unwrap_or(false)
+    }
+
+    fn poisoned(&self) -> Error {
+        Error::Backend { backend: self.name.clone(), detail: "lock poisoned".into() }
+    }
+}
+
+impl Backend for Reopening {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
+        self.backend()?.put_batch(shards, heads)
+    }
+    fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
+        self.backend()?.get(key)
+    }
+    fn delete(&self, key: &Key) -> Result<()> {
+        self.backend()?.delete(key)
+    }
+    fn get_head(&self, vdisk: &str) -> Result<Option<Vec<u8>>> {
+        self.backend()?.get_head(vdisk)
+    }
+    fn vdisks(&self) -> Result<Vec<String>> {
+        self.backend()?.vdisks()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn reopening_fails_with_the_reason_until_it_opens() {
+        let ready = Arc::new(AtomicBool::new(false));
+        let r = ready.clone();
+        let b = Reopening::new(
+            "memory x",
+            "missing",
+            Duration::ZERO,
+            Box::new(move || {
+                if r.load(Ordering::SeqCst) {
+                    Ok(Arc::new(memory::MemoryBackend::new("x")) as Arc<dyn Backend>)
+                } else {
+                    Err(Error::NotFound("still missing".into()))
+                }
+            }),
+        );
+        let e = b.get_head("v").unwrap_err().to_string();
+        assert!(e.contains("still missing"), "{e}");
+        assert!(!b.is_open());
+        ready.store(true, Ordering::SeqCst);
+        assert_eq!(b.get_head("v").unwrap(), None);
+        assert!(b.is_open());
+        let u = Unusable::new("local /d", "bad magic");
+        assert!(u.get(&[0; 32]).unwrap_err().to_string().contains("bad magic"));
+    }
 }

@@ -2,30 +2,29 @@
 //! index, through the `redis` crate's synchronous connection.
 //!
 //! Keys: `tlog:s:<32-byte key>` holds a shard; `tlog:h:<vdisk>` a head record and
-//! `tlog:hh:<vdisk>` its height (so an older head never replaces a newer one: the two are set
-//! by one Lua script only when the height grows). A batch is one pipelined round trip.
+//! `tlog:hh:<vdisk>` its order "epoch height" (a bare "height", written by older versions,
+//! counts as epoch 0), so an older head never replaces a newer one: the two are set by one Lua
+//! script only when (epoch, height) grows. A batch is one pipelined round trip.
+//!
+//! Every operation is bounded by `timeout`: the connection is made with the crate's connect
+//! timeout and without its setup round trip (the `disable-client-setinfo` feature, no password
+//! or database in the connection info), the socket's read and write timeouts are set, and only
+//! then are `AUTH` and `SELECT` sent. (The crate otherwise sends `CLIENT SETINFO` and reads its
+//! reply before any timeout applies: a server frozen with SIGSTOP, whose kernel still accepts
+//! connections, held every caller for as long as it stayed frozen.) A failed operation is
+//! retried on a new connection while its time bound lasts (every operation here is
+//! idempotent).
 //!
 //! Durability ([`Durability`]): `appendfsync-always` checks at connect that the server runs with
 //! `appendonly yes` and `appendfsync always` (so a reply means fsync'd); `waitaof` sends
 //! `WAITAOF 1 0 <timeout>` after each batch (Redis 7.2+); `none` trusts the reply alone (not
 //! durable: only for throwaway setups).
 
-use super::{Backend, Key};
+use super::{Backend, HeadWrite, Key, ShardWrite};
+pub use crate::config::Durability;
 use crate::error::{Error, Result};
 use std::sync::Mutex;
-use std::time::Duration;
-
-/// How a reply is made durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Durability {
-    /// The server runs `appendonly yes` + `appendfsync always` (checked at connect).
-    AppendfsyncAlways,
-    /// `WAITAOF 1 0 timeout` after every batch.
-    Waitaof,
-    /// No durability check (not durable).
-    None,
-}
+use std::time::{Duration, Instant};
 
 /// Connection settings of one server.
 #[derive(Clone, Debug)]
@@ -38,7 +37,7 @@ pub struct RedisSettings {
     pub password: Option<String>,
     /// Durability mode.
     pub durability: Durability,
-    /// Connect, read and write timeout.
+    /// Bound of every operation: connect, and each read and write.
     pub timeout: Duration,
 }
 
@@ -48,8 +47,17 @@ pub struct RedisBackend {
     conn: Mutex<Option<redis::Connection>>,
 }
 
-const SET_HEAD: &str = "local h = tonumber(redis.call('GET', KEYS[2]) or '-1') \
-if tonumber(ARGV[2]) > h then redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[2]) end return 1";
+const SET_HEAD: &str = "local cur = redis.call('GET', KEYS[2]) \
+local ce, ch = -1, -1 \
+if cur then local a, b = string.match(cur, '^(%d+) (%d+)$') \
+  if a then ce = tonumber(a); ch = tonumber(b) else ce = 0; ch = tonumber(cur) or -1 end end \
+local e, h = tonumber(ARGV[2]), tonumber(ARGV[3]) \
+if e > ce or (e == ce and h > ch) then redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[3]) end \
+return 1";
+
+/// Keys SCAN asks for per round trip when listing vdisks, and the most rounds it makes.
+const SCAN_COUNT: u64 = 1000;
+const SCAN_MAX_ROUNDS: usize = 100_000;
 
 fn shard_key(k: &Key) -> Vec<u8> {
     let mut v = b"tlog:s:".to_vec();
@@ -71,14 +79,22 @@ impl RedisBackend {
     fn connect(&self) -> Result<redis::Connection> {
         let (host, port) = self.s.address.rsplit_once(':').ok_or_else(|| self.err("address must be host:port"))?;
         let port: u16 = port.parse().map_err(|_| self.err("bad port"))?;
+        // No password and database 0 here: the crate would send AUTH/SELECT before the read
+        // timeout below applies. They are sent once it does.
         let info = redis::ConnectionInfo {
             addr: redis::ConnectionAddr::Tcp(host.trim_matches(['[', ']']).to_string(), port),
-            redis: redis::RedisConnectionInfo { db: self.s.db, username: None, password: self.s.password.clone(), protocol: redis::ProtocolVersion::RESP2 },
+            redis: redis::RedisConnectionInfo { db: 0, username: None, password: None, protocol: redis::ProtocolVersion::RESP2 },
         };
         let client = redis::Client::open(info).map_err(|e| self.err(e))?;
         let mut c = client.get_connection_with_timeout(self.s.timeout).map_err(|e| self.err(format!("connect: {e}")))?;
         c.set_read_timeout(Some(self.s.timeout)).map_err(|e| self.err(e))?;
         c.set_write_timeout(Some(self.s.timeout)).map_err(|e| self.err(e))?;
+        if let Some(pw) = &self.s.password {
+            redis::cmd("AUTH").arg(pw).query::<()>(&mut c).map_err(|e| self.err(format!("AUTH: {e}")))?;
+        }
+        if self.s.db != 0 {
+            redis::cmd("SELECT").arg(self.s.db).query::<()>(&mut c).map_err(|e| self.err(format!("SELECT {}: {e}", self.s.db)))?;
+        }
         if self.s.durability == Durability::AppendfsyncAlways {
             let get = |name: &str, c: &mut redis::Connection| -> Option<String> {
                 let v: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG").arg("GET").arg(name).query(c);
@@ -97,14 +113,18 @@ impl RedisBackend {
         Ok(c)
     }
 
-    /// Runs `f` on the connection (connecting first if needed). An I/O error drops the
-    /// connection; the operation is retried on a new connection up to 3 times in all, since
-    /// every operation here is idempotent (SET, max-height EVAL, GET, DEL). This also covers
+    /// Runs `f` on the connection (connecting first if needed). An error drops the connection;
+    /// an I/O error is retried on a new connection while the operation's time bound
+    /// (`timeout`, plus one more try if the first failed at once) lasts. This also covers
     /// EINTR, which signals of DPDK's EAL threads can cause in blocking socket calls.
     fn with_conn<T>(&self, f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
+        let start = Instant::now();
         let mut g = self.conn.lock().map_err(|_| self.err("connection lock poisoned"))?;
         let mut last = None;
-        for _ in 0..3 {
+        for attempt in 0..3 {
+            if attempt > 0 && start.elapsed() >= self.s.timeout {
+                break;
+            }
             if g.is_none() {
                 match self.connect() {
                     Ok(c) => *g = Some(c),
@@ -119,7 +139,7 @@ impl RedisBackend {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     *g = None; // reconnect for the next try
-                    let io = e.is_io_error();
+                    let io = e.is_io_error() || e.is_timeout();
                     last = Some(self.err(e));
                     if !io {
                         break;
@@ -136,16 +156,24 @@ impl Backend for RedisBackend {
         format!("redis {}", self.s.address)
     }
 
-    fn put_batch(&self, shards: &[(&Key, &[u8])], heads: &[(&str, &[u8])]) -> Result<()> {
+    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
         let durability = self.s.durability;
         let timeout_ms = self.s.timeout.as_millis() as u64;
         let waited: Option<Vec<i64>> = self.with_conn(|c| {
             let mut p = redis::pipe();
-            for (k, v) in shards {
-                p.cmd("SET").arg(shard_key(k)).arg(*v).ignore();
+            for s in shards {
+                p.cmd("SET").arg(shard_key(s.key)).arg(s.bytes).ignore();
             }
-            for (vd, v) in heads {
-                p.cmd("EVAL").arg(SET_HEAD).arg(2).arg(format!("tlog:h:{vd}")).arg(format!("tlog:hh:{vd}")).arg(*v).arg(super::head_height(v)).ignore();
+            for h in heads {
+                p.cmd("EVAL")
+                    .arg(SET_HEAD)
+                    .arg(2)
+                    .arg(format!("tlog:h:{}", h.vdisk))
+                    .arg(format!("tlog:hh:{}", h.vdisk))
+                    .arg(h.record)
+                    .arg(h.epoch)
+                    .arg(h.height)
+                    .ignore();
             }
             if durability == Durability::Waitaof {
                 p.cmd("WAITAOF").arg(1).arg(0).arg(timeout_ms);
@@ -174,5 +202,22 @@ impl Backend for RedisBackend {
 
     fn get_head(&self, vdisk: &str) -> Result<Option<Vec<u8>>> {
         self.with_conn(|c| redis::cmd("GET").arg(format!("tlog:h:{vdisk}")).query(c))
+    }
+
+    fn vdisks(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        for _ in 0..SCAN_MAX_ROUNDS {
+            let (next, keys): (u64, Vec<String>) =
+                self.with_conn(|c| redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("tlog:h:*").arg("COUNT").arg(SCAN_COUNT).query(c))?;
+            out.extend(keys.into_iter().filter_map(|k| k.strip_prefix("tlog:h:").map(String::from)));
+            if next == 0 {
+                out.sort();
+                out.dedup();
+                return Ok(out);
+            }
+            cursor = next;
+        }
+        Err(self.err(format!("SCAN did not finish in {SCAN_MAX_ROUNDS} rounds")))
     }
 }

@@ -4,12 +4,12 @@
 
 use crate::client::{Client, ClientConfig};
 use crate::error::{Error, IoContext, Result};
+use crate::session::{Progress, Protocol};
 use crate::wire::{
     decode_client_message, decode_handshake_request, encode_handshake_response, encode_server_message, ClientMessage, FrameDecoder, HandshakeResponse,
     HandshakeStatus, ServerMessage, PROTOCOL_VERSION,
 };
-use std::io::{IsTerminal, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -260,47 +260,29 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
 }
 
 /// The sink: speaks the handshake, parses every frame and discards it, acking each read batch
-/// as received and flushed at once. Serves until `stop` is set or `max` has passed.
+/// as received and flushed at once, served by the kernel front-end's loop. Serves until `stop`
+/// is set or `max` has passed.
 pub fn sink(listen: &str, stop: Arc<AtomicBool>, max: Duration) -> Result<()> {
-    let l = TcpListener::bind(listen).ctx(|| format!("listen on {listen}"))?;
-    l.set_nonblocking(true).ctx(|| "set nonblocking".into())?;
+    let l = crate::net::kernel::bind(listen)?;
     eprintln!("tlog bench sink: listening on {}", l.local_addr().map(|a| a.to_string()).unwrap_or_default());
-    let end = Instant::now() + max;
-    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
-        match l.accept() {
-            Ok((s, _)) => {
-                let st = stop.clone();
-                std::thread::spawn(move || {
-                    if let Err(e) = sink_conn(s, st) {
-                        tracing::debug!("sink connection: {e}");
-                    }
-                });
+    let st = stop.clone();
+    std::thread::Builder::new()
+        .name("sink-timer".into())
+        .spawn(move || {
+            let end = Instant::now() + max;
+            while !st.load(Ordering::SeqCst) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(Error::io("accept", e)),
-        }
-    }
-    Ok(())
+            st.store(true, Ordering::SeqCst);
+        })
+        .ctx(|| "spawn sink timer".into())?;
+    let rules = crate::net::Rules { max_connections: 4096, handshake_timeout: Duration::from_secs(60), idle_timeout: None };
+    crate::net::kernel::serve(l, sink_factory(), rules, stop)
 }
 
-fn sink_conn(mut s: TcpStream, stop: Arc<AtomicBool>) -> Result<()> {
-    s.set_nonblocking(false).ctx(|| "set blocking".into())?;
-    s.set_nodelay(true).ctx(|| "nodelay".into())?;
-    s.set_read_timeout(Some(Duration::from_millis(200))).ctx(|| "timeout".into())?;
-    let mut sink = SinkSession::new();
-    while !stop.load(Ordering::SeqCst) {
-        let n = match s.read(sink.receive_buffer(256 << 10)) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
-            Err(e) => return Err(Error::io("read", e)),
-        };
-        sink.on_received(n)?;
-        if sink.has_output() {
-            s.write_all(&sink.take_output()).ctx(|| "write".into())?;
-        }
-    }
-    Ok(())
+/// Makes a [`SinkSession`] per connection (for a front-end's serve loop, e.g. `tlogd --sink`).
+pub fn sink_factory() -> crate::net::Factory {
+    Arc::new(|_peer: String| Box::new(SinkSession::new()) as Box<dyn Protocol>)
 }
 
 /// The sink's protocol side, sans-IO (driven by the kernel sink above and by the userspace
@@ -330,19 +312,6 @@ impl SinkSession {
         self.process()
     }
 
-    /// Space of at least `min` bytes to receive into (no copy); then call
-    /// [`SinkSession::on_received`] with the count written.
-    pub fn receive_buffer(&mut self, min: usize) -> &mut [u8] {
-        self.decoder().receive_buffer(min)
-    }
-
-    /// Processes `n` bytes written into [`SinkSession::receive_buffer`]. Errors as
-    /// [`SinkSession::on_bytes`].
-    pub fn on_received(&mut self, n: usize) -> Result<()> {
-        self.decoder().commit(n);
-        self.process()
-    }
-
     fn process(&mut self) -> Result<()> {
         let dec = self.dec.get_or_insert_with(|| FrameDecoder::new(64 << 20));
         let mut run: Option<(u64, u64)> = None;
@@ -355,6 +324,7 @@ impl SinkSession {
                     last_flushed_sequence: 0,
                     has_flushed: false,
                     message: "sink".into(),
+                    epoch: 1,
                 }));
                 self.attached = true;
                 continue;
@@ -375,21 +345,55 @@ impl SinkSession {
         }
         Ok(())
     }
+}
 
-    /// Whether acks wait to be sent.
-    pub fn has_output(&self) -> bool {
+impl Protocol for SinkSession {
+    fn receive_buffer(&mut self, min: usize) -> &mut [u8] {
+        self.decoder().receive_buffer(min)
+    }
+
+    fn on_received(&mut self, n: usize) -> Progress {
+        self.decoder().commit(n);
+        match self.process() {
+            Ok(()) => Progress::Ready,
+            Err(e) => {
+                tracing::debug!("sink connection: {e}");
+                Progress::Close
+            }
+        }
+    }
+
+    fn resume(&mut self) -> Progress {
+        Progress::Ready
+    }
+
+    fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn has_output(&self) -> bool {
         !self.out.is_empty()
     }
 
-    /// The bytes to send (acks, handshake answer).
-    pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
+    fn take_acks(&mut self) -> Option<crossbeam_channel::Receiver<crate::flush::Ack>> {
+        None
     }
+
+    fn wait(&self, timeout: Duration) {
+        std::thread::sleep(timeout.min(Duration::from_millis(1)));
+    }
+
+    fn attached(&self) -> bool {
+        self.attached
+    }
+
+    fn close(&mut self) {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::Protocol;
     use crate::wire::{decode_handshake_response, decode_server_message, encode_client_message, encode_handshake_request, Block, HandshakeRequest, Operation};
 
     fn frames(bytes: &[u8]) -> Vec<crate::wire::Frame> {
@@ -411,6 +415,7 @@ mod tests {
             first_sequence: 1,
             token: String::new(),
             reset_first_sequence: false,
+            resume_epoch: 0,
         });
         // Fed in two pieces: a frame split across reads still parses.
         s.on_bytes(&hs[..3]).unwrap();

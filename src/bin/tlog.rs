@@ -1,14 +1,15 @@
-//! tlog: the command-line tool (import, restore, store inspect/verify).
+//! tlog: the command-line tool (import, restore, bench, repair, scrub, store inspect/verify/init).
 
 use clap::{Parser, Subcommand};
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
-use tlog::client::{Client, ClientConfig};
+use tlog::client::{Client, ClientConfig, NoticeHandler};
 use tlog::config::Config;
-use tlog::flush::Sealer;
-use tlog::replay::{restore, RestoreOptions};
+use tlog::history::restore::{restore, RestoreOptions};
+use tlog::history::scrub::{scrub, ScrubOptions};
+use tlog::seal::Sealer;
 use tlog::store::BigLog;
 
 /// tlog command-line tool.
@@ -19,10 +20,41 @@ struct Args {
     cmd: Cmd,
 }
 
+/// Where a tool finds the backends and the key: a tlogd configuration and its data directory.
+#[derive(clap::Args, Debug, Clone)]
+struct Store {
+    /// tlogd configuration (backends, key); embedded defaults when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides server.data_dir (where the local store and the key live).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl Store {
+    fn load(&self) -> tlog::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            cfg.server.data_dir = d.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn sealer(cfg: &Config) -> tlog::Result<Sealer> {
+        let (key, _) = tlog::server::load_key(cfg, false)?;
+        Sealer::new(key, cfg.flush.k, cfg.flush.m)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Stream an image file to tlogd as write blocks (all-zero blocks as write_zeroes) and wait
-    /// until every block is flushed.
+    /// until every block is flushed. The blocks continue the vdisk's history (sequences after
+    /// its last flushed one).
     Import {
         /// tlogd address (host:port).
         #[arg(long)]
@@ -42,14 +74,11 @@ enum Cmd {
         /// The image file.
         image: PathBuf,
     },
-    /// Restore a vdisk from the backends into a raw image (tlogd need not run).
+    /// Restore a vdisk from the backends into a raw image (tlogd need not run; stores are
+    /// opened read-only, so it may).
     Restore {
-        /// tlogd configuration (backends, key); embedded defaults when absent.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Overrides server.data_dir (where the local store and the key live).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: Store,
         /// The vdisk.
         #[arg(long)]
         vdisk: String,
@@ -103,6 +132,30 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         max_seconds: u64,
     },
+    /// Repair offline what the repair queue (`<data_dir>/repair.log`) holds: rebuild each
+    /// missing shard from k good ones and write it (tlogd must not run on a local store).
+    Repair {
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Read and check every shard and head record of every vdisk (or one); with --repair,
+    /// rewrite what is bad or missing. Exit 1 when problems remain.
+    Scrub {
+        #[command(flatten)]
+        store: Store,
+        /// Only this vdisk.
+        #[arg(long)]
+        vdisk: Option<String>,
+        /// Rewrite bad or missing shards and heads (tlogd must not run on a local store).
+        #[arg(long)]
+        repair: bool,
+        /// Shard bytes read per second at most, MiB.
+        #[arg(long, default_value_t = 256)]
+        rate_mib: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Operator commands for a store directory.
     Store {
         #[command(subcommand)]
@@ -122,64 +175,43 @@ enum StoreCmd {
         /// Store directory.
         dir: PathBuf,
     },
-}
-
-/// RFC 3339 with nanoseconds, UTC.
-fn fmt_ts(ns: u64) -> String {
-    humantime::format_rfc3339_nanos(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string()
+    /// Make DIR (created if missing) an empty store directory. tlogd never recreates a missing
+    /// or empty store directory by itself (it may be a disk that failed to mount).
+    Init {
+        /// Store directory.
+        dir: PathBuf,
+    },
 }
 
 fn import(server: String, vdisk: String, block_size: u64, token: String, reconnect_timeout: u64, image: PathBuf) -> tlog::Result<()> {
-    if block_size == 0 || block_size % 512 != 0 || block_size > 4 << 20 {
-        return Err(tlog::Error::InvalidArgument(format!("--block-size {block_size}: a multiple of 512 up to 4194304")));
-    }
-    let mut f = std::fs::File::open(&image).map_err(|e| tlog::Error::io(format!("open image {}", image.display()), e))?;
+    let f = std::fs::File::open(&image).map_err(|e| tlog::Error::io(format!("open image {}", image.display()), e))?;
     let mut cfg = ClientConfig::new(&server, &vdisk);
     cfg.token = token;
     cfg.reconnect_timeout = std::time::Duration::from_secs(reconnect_timeout);
+    cfg.on_notice = Some(NoticeHandler(Arc::new(|n: &tlog::wire::Notice| match n.kind {
+        tlog::wire::NoticeKind::Waiting => eprintln!("tlog import: waiting: tlogd cannot make blocks durable yet: {}", n.message),
+        tlog::wire::NoticeKind::Resumed => eprintln!("tlog import: tlogd makes blocks durable again"),
+    })));
     let start = Instant::now();
     let client = Client::connect(cfg)?;
-    let mut blocks = 0u64;
-    let mut bytes = 0u64;
-    let mut offset = 0u64;
-    let mut buf = vec![0u8; block_size as usize];
-    loop {
-        let mut n = 0usize;
-        while n < buf.len() {
-            let r = f.read(&mut buf[n..]).map_err(|e| tlog::Error::io(format!("read image {}", image.display()), e))?;
-            if r == 0 {
-                break;
-            }
-            n += r;
-        }
-        if n == 0 {
-            break;
-        }
-        // Blocks start on sector boundaries (block_size is a multiple of 512); a short last
-        // block keeps its exact length so the restored image has the same size.
-        let lba = offset / 512;
-        if buf[..n].iter().all(|b| *b == 0) {
-            client.write_zeroes(lba, n as u64)?;
-        } else {
-            client.write(lba, buf[..n].to_vec())?;
-        }
-        blocks += 1;
-        bytes += n as u64;
-        offset += n as u64;
-        if (n as u64) < block_size {
-            break;
-        }
-    }
+    let r = tlog::client::import(&client, std::io::BufReader::with_capacity(1 << 20, f), block_size)?;
     client.flush()?;
     let secs = start.elapsed().as_secs_f64();
     let reconnects = client.reconnects();
     client.close()?;
     println!(
-        "imported {blocks} blocks, {bytes} bytes in {secs:.3} seconds ({:.1} MiB/s) to vdisk {vdisk}{}",
-        bytes as f64 / 1048576.0 / secs.max(1e-9),
+        "imported {} blocks, {} bytes in {secs:.3} seconds ({:.1} MiB/s) to vdisk {vdisk}{}",
+        r.blocks,
+        r.bytes,
+        r.bytes as f64 / 1048576.0 / secs.max(1e-9),
         if reconnects > 0 { format!(" ({reconnects} reconnects)") } else { String::new() }
     );
     Ok(())
+}
+
+/// RFC 3339 with nanoseconds, UTC.
+fn fmt_ts(ns: u64) -> String {
+    tlog::time::format_time(ns)
 }
 
 fn run(args: Args) -> tlog::Result<ExitCode> {
@@ -187,42 +219,32 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
         Cmd::Import { server, vdisk, block_size, token, reconnect_timeout, image } => {
             import(server, vdisk, block_size, token, reconnect_timeout, image).map(|_| ExitCode::SUCCESS)
         }
-        Cmd::Restore { config, data_dir, vdisk, output, to_sequence } => {
-            let mut cfg = match &config {
-                Some(p) => Config::load(p)?,
-                None => Config::default(),
-            };
-            if let Some(d) = data_dir {
-                cfg.server.data_dir = d;
-            }
-            cfg.validate()?;
-            if cfg.backend.kind == "local" {
-                for d in cfg.local_dirs() {
-                    if !d.is_dir() {
-                        tracing::warn!("store directory {} is missing: treating that backend as lost", d.display());
-                    }
-                }
-            }
-            let (key, _) = cfg.load_key(false)?;
-            let sealer = Sealer::new(key, cfg.flush.k, cfg.flush.m)?;
-            let backends = open_backends_for_restore(&cfg)?;
+        Cmd::Restore { store, vdisk, output, to_sequence } => {
+            let cfg = store.load()?;
+            let sealer = Store::sealer(&cfg)?;
+            let backends = tlog::server::open_backends_read_only(&cfg);
             let start = Instant::now();
-            let s = restore(&backends, &sealer, &vdisk, &output, &RestoreOptions { to_sequence, ..Default::default() })?;
+            let opts = RestoreOptions { to_sequence, max_image_bytes: cfg.server.max_vdisk_bytes, ..Default::default() };
+            let s = restore(&backends, &sealer, &vdisk, &output, &opts)?;
+            for (seq, why) in &s.bad_blocks {
+                eprintln!("tlog restore: block {seq} skipped: {why}");
+            }
             println!(
-                "restored vdisk {vdisk} to {}: {} aggregations, {} blocks, {} bytes written, image {} bytes, last sequence {}, {:.3} seconds",
+                "restored vdisk {vdisk} to {}: {} aggregations, {} blocks, {} bytes written, image {} bytes, last sequence {}, {:.3} seconds{}",
                 output.display(),
                 s.aggregations,
                 s.blocks,
                 s.bytes,
                 s.image_bytes,
                 s.last_sequence.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
-                start.elapsed().as_secs_f64()
+                start.elapsed().as_secs_f64(),
+                if s.bad_blocks.is_empty() { String::new() } else { format!(", {} bad blocks skipped", s.bad_blocks.len()) }
             );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { server, vdisks, block_size, compressibility, duration, blocks, ack, json, prefix, window_blocks, sink, listen, max_seconds } => {
             if sink {
-                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                     signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
                 }
@@ -252,6 +274,58 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
             }
             Ok(if r.errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        Cmd::Repair { store } => {
+            let cfg = store.load()?;
+            let sealer = Store::sealer(&cfg)?;
+            let backends = tlog::server::open_backends_offline(&cfg);
+            let queue = tlog::flush::repair::Queue::open(&cfg.server.data_dir.join("repair.log"))?;
+            let waiting = queue.backlog();
+            let r = tlog::flush::repair::repair_all(&backends, &sealer, &queue)?;
+            for (v, k, i) in &r.fixed {
+                println!("repaired shard {i} of aggregation {} of vdisk {v} on {}", hex::encode(k), backends[*i].name());
+            }
+            for (v, k, i) in &r.abandoned {
+                println!("cannot rebuild aggregation {} of vdisk {v} (shard {i} given up; run tlog scrub)", hex::encode(k));
+            }
+            for (v, k, i, why) in &r.failed {
+                println!("not repaired: shard {i} of aggregation {} of vdisk {v}: {why}", hex::encode(k));
+            }
+            println!("repair: {waiting} shards queued, {} repaired, {} failed (still queued), {} given up", r.fixed.len(), r.failed.len(), r.abandoned.len());
+            Ok(if r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Scrub { store, vdisk, repair, rate_mib, json } => {
+            let cfg = store.load()?;
+            let sealer = Store::sealer(&cfg)?;
+            let backends = if repair { tlog::server::open_backends_offline(&cfg) } else { tlog::server::open_backends_read_only(&cfg) };
+            let start = Instant::now();
+            let r = scrub(&backends, &sealer, &ScrubOptions { vdisk, repair, rate_mib })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).map_err(|e| tlog::Error::InvalidArgument(format!("json: {e}")))?);
+            } else {
+                for f in &r.findings {
+                    println!(
+                        "{:?} vdisk {}{}{}: {}{}",
+                        f.kind,
+                        f.vdisk,
+                        f.key.as_ref().map(|k| format!(" aggregation {k}")).unwrap_or_default(),
+                        f.backend.map(|b| format!(" on {}", backends[b].name())).unwrap_or_default(),
+                        f.detail,
+                        if f.repaired { " (repaired)" } else { "" }
+                    );
+                }
+                println!(
+                    "scrub: {} vdisks, {} aggregations, {} shards ({:.1} MiB) in {:.1} s; {} problems, {} repaired",
+                    r.vdisks,
+                    r.aggregations,
+                    r.shards,
+                    r.bytes as f64 / 1048576.0,
+                    start.elapsed().as_secs_f64(),
+                    r.findings.len(),
+                    r.findings.len() - r.unrepaired()
+                );
+            }
+            Ok(if r.unrepaired() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
         Cmd::Store { cmd: StoreCmd::Inspect { dir } } => {
             let log = BigLog::open_read_only(&dir)?;
             println!("store {}: offsets {}..{}", dir.display(), log.first_offset()?, log.next_offset()?);
@@ -265,7 +339,7 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
                     s.offsets,
                     s.data_bytes,
                     s.index_bytes,
-                    s.damage.map(|d| format!("  DAMAGED at offset {}", d.offset)).unwrap_or_default()
+                    s.damage.map(|d| format!("  DAMAGED at offset {}: {}", d.offset, d.detail)).unwrap_or_default()
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -284,57 +358,11 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
-    }
-}
-
-/// Opens backends for restore: a local store directory that is missing or cannot be opened is
-/// a lost backend (restore tolerates up to m), not an error.
-fn open_backends_for_restore(cfg: &Config) -> tlog::Result<Vec<std::sync::Arc<dyn tlog::backend::Backend>>> {
-    if cfg.backend.kind != "local" {
-        return cfg.open_backends();
-    }
-    let opts = tlog::store::BigLogOptions {
-        segment_bytes: cfg.backend.local.segment_bytes,
-        index_capacity: cfg.backend.local.index_capacity,
-        drop_cache: cfg.backend.local.drop_cache,
-        direct_io: cfg.backend.local.direct_io,
-    };
-    let mut v: Vec<std::sync::Arc<dyn tlog::backend::Backend>> = Vec::new();
-    for d in cfg.local_dirs() {
-        let b: std::sync::Arc<dyn tlog::backend::Backend> = if d.is_dir() {
-            match tlog::backend::local::LocalBackend::open(&d, opts.clone()) {
-                Ok(b) => std::sync::Arc::new(b),
-                Err(e) => {
-                    tracing::warn!("store {} unusable ({e}): treating it as lost", d.display());
-                    std::sync::Arc::new(Lost(d.display().to_string()))
-                }
-            }
-        } else {
-            std::sync::Arc::new(Lost(d.display().to_string()))
-        };
-        v.push(b);
-    }
-    Ok(v)
-}
-
-/// A backend that is gone: every call fails.
-struct Lost(String);
-
-impl tlog::backend::Backend for Lost {
-    fn name(&self) -> String {
-        format!("local {} (missing)", self.0)
-    }
-    fn put_batch(&self, _: &[(&tlog::backend::Key, &[u8])], _: &[(&str, &[u8])]) -> tlog::Result<()> {
-        Err(tlog::Error::Backend { backend: self.name(), detail: "store directory missing".into() })
-    }
-    fn get(&self, _: &tlog::backend::Key) -> tlog::Result<Option<Vec<u8>>> {
-        Err(tlog::Error::Backend { backend: self.name(), detail: "store directory missing".into() })
-    }
-    fn delete(&self, _: &tlog::backend::Key) -> tlog::Result<()> {
-        Err(tlog::Error::Backend { backend: self.name(), detail: "store directory missing".into() })
-    }
-    fn get_head(&self, _: &str) -> tlog::Result<Option<Vec<u8>>> {
-        Err(tlog::Error::Backend { backend: self.name(), detail: "store directory missing".into() })
+        Cmd::Store { cmd: StoreCmd::Init { dir } } => {
+            tlog::backend::local::LocalBackend::init(&dir)?;
+            println!("store {}: initialized (empty)", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -3,16 +3,26 @@
 //! server's lastFlushedSequence), and [`Client::flush`] that returns once everything sent is
 //! flushed.
 //!
+//! Sequences: a vdisk's sequences are unique for its whole life, so a new client continues
+//! after the server's durable head (`lastFlushedSequence + 1`, or `first_sequence` for a vdisk
+//! with nothing flushed); `reset_first_sequence` asks to jump forward to `first_sequence`, which
+//! the server refuses if its history already holds that number.
+//!
 //! Every block stays in the window until the server acks it *flushed*; [`Client::send`]
 //! blocks while the window is full (backpressure). A background thread reads acks and, when the
 //! connection drops, reconnects (50 ms doubling to 2 s between tries, for at most
-//! `reconnect_timeout`) and resends the window.
+//! `reconnect_timeout`) and resends the window. The first connect retries the same way while
+//! the server is unreachable or answers `internalError` (starting, taking over, full of
+//! connections); refusals that cannot pass (fenced, unauthorized, bad request) end it at once,
+//! decided on the typed [`Refusal`], never on message text. When the connection has been quiet
+//! for [`KEEPALIVE`], a `forceFlush` keeps it from the server's idle timeout. Server notices
+//! (why flushed acks wait, e.g. a full disk) go to `on_notice`.
 
-use crate::error::{Error, IoContext, Result};
-use crate::store::now_ns;
+use crate::error::{Error, IoContext, Refusal, Result};
+use crate::time::now_ns;
 use crate::wire::{
     decode_handshake_response, decode_server_message, encode_client_message, encode_handshake_request, Block, ClientMessage, ErrorCode, FrameDecoder,
-    HandshakeRequest, HandshakeStatus, Operation, ServerMessage, PROTOCOL_VERSION,
+    HandshakeRequest, HandshakeStatus, Notice, Operation, ServerMessage, PROTOCOL_VERSION,
 };
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -30,9 +40,10 @@ pub struct ClientConfig {
     pub vdisk: String,
     /// Auth token ("" = none).
     pub token: String,
-    /// First sequence of a fresh stream.
+    /// First sequence for a vdisk with nothing flushed (or the reset point). Default 1.
     pub first_sequence: u64,
-    /// Start a new sequence space on the first connect (`resetFirstSequence`).
+    /// Jump forward to `first_sequence` on the first connect (`resetFirstSequence`; refused by
+    /// the server when the vdisk's history holds it). Default false: continue after the head.
     pub reset_first_sequence: bool,
     /// Blocks in flight (not yet flushed) at most. Default 8192.
     pub window_blocks: usize,
@@ -47,7 +58,24 @@ pub struct ClientConfig {
     /// Longest a send waits for room in the window (the server acks nothing flushed, e.g.
     /// while its store is full). Default 600 s.
     pub send_timeout: Duration,
+    /// Called (on the client's reader thread) with every server notice: why flushed acks wait,
+    /// and when they resume.
+    pub on_notice: Option<NoticeHandler>,
 }
+
+/// A callback for server notices.
+#[derive(Clone)]
+pub struct NoticeHandler(pub Arc<dyn Fn(&Notice) + Send + Sync>);
+
+impl std::fmt::Debug for NoticeHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NoticeHandler")
+    }
+}
+
+/// How long a connection may stay quiet before the client sends a keepalive (a `forceFlush`,
+/// which flushes nothing on an idle vdisk): well inside tlogd's default `idle_timeout_ms`.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
 
 impl ClientConfig {
     /// Defaults for `server` and `vdisk`.
@@ -57,13 +85,14 @@ impl ClientConfig {
             vdisk: vdisk.into(),
             token: String::new(),
             first_sequence: 1,
-            reset_first_sequence: true,
+            reset_first_sequence: false,
             window_blocks: 8192,
             window_bytes: 128 << 20,
             connect_timeout: Duration::from_secs(2),
             reconnect_timeout: Duration::from_secs(120),
             flush_timeout: Duration::from_secs(600),
             send_timeout: Duration::from_secs(600),
+            on_notice: None,
         }
     }
 }
@@ -91,7 +120,12 @@ struct State {
     window_bytes: u64,
     next_sequence: u64,
     last_flushed: Option<u64>,
-    fatal: Option<String>,
+    /// Why the client stopped: the refusal (None: the server stayed unreachable) and a message.
+    fatal: Option<(Option<Refusal>, String)>,
+    /// The reset was accepted once (later reconnects continue).
+    reset_done: bool,
+    /// The writer epoch of the last attach (presented on reconnect; 0 before the first).
+    epoch: u64,
     reconnects: u64,
     latencies: Option<Latencies>,
     errors: u64,
@@ -104,6 +138,9 @@ struct Shared {
     writer: Mutex<Option<TcpStream>>,
     closed: AtomicBool,
     generation: AtomicU64,
+    /// When something was last sent (ms since `origin`), for the keepalive.
+    last_send_ms: AtomicU64,
+    origin: Instant,
 }
 
 /// A connection to tlogd for one vdisk.
@@ -129,9 +166,39 @@ fn read_frame(s: &mut TcpStream, dec: &mut FrameDecoder, buf: &mut [u8]) -> Resu
     }
 }
 
+fn refusal(s: HandshakeStatus) -> Refusal {
+    match s {
+        HandshakeStatus::BadRequest | HandshakeStatus::Ok => Refusal::BadRequest,
+        HandshakeStatus::BadVersion => Refusal::BadVersion,
+        HandshakeStatus::BadVdisk => Refusal::BadVdisk,
+        HandshakeStatus::Unauthorized => Refusal::Unauthorized,
+        HandshakeStatus::Fenced => Refusal::Fenced,
+        HandshakeStatus::InternalError => Refusal::Internal,
+    }
+}
+
+/// Whether a first attach that failed may pass by trying again: an `internalError` answer, or
+/// the server not reachable (not listening yet, restarting, full of connections), as for a
+/// reconnect. A refusal that cannot pass (fenced, unauthorized, bad request) ends it.
+fn retryable(e: &Error) -> bool {
+    match e {
+        Error::Refused { reason, .. } => reason.retryable(),
+        Error::Io { .. } | Error::Timeout(_) | Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+impl Shared {
+    fn touch(&self) {
+        self.last_send_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
 impl Client {
-    /// Connects and attaches (one try, then the reconnect policy applies).
-    /// Errors: unreachable server, refused handshake (status and message).
+    /// Connects and attaches. While the server is unreachable or answers `internalError`, it
+    /// tries again (50 ms doubling to 2 s) for at most `reconnect_timeout`.
+    /// Errors: the server stayed unreachable ([`Error::Io`], the last error), or refused the
+    /// handshake ([`Error::Refused`] with the status and message).
     pub fn connect(cfg: ClientConfig) -> Result<Client> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -140,6 +207,8 @@ impl Client {
                 next_sequence: cfg.first_sequence,
                 last_flushed: None,
                 fatal: None,
+                reset_done: false,
+                epoch: 0,
                 reconnects: 0,
                 latencies: None,
                 errors: 0,
@@ -149,8 +218,24 @@ impl Client {
             writer: Mutex::new(None),
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            last_send_ms: AtomicU64::new(0),
+            origin: Instant::now(),
         });
-        let (stream, dec) = Self::attach(&shared, true)?;
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        let (stream, dec) = loop {
+            match Self::attach(&shared, true) {
+                Ok(x) => break x,
+                Err(e) if retryable(&e) && start.elapsed() + delay < shared.cfg.reconnect_timeout => {
+                    if delay == Duration::from_millis(50) {
+                        tracing::warn!(vdisk = %shared.cfg.vdisk, "tlogd at {} not reachable yet ({e}); trying again for up to {:?}", shared.cfg.server, shared.cfg.reconnect_timeout);
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let s2 = shared.clone();
         let reader =
             std::thread::Builder::new().name("tlog-client-reader".into()).spawn(move || reader_loop(s2, stream, dec)).ctx(|| "spawn client reader".into())?;
@@ -166,11 +251,10 @@ impl Client {
         s.set_nodelay(true).ctx(|| "set nodelay".into())?;
         s.set_read_timeout(Some(Duration::from_secs(30))).ctx(|| "set read timeout".into())?;
         let mut w = lock(&shared.writer);
-        // A reset is repeated on reconnect until something is flushed: until then nothing of
-        // this stream is durable, and the server's head may belong to an older sequence space.
-        let (first_seq, reset) = {
+        // A reset is asked for until the server took it once; later connects continue.
+        let (first_seq, reset, resume_epoch) = {
             let st = lock(&shared.state);
-            (st.window.front().map(|p| p.sequence).unwrap_or(st.next_sequence), cfg.reset_first_sequence && st.last_flushed.is_none())
+            (st.window.front().map(|p| p.sequence).unwrap_or(st.next_sequence), cfg.reset_first_sequence && !st.reset_done, st.epoch)
         };
         let req = HandshakeRequest {
             version: PROTOCOL_VERSION,
@@ -178,6 +262,7 @@ impl Client {
             first_sequence: first_seq,
             token: cfg.token.clone(),
             reset_first_sequence: reset,
+            resume_epoch,
         };
         s.write_all(&encode_handshake_request(&req)).ctx(|| format!("send handshake to {}", cfg.server))?;
         let mut dec = FrameDecoder::new(16 << 20);
@@ -185,15 +270,39 @@ impl Client {
         let f = read_frame(&mut s, &mut dec, &mut buf)?;
         let resp = decode_handshake_response(&f)?;
         if resp.status != HandshakeStatus::Ok {
-            return Err(Error::Refused(format!("handshake for vdisk {}: {:?}: {}", cfg.vdisk, resp.status, resp.message)));
+            return Err(Error::Refused {
+                reason: refusal(resp.status),
+                message: format!("handshake for vdisk {}: {:?}: {}", cfg.vdisk, resp.status, resp.message),
+            });
         }
         s.set_read_timeout(Some(Duration::from_millis(200))).ctx(|| "set read timeout".into())?;
         // Drop what the server already has durably, resend the rest.
         let mut frames = Vec::new();
         {
             let mut st = lock(&shared.state);
-            if resp.has_flushed && !reset {
-                release(&mut st, resp.last_flushed_sequence);
+            st.epoch = resp.epoch;
+            if reset {
+                st.reset_done = true;
+            } else if resp.has_flushed {
+                let last = resp.last_flushed_sequence;
+                if st.window.is_empty() && last >= st.next_sequence {
+                    // Continue after the vdisk's history (sequences are unique for its life).
+                    st.next_sequence = last.checked_add(1).ok_or_else(|| Error::Refused {
+                        reason: Refusal::BadRequest,
+                        message: format!("vdisk {}: its sequence space is exhausted", cfg.vdisk),
+                    })?;
+                } else if last >= st.next_sequence {
+                    // Someone else wrote past this client's blocks meanwhile.
+                    return Err(Error::Refused {
+                        reason: Refusal::Fenced,
+                        message: format!(
+                            "vdisk {}: another writer took it over and wrote up to sequence {last}, past this client's {}",
+                            cfg.vdisk,
+                            st.next_sequence.saturating_sub(1)
+                        ),
+                    });
+                }
+                release(&mut st, last);
             }
             for p in st.window.iter_mut() {
                 p.received = false;
@@ -210,6 +319,7 @@ impl Client {
         }
         *w = Some(s.try_clone().ctx(|| "clone socket".into())?);
         shared.generation.fetch_add(1, Ordering::SeqCst);
+        shared.touch();
         Ok((s, dec))
     }
 
@@ -245,7 +355,8 @@ impl Client {
 
     fn check_fatal(st: &State) -> Result<()> {
         match &st.fatal {
-            Some(m) => Err(Error::Refused(m.clone())),
+            Some((Some(r), m)) => Err(Error::Refused { reason: *r, message: m.clone() }),
+            Some((None, m)) => Err(Error::Timeout(m.clone())),
             None => Ok(()),
         }
     }
@@ -299,6 +410,7 @@ impl Client {
             st.window.push_back(Pending { sequence: seq, data_len, frame: frame.clone(), sent_at: Instant::now(), received: false });
             (seq, frame)
         };
+        sh.touch();
         if let Some(s) = w.as_mut() {
             if s.write_all(&frame).is_err() {
                 // The reader notices the broken connection and reconnects; the block is in the
@@ -346,6 +458,7 @@ impl Client {
                 if let Some(s) = lock(&sh.writer).as_mut() {
                     let _ = s.write_all(&encode_client_message(&ClientMessage::ForceFlush));
                 }
+                sh.touch();
                 last_ask = Some(Instant::now());
                 st = lock(&sh.state);
                 continue;
@@ -421,6 +534,7 @@ fn reader_loop(sh: Arc<Shared>, mut stream: TcpStream, mut dec: FrameDecoder) {
                     if sh.closed.load(Ordering::SeqCst) {
                         return;
                     }
+                    keepalive(&sh);
                     continue;
                 }
                 Err(e) => break format!("read: {e}"),
@@ -453,14 +567,14 @@ fn reader_loop(sh: Arc<Shared>, mut stream: TcpStream, mut dec: FrameDecoder) {
                     break;
                 }
                 Err(e) => {
-                    if let Error::Refused(m) = &e {
-                        if !m.contains("InternalError") {
-                            fail(&sh, format!("reconnect refused: {m}"));
+                    if let Error::Refused { reason, message } = &e {
+                        if !reason.retryable() {
+                            fail(&sh, Some(*reason), format!("reconnect refused: {message}"));
                             return;
                         }
                     }
                     if start.elapsed() > sh.cfg.reconnect_timeout {
-                        fail(&sh, format!("server {} unreachable for {:?}: {e}", sh.cfg.server, sh.cfg.reconnect_timeout));
+                        fail(&sh, None, format!("server {} unreachable for {:?}: {e}", sh.cfg.server, sh.cfg.reconnect_timeout));
                         return;
                     }
                     std::thread::sleep(delay);
@@ -471,10 +585,23 @@ fn reader_loop(sh: Arc<Shared>, mut stream: TcpStream, mut dec: FrameDecoder) {
     }
 }
 
-fn fail(sh: &Shared, msg: String) {
+fn fail(sh: &Shared, reason: Option<Refusal>, msg: String) {
     tracing::error!(vdisk = %sh.cfg.vdisk, "{msg}");
-    lock(&sh.state).fatal = Some(msg);
+    lock(&sh.state).fatal = Some((reason, msg));
     sh.cond.notify_all();
+}
+
+/// Sends a `forceFlush` when nothing was sent for [`KEEPALIVE`] (and nothing is in flight that
+/// would need it anyway), so the server's idle timeout does not close a quiet connection.
+fn keepalive(sh: &Shared) {
+    let now = sh.origin.elapsed().as_millis() as u64;
+    if now.saturating_sub(sh.last_send_ms.load(Ordering::Relaxed)) < KEEPALIVE.as_millis() as u64 {
+        return;
+    }
+    sh.touch();
+    if let Some(s) = lock(&sh.writer).as_mut() {
+        let _ = s.write_all(&encode_client_message(&ClientMessage::ForceFlush));
+    }
 }
 
 fn handle_message(sh: &Shared, m: ServerMessage) {
@@ -512,12 +639,72 @@ fn handle_message(sh: &Shared, m: ServerMessage) {
             st.errors += 1;
             // Every server error means the stream can no longer be trusted to be what the
             // caller sent (a fenced writer, a rejected block): stop and report it.
-            let what = if e.code == ErrorCode::Fenced { "fenced by a newer writer" } else { "server error" };
-            st.fatal = Some(format!("{what} {:?} at sequence {}: {}", e.code, e.sequence, e.message));
+            let (what, reason) = if e.code == ErrorCode::Fenced { ("fenced by a newer writer", Refusal::Fenced) } else { ("server error", Refusal::Block) };
+            st.fatal = Some((Some(reason), format!("{what} {:?} at sequence {}: {}", e.code, e.sequence, e.message)));
             drop(st);
             sh.cond.notify_all();
         }
+        ServerMessage::Notice(n) => {
+            tracing::info!(vdisk = %sh.cfg.vdisk, kind = ?n.kind, "server notice: {}", n.message);
+            if let Some(f) = &sh.cfg.on_notice {
+                (f.0)(&n);
+            }
+        }
     }
+}
+
+/// What [`import`] sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// Blocks sent.
+    pub blocks: u64,
+    /// Image bytes covered.
+    pub bytes: u64,
+}
+
+/// Streams an image as write blocks of `block_size` bytes (a multiple of 512, at most 4 MiB)
+/// from the client's vdisk offset 0: all-zero blocks as `writeZeroes`, a short last block with
+/// its exact length (so a restore has the image's size). Returns once every block was sent; call
+/// [`Client::flush`] to wait until they are durable.
+///
+/// Errors: a bad `block_size` ([`Error::InvalidArgument`]), a read error of `image`, or the
+/// client's errors.
+pub fn import(client: &Client, mut image: impl Read, block_size: u64) -> Result<Imported> {
+    if block_size == 0 || block_size % 512 != 0 || block_size > 4 << 20 {
+        return Err(Error::InvalidArgument(format!("block size {block_size}: a multiple of 512 up to 4194304")));
+    }
+    let mut out = Imported::default();
+    let mut buf = vec![0u8; block_size as usize];
+    loop {
+        let mut n = 0usize;
+        while n < buf.len() {
+            let r = match image.read(&mut buf[n..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read image", e)),
+            };
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        if n == 0 {
+            break;
+        }
+        // Blocks start on sector boundaries (block_size is a multiple of 512).
+        let lba = out.bytes / 512;
+        if buf[..n].iter().all(|b| *b == 0) {
+            client.write_zeroes(lba, n as u64)?;
+        } else {
+            client.write(lba, buf[..n].to_vec())?;
+        }
+        out.blocks += 1;
+        out.bytes += n as u64;
+        if (n as u64) < block_size {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -533,6 +720,7 @@ mod tests {
         let h = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            use crate::session::Protocol;
             let mut sink = crate::bench::SinkSession::new();
             let mut answered = false;
             let until = Instant::now() + Duration::from_secs(10);
@@ -540,7 +728,7 @@ mod tests {
                 match s.read(sink.receive_buffer(64 << 10)) {
                     Ok(0) => return,
                     Ok(n) => {
-                        sink.on_received(n).unwrap();
+                        assert_ne!(sink.on_received(n), crate::session::Progress::Close);
                         let out = sink.take_output();
                         if !answered && !out.is_empty() {
                             s.write_all(&out).unwrap();

@@ -1,12 +1,411 @@
-//! Sealing: aggregation encode → lz4 → AES-256-GCM → BLAKE3 key → Reed-Solomon k+m shards with
-//! headers (DESIGN.md §6), and the reverse. Nothing here knows which backend is in use.
+//! The engine: everything between a session's validated blocks and durable shards.
+//!
+//! ```text
+//!  session ── push ──> namespace (per vdisk, flush/… under a lock)
+//!                        │ full buffer
+//!                        ▼
+//!  flusher × workers ── seal (seal::Sealer) ── shard i ──> writer i (one per backend, bounded)
+//!        │ Sealed                                             │ Written
+//!        ▼                                                    ▼
+//!  completer: quorum reached → namespace.complete → typed acks (Ack) to the connection
+//!             all answered   → missing shards → repair queue → repairer (background)
+//!  timer: flush_time, from the injected clock          attach workers: load, fence, drain
+//! ```
+//!
+//! [`pipeline`] starts and stops the threads; one file per worker kind: [`flusher`],
+//! [`completer`], [`writer`], [`timer`], [`attach`], [`repair`]. The per-vdisk rules are
+//! `namespace`'s plain transitions; this module only runs them.
+//!
+//! Durability (DESIGN.md §5): a block is acked flushed once its aggregation's shards are
+//! durable on `write_quorum` backends; the ack never waits for the slowest backend. A backend
+//! that lags keeps its own bounded queue (`backend.queue_bytes`); past it it is marked degraded
+//! and its shards go straight to the repair queue until it catches up. Failed writes are
+//! retried through the same per-backend writer while the quorum is not reached. Acks belong to
+//! an epoch and reach only that epoch's connection.
 
-pub mod aggregate;
-pub mod chain;
-pub mod erasure;
-pub mod seal;
+pub mod attach;
+pub mod completer;
+pub mod flusher;
+pub mod pipeline;
+pub mod pool;
+pub mod repair;
+pub mod timer;
+pub mod writer;
 
-pub use aggregate::Aggregation;
-pub use chain::HeadRecord;
-pub use erasure::{ShardHeader, SHARD_MAGIC};
-pub use seal::{SealKey, Sealed, Sealer};
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::error::Result;
+use crate::namespace::{Chain, Limits, Namespace};
+use crate::seal::Sealer;
+use crate::time::Clock;
+use crate::wire::Block;
+use crossbeam_channel::Sender;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+pub use pipeline::Engine;
+
+/// What the engine tells a connection asynchronously (the session or front-end encodes it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// Blocks `first..=last` are durable.
+    Flushed {
+        /// First sequence.
+        first: u64,
+        /// Last sequence.
+        last: u64,
+    },
+    /// The connection's epoch was superseded by epoch `by` (a takeover).
+    Fenced {
+        /// The new epoch.
+        by: u64,
+    },
+    /// Received blocks cannot be made durable yet; `reason` says why (e.g. a full disk).
+    Waiting {
+        /// The backends' errors.
+        reason: String,
+    },
+    /// Durable writes go on again after [`Ack::Waiting`].
+    Resumed,
+}
+
+/// Where a connection's asynchronous acks go.
+pub type AckSink = Sender<Ack>;
+
+/// An attach the session asks for (after it checked version, vdisk id and token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// The vdisk.
+    pub vdisk: String,
+    /// The client's first sequence (used when nothing of the vdisk is flushed).
+    pub first_sequence: u64,
+    /// Jump forward to `first_sequence` (refused when the vdisk's history holds it).
+    pub reset_first_sequence: bool,
+    /// The epoch of a reconnecting writer (0: a new writer). Refused with
+    /// [`AttachError::Fenced`] when a newer epoch took the vdisk over since.
+    pub resume_epoch: u64,
+}
+
+/// A successful attach.
+#[derive(Clone, Debug)]
+pub struct Attached<H> {
+    /// The engine's handle for the connection's later calls.
+    pub handle: H,
+    /// The connection's epoch.
+    pub epoch: u64,
+    /// The durable head at the moment the epoch began.
+    pub last_flushed: Option<u64>,
+    /// The sequence the engine takes next from this writer (`None`: the space is exhausted).
+    pub next_sequence: Option<u64>,
+}
+
+/// Why an attach failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachError {
+    /// The engine is stopping.
+    ShuttingDown,
+    /// `resetFirstSequence` would reuse sequences the vdisk's history holds.
+    WouldReuse {
+        /// The requested first sequence.
+        requested: u64,
+        /// The last sequence the vdisk already holds.
+        last: u64,
+    },
+    /// The previous writer's blocks did not become durable within `server.takeover_timeout_ms`.
+    Busy(String),
+    /// The vdisk's state could not be read or written (backends, epoch file).
+    Storage(String),
+    /// A reconnecting writer whose epoch was superseded: a newer writer owns the vdisk.
+    Fenced {
+        /// The writer's epoch.
+        epoch: u64,
+        /// The newer epoch.
+        by: u64,
+    },
+}
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachError::ShuttingDown => write!(f, "server is shutting down"),
+            AttachError::WouldReuse { requested, last } => write!(
+                f,
+                "resetFirstSequence to {requested} would reuse sequences: the vdisk's history already holds sequences up to {last}, and a position in its history must be unique (continue after {last})"
+            ),
+            AttachError::Busy(d) => write!(f, "takeover not done yet: {d}; retry"),
+            AttachError::Storage(d) => write!(f, "{d}"),
+            AttachError::Fenced { epoch, by } => write!(f, "this writer's epoch {epoch} was superseded by epoch {by}: a newer writer owns the vdisk"),
+        }
+    }
+}
+
+/// An attach in progress: the session polls it ([`AttachTicket::poll`]) instead of blocking its
+/// front-end (a userspace stack's poll loop serves many connections).
+pub struct AttachTicket<H> {
+    slot: Arc<(Mutex<Option<std::result::Result<Attached<H>, AttachError>>>, Condvar)>,
+}
+
+impl<H> Clone for AttachTicket<H> {
+    fn clone(&self) -> Self {
+        AttachTicket { slot: self.slot.clone() }
+    }
+}
+
+impl<H> Default for AttachTicket<H> {
+    fn default() -> Self {
+        AttachTicket { slot: Arc::new((Mutex::new(None), Condvar::new())) }
+    }
+}
+
+impl<H> AttachTicket<H> {
+    /// A ticket already answered.
+    pub fn ready(r: std::result::Result<Attached<H>, AttachError>) -> Self {
+        let t = AttachTicket::default();
+        t.finish(r);
+        t
+    }
+
+    /// Answers the ticket.
+    pub fn finish(&self, r: std::result::Result<Attached<H>, AttachError>) {
+        if let Ok(mut g) = self.slot.0.lock() {
+            *g = Some(r);
+            self.slot.1.notify_all();
+        }
+    }
+
+    /// The answer, once there is one (taken: a second poll after `Some` gives `None`).
+    pub fn poll(&self) -> Option<std::result::Result<Attached<H>, AttachError>> {
+        self.slot.0.lock().ok().and_then(|mut g| g.take())
+    }
+
+    /// Waits at most `timeout` for the answer.
+    pub fn wait(&self, timeout: Duration) -> Option<std::result::Result<Attached<H>, AttachError>> {
+        let g = self.slot.0.lock().ok()?;
+        let (mut g, _) = self.slot.1.wait_timeout_while(g, timeout, |v| v.is_none()).ok()?;
+        g.take()
+    }
+}
+
+/// What a push did, as the session needs it (the namespace's [`crate::namespace::Push`] without
+/// the block on success).
+pub use crate::namespace::Push;
+
+/// The engine as a session drives it. [`Engine`] implements it; session tests use a fake.
+pub trait Core: Send + Sync + 'static {
+    /// The engine's handle of an attached connection.
+    type Handle: Clone + Send + 'static;
+
+    /// Starts attaching a connection to a vdisk: load its state, fence and drain a previous
+    /// writer, begin the next epoch. `sink` receives the connection's asynchronous acks.
+    fn attach(&self, req: AttachRequest, sink: AckSink) -> AttachTicket<Self::Handle>;
+
+    /// Offers a validated block of the connection `h` (epoch `epoch`).
+    fn push(&self, h: &Self::Handle, epoch: u64, block: Block) -> Push;
+
+    /// Flushes the connection's vdisk's current buffer now.
+    fn force_flush(&self, h: &Self::Handle);
+
+    /// The connection ended: its later acks are dropped.
+    fn detach(&self, h: &Self::Handle, epoch: u64);
+
+    /// Waits until memory may have been freed or an attach finished, at most `timeout`.
+    fn wait_space(&self, timeout: Duration);
+
+    /// An owned copy of block data, in a reused buffer when one is free.
+    fn copy_data(&self, data: &[u8]) -> Vec<u8>;
+}
+
+/// One vdisk inside the engine: its namespace (state transitions), chain position, the sink of
+/// its current writer, and the random bytes of the current attach (for nonces).
+pub struct Vdisk {
+    name: String,
+    ns: Mutex<Namespace>,
+    chain: Mutex<Chain>,
+    sink: Mutex<Option<(u64, AckSink)>>,
+    /// Serialises takeovers of this vdisk.
+    attach_lock: Mutex<()>,
+    /// Random bytes drawn at each attach, by epoch (for the nonce of its aggregations).
+    random: Mutex<HashMap<u64, [u8; 16]>>,
+    /// A `Waiting` notice was sent and no `Resumed` yet.
+    waiting: AtomicBool,
+    /// Metadata index entries of aggregations acked out of order, by height.
+    pending_index: Mutex<std::collections::BTreeMap<u64, crate::history::index::IndexEntry>>,
+    index: Mutex<crate::history::index::MetaIndex>,
+}
+
+impl Vdisk {
+    /// The vdisk id.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Last flushed sequence.
+    pub fn last_flushed(&self) -> Option<u64> {
+        lock(&self.ns).last_flushed()
+    }
+
+    fn send(&self, epoch: u64, ack: Ack) {
+        if let Some((e, s)) = lock(&self.sink).as_ref() {
+            if *e == epoch {
+                let _ = s.send(ack);
+            }
+        }
+    }
+
+    fn send_current(&self, ack: Ack) {
+        if let Some((_, s)) = lock(&self.sink).as_ref() {
+            let _ = s.send(ack);
+        }
+    }
+}
+
+/// The map slot of a vdisk: loaded once (backend I/O outside the map's lock), by the first
+/// attach that needs it.
+#[derive(Default)]
+struct Slot {
+    loading: Mutex<()>,
+    vdisk: OnceLock<Arc<Vdisk>>,
+}
+
+/// Counters of the engine (for logs and tests).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Aggregations acked flushed.
+    pub flushed_aggregations: AtomicU64,
+    /// Shards recorded for repair.
+    pub repairs_queued: AtomicU64,
+    /// Shard writes retried because the quorum was not reached.
+    pub retries: AtomicU64,
+}
+
+/// A counting semaphore bounding the aggregations that wait for their quorum.
+struct Permits {
+    free: Mutex<usize>,
+    cond: Condvar,
+}
+
+impl Permits {
+    fn new(n: usize) -> Permits {
+        Permits { free: Mutex::new(n.max(1)), cond: Condvar::new() }
+    }
+
+    /// Takes a permit; false when `stop` is set while waiting.
+    fn acquire(&self, stop: &AtomicBool) -> bool {
+        let mut g = lock(&self.free);
+        while *g == 0 {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            g = self.cond.wait_timeout(g, Duration::from_millis(100)).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+        *g -= 1;
+        true
+    }
+
+    fn release(&self) {
+        *lock(&self.free) += 1;
+        self.cond.notify_one();
+    }
+}
+
+/// State shared by the engine's threads.
+pub(crate) struct Shared {
+    cfg: Arc<Config>,
+    limits: Limits,
+    write_quorum: usize,
+    sealer: Arc<Sealer>,
+    backends: Vec<Arc<dyn Backend>>,
+    clock: Arc<dyn Clock>,
+    vdisks: Mutex<HashMap<String, Arc<Slot>>>,
+    total: AtomicU64,
+    flush_tx: Sender<flusher::Msg>,
+    writers: Vec<writer::Writer>,
+    events: Sender<completer::Event>,
+    permits: Permits,
+    shard_pool: (Sender<Vec<u8>>, crossbeam_channel::Receiver<Vec<u8>>),
+    buffers: pool::BufferPool,
+    space: (Mutex<u64>, Condvar),
+    /// No new attach, no new work: set by shutdown.
+    stopping: AtomicBool,
+    /// The threads end: set once shutdown drained.
+    closed: AtomicBool,
+    repair: Arc<repair::Queue>,
+    attach_tx: Sender<Option<attach::Job>>,
+    next_id: AtomicU64,
+    stats: Stats,
+}
+
+/// Locks a mutex; a lock poisoned by a panic in another thread is taken as it is (the panic
+/// itself is logged by the panicking thread; the state a namespace lock guards is updated by
+/// single transitions that cannot be torn by a panic in the engine's own code).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn signal_space(&self) {
+        let mut g = lock(&self.space.0);
+        *g += 1;
+        self.space.1.notify_all();
+    }
+
+    fn wait_space(&self, timeout: Duration) {
+        let g = lock(&self.space.0);
+        let seen = *g;
+        let _ = self.space.1.wait_timeout_while(g, timeout, |g| *g == seen);
+    }
+
+    /// The loaded vdisks.
+    fn loaded(&self) -> Vec<Arc<Vdisk>> {
+        lock(&self.vdisks).values().filter_map(|s| s.vdisk.get().cloned()).collect()
+    }
+
+    fn queue_flush(&self, vd: &Arc<Vdisk>) {
+        let _ = self.flush_tx.send(flusher::Msg::Vdisk(vd.clone()));
+    }
+
+    /// Loads a vdisk (its head from the backends) once; other attaches of the same vdisk wait,
+    /// other vdisks do not (the map's lock is not held during the I/O).
+    fn vdisk(&self, name: &str) -> Result<Arc<Vdisk>> {
+        let slot = lock(&self.vdisks).entry(name.to_string()).or_default().clone();
+        if let Some(v) = slot.vdisk.get() {
+            return Ok(v.clone());
+        }
+        let _g = lock(&slot.loading);
+        if let Some(v) = slot.vdisk.get() {
+            return Ok(v.clone());
+        }
+        let head = crate::seal::find_head(&self.backends, &self.sealer, name)?;
+        let (prev, height, last_flushed, epoch) = match &head {
+            Some(h) => (h.key, h.height, Some(h.last_sequence), h.epoch),
+            None => ([0u8; 32], 0, None, 0),
+        };
+        if let Some(h) = &head {
+            tracing::info!(vdisk = name, height = h.height, last_sequence = h.last_sequence, "recovered vdisk head from the backends");
+        }
+        let index = crate::history::index::MetaIndex::open(&self.cfg.server.data_dir.join("vdisks").join(format!("{name}.index")), height)?;
+        let vd = Arc::new(Vdisk {
+            name: name.to_string(),
+            ns: Mutex::new(Namespace::new(name, height, last_flushed, epoch, self.cfg.flush.flush_size)),
+            chain: Mutex::new(Chain { prev, height }),
+            sink: Mutex::new(None),
+            attach_lock: Mutex::new(()),
+            random: Mutex::new(HashMap::new()),
+            waiting: AtomicBool::new(false),
+            pending_index: Mutex::new(Default::default()),
+            index: Mutex::new(index),
+        });
+        let _ = slot.vdisk.set(vd.clone());
+        Ok(vd)
+    }
+}
+
+/// Checks a vdisk id: 1..=128 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn valid_vdisk_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-') && v != "." && v != ".."
+}
+
+#[cfg(test)]
+mod tests;

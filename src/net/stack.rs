@@ -1,6 +1,7 @@
 //! The userspace TCP stack shared by the `tap` and `dpdk` front-ends: smoltcp (with CUBIC
 //! congestion control) on one `Interface` per queue, a bounded set of pre-created listening
-//! sockets, each established connection driving a sans-IO [`Session`].
+//! sockets, each established connection driving a sans-IO [`Protocol`] (a tlog session, or the
+//! benchmark sink) made by the caller's [`Factory`], under the front-ends' connection [`Rules`].
 //!
 //! Per poll: the interface moves packets; then for every connection the pending output
 //! (session output and flushed acks from its channel) is written into the socket (each frame
@@ -8,16 +9,17 @@
 //! blocked by backpressure (then they stay in the socket's receive buffer and the TCP window
 //! closes). Closed sockets are put back to listening.
 
-use crate::bench::SinkSession;
-use crate::namespace::Engine;
-use crate::session::{Progress, Session};
+use super::{Factory, Rules, HANDSHAKE_RECEIVE_BYTES, RECEIVE_BYTES};
+use crate::config::{parse_cidr, parse_mac, Config};
+use crate::error::{Error, Result};
+use crate::flush::Ack;
+use crate::session::{encode_ack, Progress, Protocol};
 use crossbeam_channel::Receiver;
-use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet};
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
-use std::sync::Arc;
 
 /// Received frames processed per poll before the stack transmits (see [`Stack::poll`]).
 pub const INGRESS_BUDGET: usize = 32;
@@ -42,18 +44,36 @@ pub struct StackConfig {
     pub sockets: usize,
     /// Receive and send buffer per socket, bytes.
     pub buffer_bytes: usize,
-    /// Serve the benchmark sink instead of tlog sessions (`tlogd --sink`).
-    pub sink: bool,
+    /// Connection rules (the socket count bounds connections per queue).
+    pub rules: Rules,
+}
+
+/// The stack settings from `[net]`, `[server]` and the port of `server.listen`.
+pub fn stack_config(cfg: &Config) -> Result<StackConfig> {
+    let n = &cfg.net;
+    let port =
+        cfg.server.listen.parse::<std::net::SocketAddr>().map_err(|_| Error::Config(format!("server.listen {:?} is not IP:port", cfg.server.listen)))?.port();
+    Ok(StackConfig {
+        mac: parse_mac(&n.mac).ok_or_else(|| Error::Config(format!("net.mac {:?}", n.mac)))?,
+        address: parse_cidr(&n.address).ok_or_else(|| Error::Config(format!("net.address {:?}", n.address)))?,
+        gateway: if n.gateway.is_empty() { None } else { Some(n.gateway.parse().map_err(|_| Error::Config(format!("net.gateway {:?}", n.gateway)))?) },
+        port,
+        sockets: n.sockets_per_queue,
+        buffer_bytes: n.socket_buffer_bytes,
+        rules: Rules::from_config(cfg),
+    })
 }
 
 struct Conn {
     handle: SocketHandle,
-    session: Option<Session>,
-    sink: Option<SinkSession>,
-    acks: Option<Receiver<Vec<u8>>>,
+    proto: Option<Box<dyn Protocol>>,
+    acks: Option<Receiver<Ack>>,
     out: Vec<u8>,
     out_pos: usize,
     blocked: bool,
+    accepted: std::time::Instant,
+    last_rx: std::time::Instant,
+    peer: String,
 }
 
 /// One queue's userspace stack.
@@ -61,7 +81,7 @@ pub struct Stack {
     iface: Interface,
     sockets: SocketSet<'static>,
     conns: Vec<Conn>,
-    engine: Arc<Engine>,
+    factory: Factory,
     cfg: StackConfig,
     all_busy_logged: bool,
 }
@@ -71,9 +91,10 @@ fn now() -> Instant {
 }
 
 impl Stack {
-    /// Creates the interface on `device` and `cfg.sockets` listening sockets.
-    pub fn new<D: Device + ?Sized>(device: &mut D, engine: Arc<Engine>, cfg: StackConfig) -> Stack {
-        let mut c = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac)));
+    /// Creates the interface on `device` and `cfg.sockets` listening sockets, whose connections
+    /// speak what `factory` makes.
+    pub fn new<D: Device + ?Sized>(device: &mut D, factory: Factory, cfg: StackConfig) -> Stack {
+        let mut c = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac)));
         let mut seed = [0u8; 8];
         let _ = getrandom::getrandom(&mut seed);
         c.random_seed = u64::from_le_bytes(seed);
@@ -93,9 +114,20 @@ impl Stack {
             let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0u8; cfg.buffer_bytes]), tcp::SocketBuffer::new(vec![0u8; cfg.buffer_bytes]));
             Self::tune(&mut s);
             let _ = s.listen(cfg.port);
-            conns.push(Conn { handle: sockets.add(s), session: None, sink: None, acks: None, out: Vec::new(), out_pos: 0, blocked: false });
+            let now = std::time::Instant::now();
+            conns.push(Conn {
+                handle: sockets.add(s),
+                proto: None,
+                acks: None,
+                out: Vec::new(),
+                out_pos: 0,
+                blocked: false,
+                accepted: now,
+                last_rx: now,
+                peer: String::new(),
+            });
         }
-        Stack { iface, sockets, conns, engine, cfg, all_busy_logged: false }
+        Stack { iface, sockets, conns, factory, cfg, all_busy_logged: false }
     }
 
     fn tune(s: &mut tcp::Socket) {
@@ -106,7 +138,7 @@ impl Stack {
 
     /// Connections being served.
     pub fn active(&self) -> usize {
-        self.conns.iter().filter(|c| c.session.is_some()).count()
+        self.conns.iter().filter(|c| c.proto.is_some()).count()
     }
 
     /// How long the caller may sleep before the next poll (capped at `max`).
@@ -139,11 +171,7 @@ impl Stack {
         Self::egress(&mut self.iface, device, &mut self.sockets);
         let mut served = false;
         for c in &mut self.conns {
-            served |= if self.cfg.sink {
-                Self::serve_sink(&mut self.sockets, c, self.cfg.port)
-            } else {
-                Self::serve(&self.engine, &mut self.sockets, c, self.cfg.port)
-            };
+            served |= Self::serve(&self.factory, &mut self.sockets, c, self.cfg.port, &self.cfg.rules);
         }
         // Push out what the sessions wrote (and the window they opened by reading).
         if served {
@@ -151,11 +179,19 @@ impl Stack {
         }
         work |= served;
         let busy = self.conns.iter().all(|c| self.sockets.get::<tcp::Socket>(c.handle).state() != tcp::State::Listen);
-        if busy && !self.all_busy_logged {
-            tracing::warn!(
-                "all {} sockets of this queue are in use (net.sockets_per_queue): further connections are refused until one closes",
-                self.cfg.sockets
-            );
+        if busy {
+            // Make room: the oldest connection that has not finished its handshake goes.
+            let oldest = self.conns.iter_mut().filter(|c| c.proto.as_ref().map(|p| !p.attached()).unwrap_or(false)).min_by_key(|c| c.accepted);
+            if let Some(c) = oldest {
+                tracing::warn!(peer = %c.peer, "all {} sockets of this queue are in use (net.sockets_per_queue): closing the oldest connection that has not finished its handshake", self.cfg.sockets);
+                Self::drop_conn(&mut self.sockets, c, self.cfg.port);
+                work = true;
+            } else if !self.all_busy_logged {
+                tracing::warn!(
+                    "all {} sockets of this queue are in use by attached connections (net.sockets_per_queue): further connections are refused until one closes",
+                    self.cfg.sockets
+                );
+            }
         }
         self.all_busy_logged = busy;
         work
@@ -178,68 +214,32 @@ impl Stack {
         let _ = s.listen(port);
     }
 
-    /// One connection of the benchmark sink: feed every received byte, send the acks.
-    fn serve_sink(sockets: &mut SocketSet<'static>, c: &mut Conn, port: u16) -> bool {
-        let s = sockets.get_mut::<tcp::Socket>(c.handle);
-        let mut work = false;
-        if c.sink.is_none() {
-            if s.state() == tcp::State::Established {
-                c.sink = Some(SinkSession::new());
-                c.out.clear();
-                c.out_pos = 0;
-                work = true;
-            } else {
-                if !s.is_open() {
-                    Self::relisten(s, port);
-                }
-                return false;
-            }
+    /// Ends a connection at once (aborts its socket, lets go of its vdisk) and listens again.
+    fn drop_conn(sockets: &mut SocketSet<'static>, c: &mut Conn, port: u16) {
+        if let Some(mut p) = c.proto.take() {
+            p.close();
         }
-        let Some(sink) = c.sink.as_mut() else { return work };
-        let mut close = false;
-        if c.out_pos >= c.out.len() {
-            while !close && s.can_recv() {
-                match s.recv(|buf| (buf.len(), sink.on_bytes(buf))) {
-                    Ok(Ok(())) => work = true,
-                    Ok(Err(e)) => {
-                        tracing::debug!("sink connection: {e}");
-                        close = true;
-                    }
-                    Err(_) => close = true,
-                }
-            }
-            if sink.has_output() {
-                c.out = sink.take_output();
-                c.out_pos = 0;
-            }
-        }
-        if c.out_pos < c.out.len() && s.can_send() {
-            if let Ok(n) = s.send_slice(&c.out[c.out_pos..]) {
-                c.out_pos += n;
-                work |= n > 0;
-            }
-        }
-        if close || (!s.may_recv() && !s.can_recv()) || !s.is_open() {
-            c.sink = None;
-            s.close();
-            work = true;
-        }
-        work
+        c.acks = None;
+        c.out.clear();
+        c.out_pos = 0;
+        Self::relisten(sockets.get_mut::<tcp::Socket>(c.handle), port);
     }
 
-    fn serve(engine: &Arc<Engine>, sockets: &mut SocketSet<'static>, c: &mut Conn, port: u16) -> bool {
+    fn serve(factory: &Factory, sockets: &mut SocketSet<'static>, c: &mut Conn, port: u16, rules: &Rules) -> bool {
         let s = sockets.get_mut::<tcp::Socket>(c.handle);
         let mut work = false;
-        if c.session.is_none() {
+        if c.proto.is_none() {
             if s.state() == tcp::State::Established {
-                let (tx, rx) = crossbeam_channel::unbounded();
                 let peer = s.remote_endpoint().map(|e| e.to_string()).unwrap_or_default();
                 tracing::debug!(%peer, "connection accepted by the userspace stack");
-                c.session = Some(Session::new(engine.clone(), tx, peer));
-                c.acks = Some(rx);
+                c.proto = Some(factory(peer.clone()));
+                c.acks = None;
+                c.peer = peer;
                 c.out.clear();
                 c.out_pos = 0;
                 c.blocked = false;
+                c.accepted = std::time::Instant::now();
+                c.last_rx = c.accepted;
                 work = true;
             } else if !s.is_open() {
                 Self::relisten(s, port);
@@ -248,8 +248,22 @@ impl Stack {
                 return false;
             }
         }
-        let Some(session) = c.session.as_mut() else { return work };
-        // Output: pending bytes, then flushed acks.
+        let Some(proto) = c.proto.as_mut() else { return work };
+        let attached = proto.attached();
+        if attached && c.acks.is_none() {
+            c.acks = proto.take_acks();
+        }
+        let expired = if !attached {
+            (c.accepted.elapsed() > rules.handshake_timeout).then(|| format!("no handshake within {:?} (server.handshake_timeout_ms)", rules.handshake_timeout))
+        } else {
+            rules.idle_timeout.filter(|d| c.last_rx.elapsed() > *d).map(|d| format!("nothing received for {d:?} (server.idle_timeout_ms)"))
+        };
+        if let Some(why) = expired {
+            tracing::warn!(peer = %c.peer, "closing connection: {why}");
+            Self::drop_conn(sockets, c, port);
+            return true;
+        }
+        // Output: pending bytes, then asynchronous acks.
         loop {
             if c.out_pos < c.out.len() {
                 if !s.can_send() {
@@ -269,8 +283,8 @@ impl Stack {
             c.out_pos = 0;
             let mut got = false;
             if let Some(rx) = &c.acks {
-                while let Ok(f) = rx.try_recv() {
-                    c.out.extend_from_slice(&f);
+                while let Ok(a) = rx.try_recv() {
+                    c.out.extend_from_slice(&encode_ack(&a));
                     got = true;
                     if c.out.len() > (1 << 20) {
                         break;
@@ -284,18 +298,22 @@ impl Stack {
         // Input.
         let mut close = false;
         if c.blocked {
-            match session.resume() {
+            match proto.resume() {
                 Progress::Ready => c.blocked = false,
                 Progress::Blocked => {}
                 Progress::Close => close = true,
             }
         }
+        let want = if attached { RECEIVE_BYTES } else { HANDSHAKE_RECEIVE_BYTES };
         while !c.blocked && !close && s.can_recv() {
             let r = s.recv(|buf| {
-                let n = buf.len();
-                (n, session.on_bytes(buf))
+                let n = buf.len().min(want);
+                let room = proto.receive_buffer(n);
+                room[..n].copy_from_slice(&buf[..n]);
+                (n, proto.on_received(n))
             });
             work = true;
+            c.last_rx = std::time::Instant::now();
             match r {
                 Ok(Progress::Ready) => {}
                 Ok(Progress::Blocked) => c.blocked = true,
@@ -303,8 +321,8 @@ impl Stack {
                 Err(_) => close = true,
             }
         }
-        if session.has_output() {
-            c.out.extend_from_slice(&session.take_output());
+        if proto.has_output() {
+            c.out.extend_from_slice(&proto.take_output());
             if let Ok(n) = s.send_slice(&c.out[c.out_pos..]) {
                 c.out_pos += n;
             }
@@ -314,8 +332,8 @@ impl Stack {
             s.close();
         }
         if peer_gone || !s.is_open() {
-            if let Some(mut sess) = c.session.take() {
-                sess.detach();
+            if let Some(mut p) = c.proto.take() {
+                p.close();
             }
             c.acks = None;
             if !s.is_open() || s.state() == tcp::State::CloseWait {

@@ -9,10 +9,10 @@
 //! segment where it would have sent 45 of 1.5 KiB, as it does over loopback or a veth pair
 //! with segmentation offload.
 
-use super::stack::{Stack, StackConfig};
-use crate::config::{parse_cidr, parse_mac, Config};
+use super::stack::{stack_config, Stack};
+use super::Factory;
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::namespace::Engine;
 use smoltcp::phy::{self, wait as phy_wait, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use std::os::unix::io::AsRawFd;
@@ -27,22 +27,6 @@ pub const TAP_DEFAULT_MTU: u32 = 65521;
 
 /// Ethernet header bytes (smoltcp counts them in its device MTU).
 const ETHERNET_HEADER: usize = 14;
-
-/// The stack settings from `[net]` and the port of `server.listen`.
-pub fn stack_config(cfg: &Config) -> Result<StackConfig> {
-    let n = &cfg.net;
-    let port =
-        cfg.server.listen.parse::<std::net::SocketAddr>().map_err(|_| Error::Config(format!("server.listen {:?} is not IP:port", cfg.server.listen)))?.port();
-    Ok(StackConfig {
-        mac: parse_mac(&n.mac).ok_or_else(|| Error::Config(format!("net.mac {:?}", n.mac)))?,
-        address: parse_cidr(&n.address).ok_or_else(|| Error::Config(format!("net.address {:?}", n.address)))?,
-        gateway: if n.gateway.is_empty() { None } else { Some(n.gateway.parse().map_err(|_| Error::Config(format!("net.gateway {:?}", n.gateway)))?) },
-        port,
-        sockets: n.sockets_per_queue,
-        buffer_bytes: n.socket_buffer_bytes,
-        sink: n.sink,
-    })
-}
 
 /// A smoltcp [`phy::Device`] over a Linux tap device.
 ///
@@ -189,12 +173,12 @@ impl phy::Device for TapDevice {
     }
 }
 
-/// Serves on the tap device until `stop` is set.
-pub fn serve(engine: Arc<Engine>, cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
+/// Serves on the tap device until `stop` is set, each connection speaking what `factory` makes.
+pub fn serve(factory: Factory, cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let scfg = stack_config(cfg)?;
     let mut dev = TapDevice::open(&cfg.net.tap, cfg.net.mtu)?;
     set_queue_len(&cfg.net.tap, cfg.net.tap_queue_len);
-    let mut stack = Stack::new(&mut dev, engine, scfg.clone());
+    let mut stack = Stack::new(&mut dev, factory, scfg.clone());
     tracing::info!("tap mode: serving {}:{} on tap {} (MAC {}, MTU {})", scfg.address.0, scfg.port, cfg.net.tap, cfg.net.mac, dev.mtu());
     eprintln!("tlogd: listening on {}:{} (userspace TCP on tap {})", scfg.address.0, scfg.port, cfg.net.tap);
     while !stop.load(Ordering::SeqCst) {

@@ -20,6 +20,8 @@
 
 use super::format::{self, IndexEntry, Slot, DATA_HEADER_LEN, ENTRY_LEN, INDEX_HEADER_LEN};
 use crate::error::{Error, IoContext, Result};
+use crate::fs::sync_dir;
+use crate::time::now_ns;
 use memmap2::{Mmap, MmapMut};
 use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
@@ -27,7 +29,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Options of a BigLog.
 #[derive(Clone, Debug)]
@@ -73,11 +75,6 @@ fn pwrite_all(f: &File, mut slices: &mut [IoSlice<'_>], mut offset: u64) -> std:
         }
     }
     Ok(())
-}
-
-/// Nanoseconds since the Unix epoch, now.
-pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Bytes staged per direct write: larger appends go out in several writes of this size.
@@ -175,13 +172,16 @@ impl IndexMap {
     }
 }
 
-/// Damage found in a segment's index before its tail.
+/// Damage found in a segment: a corrupt index slot before the tail, or synced entries whose
+/// data is gone (e.g. a truncated data file).
 #[derive(Clone, Debug)]
 pub struct Damage {
-    /// Index slot that is corrupt.
+    /// Index slot where the damage starts.
     pub slot: u64,
     /// First offset that cannot be read because of it.
     pub offset: u64,
+    /// What is wrong, for reports.
+    pub detail: String,
 }
 
 pub(crate) struct Segment {
@@ -197,6 +197,8 @@ pub(crate) struct Segment {
     next_ro: u64,
     /// Data file length (the marker's data offset).
     data_len: u64,
+    /// The synced mark: data below this offset was fsync'd (see `format`).
+    synced: u64,
     /// Data bytes below this offset were already dropped from the page cache.
     dropped: AtomicU64,
     pub damage: Option<Damage>,
@@ -266,6 +268,7 @@ impl Segment {
             entries: 0,
             next_ro: 0,
             data_len: DATA_HEADER_LEN,
+            synced: DATA_HEADER_LEN,
             dropped: AtomicU64::new(0),
             damage: None,
             direct: None,
@@ -331,6 +334,15 @@ impl Segment {
         }
     }
 
+    /// Records that the data file is synced up to its length: rewrites the marker with the
+    /// synced mark and msyncs the index. Call only after the data file was fsync'd.
+    fn mark_synced(&mut self) -> Result<()> {
+        self.synced = self.data_len;
+        let m = IndexEntry::marker_synced(self.next_ro as u32, self.data_len, self.synced);
+        self.put_slot(self.entries, &m.encode())?;
+        self.flush_index()
+    }
+
     fn flush_index(&self) -> Result<()> {
         if let IndexMap::Rw(m) = &self.index {
             m.flush().ctx(|| format!("msync {}", self.index_path.display()))?;
@@ -340,15 +352,17 @@ impl Segment {
 
     /// Opens a segment. With `repair` (the hot segment of a writable store) a torn tail is cut,
     /// and with `direct_io` too its data is then written with direct I/O where allowed.
-    fn open(dir: &Path, base: u64, writable: bool, repair: bool, direct_io: bool) -> Result<Segment> {
-        let mut seg = Self::open_checked(dir, base, writable, repair)?;
+    fn open(dir: &Path, base: u64, writable: bool, hot: bool, direct_io: bool) -> Result<Segment> {
+        let repair = writable && hot;
+        let mut seg = Self::open_checked(dir, base, writable, hot)?;
         if repair && direct_io && seg.damage.is_none() {
             seg.enable_direct();
         }
         Ok(seg)
     }
 
-    fn open_checked(dir: &Path, base: u64, writable: bool, repair: bool) -> Result<Segment> {
+    fn open_checked(dir: &Path, base: u64, writable: bool, hot: bool) -> Result<Segment> {
+        let repair = writable && hot;
         let name = segment_name(base);
         let data_path = dir.join(format!("{name}.data"));
         let index_path = dir.join(format!("{name}.index"));
@@ -411,6 +425,8 @@ impl Segment {
             i += 1;
         }
         // Is the bad slot followed by more written slots? Then it is damage, not a torn tail.
+        // A torn tail is only possible in the hot segment (sealed ones were synced whole when
+        // they were split): in a read-only open of a live store it is where the writer is.
         let mut mid_damage = false;
         if let Some(b) = first_bad {
             let mut j = b + 1;
@@ -421,8 +437,7 @@ impl Segment {
                 }
                 j += 1;
             }
-            if !mid_damage && !repair {
-                // A torn tail we may not repair (read-only open or a sealed segment): report it.
+            if !mid_damage && !hot {
                 mid_damage = true;
             }
         }
@@ -436,14 +451,16 @@ impl Segment {
             seg.entries = entries;
             seg.next_ro = next_ro;
             seg.data_len = file_len;
-            seg.damage = Some(Damage { slot: b, offset: base + next_ro });
+            seg.damage = Some(Damage { slot: b, offset: base + next_ro, detail: format!("index slot {b} is corrupt") });
             tracing::warn!(segment = %name, slot = b, "index damaged before its tail; entries from offset {} on are unreadable", base + next_ro);
             return Ok(seg);
         }
 
         if let Some(b) = first_bad {
-            tracing::warn!(segment = %name, slot = b, "torn index slot at the tail: cleared");
-            seg.put_slot(b, &[0u8; ENTRY_LEN])?;
+            if repair {
+                tracing::warn!(segment = %name, slot = b, "torn index slot at the tail: cleared");
+                seg.put_slot(b, &[0u8; ENTRY_LEN])?;
+            }
         }
         let Some((last_idx, last)) = last_valid else {
             if repair {
@@ -455,14 +472,19 @@ impl Segment {
             }
             return Ok(seg);
         };
-        // Real entries are slots 0..n; verify the trailing ones' data, dropping torn ones.
+        // The synced mark: data below it was fsync'd before the mark was written, so an entry
+        // there whose data is missing or fails its CRC lost synced data (damage, reported), where
+        // one above it may have been torn by a crash (cut back). A marker lost to a torn write
+        // gives no mark (0): then every trailing entry counts as possibly torn.
+        let synced = if last.is_marker() { last.timestamp } else { 0 };
         let mut n = if last.is_marker() { last_idx } else { last_idx + 1 };
         let mut marker = if last.is_marker() { Some(last) } else { None };
         let mut cut = false;
+        let mut lost: Option<(u64, IndexEntry)> = None;
         loop {
             if n == 0 {
                 let m = IndexEntry::marker(0, DATA_HEADER_LEN);
-                if marker != Some(m) {
+                if marker.map(|x| (x.relative_offset, x.data_offset)) != Some((0, DATA_HEADER_LEN)) {
                     cut = true;
                 }
                 marker = Some(m);
@@ -482,23 +504,43 @@ impl Segment {
                     }
                 }
             }
-            let expect = IndexEntry::marker((e.relative_offset as u64 + count) as u32, end);
             if ok {
-                if marker.map(|m| m.relative_offset as u64 != e.relative_offset as u64 + count || m.data_offset != end).unwrap_or(true) {
+                if lost.is_none() && marker.map(|m| m.relative_offset as u64 != e.relative_offset as u64 + count || m.data_offset != end).unwrap_or(true) {
                     cut = true;
-                    marker = Some(expect);
+                    marker = Some(IndexEntry::marker_synced((e.relative_offset as u64 + count) as u32, end, synced.min(end)));
                 }
                 break;
             }
-            tracing::warn!(segment = %name, offset = base + e.relative_offset as u64, "torn entry at the tail: cut back");
-            cut = true;
-            marker = Some(IndexEntry::marker(e.relative_offset, e.data_offset));
+            if end <= synced {
+                // Synced and gone: keep looking for the first such entry (the damage starts
+                // there); nothing is cut.
+                lost = Some((n - 1, e));
+            } else if lost.is_none() {
+                if repair {
+                    tracing::warn!(segment = %name, offset = base + e.relative_offset as u64, "torn entry at the tail (written after the last sync): cut back");
+                }
+                cut = true;
+                marker = Some(IndexEntry::marker_synced(e.relative_offset, e.data_offset, synced.min(e.data_offset)));
+            }
             n -= 1;
+        }
+        if let Some((slot, e)) = lost {
+            let offset = base + e.relative_offset as u64;
+            let detail = format!(
+                "synced entries lost: index slot {slot} onward (offset {offset} on) points past what the data file holds ({file_len} bytes; {synced} bytes were synced)"
+            );
+            tracing::error!(segment = %name, "{detail}");
+            seg.entries = slot;
+            seg.next_ro = e.relative_offset as u64;
+            seg.data_len = file_len;
+            seg.damage = Some(Damage { slot, offset, detail });
+            return Ok(seg);
         }
         let marker = marker.unwrap_or_else(|| IndexEntry::marker(0, DATA_HEADER_LEN));
         seg.entries = n;
         seg.next_ro = marker.relative_offset as u64;
         seg.data_len = marker.data_offset;
+        seg.synced = marker.timestamp.min(marker.data_offset);
         if cut || file_len != marker.data_offset || first_bad.is_some() {
             if !repair {
                 return Ok(seg);
@@ -513,12 +555,12 @@ impl Segment {
                 if zero_padding(&seg.data, marker.data_offset, file_len) {
                     tracing::debug!(segment = %name, "direct-I/O padding after byte {} cut off", marker.data_offset);
                 } else {
-                    tracing::warn!(segment = %name, "data file of {file_len} bytes cut back to {}", marker.data_offset);
+                    tracing::warn!(segment = %name, "data file of {file_len} bytes cut back to {} (bytes written after the last sync)", marker.data_offset);
                 }
                 seg.data.set_len(marker.data_offset).ctx(|| format!("truncate {}", seg.data_path.display()))?;
             }
             seg.data.sync_all().ctx(|| format!("fsync {}", seg.data_path.display()))?;
-            seg.flush_index()?;
+            seg.mark_synced()?;
         }
         Ok(seg)
     }
@@ -601,11 +643,11 @@ impl Segment {
 }
 
 fn map_rw(f: &File, path: &Path) -> Result<MmapMut> {
-    crate::store::mmap::map_mut(f).ctx(|| format!("mmap {}", path.display()))
+    crate::sys::mmap::map_mut(f).ctx(|| format!("mmap {}", path.display()))
 }
 
 fn map_ro(f: &File, path: &Path) -> Result<Mmap> {
-    crate::store::mmap::map(f).ctx(|| format!("mmap {}", path.display()))
+    crate::sys::mmap::map(f).ctx(|| format!("mmap {}", path.display()))
 }
 
 /// Whether the data file's bytes `[from, to)` are direct-I/O padding: fewer than
@@ -616,11 +658,6 @@ fn zero_padding(data: &File, from: u64, to: u64) -> bool {
     }
     let mut b = vec![0u8; (to - from) as usize];
     data.read_exact_at(&mut b, from).is_ok() && b.iter().all(|&x| x == 0)
-}
-
-/// Fsyncs a directory so created, renamed or removed entries are durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("fsync directory {}", dir.display()))
 }
 
 struct Inner {
@@ -691,10 +728,11 @@ impl BigLog {
         if opts.index_capacity < 2 || opts.index_capacity > u32::MAX as u64 {
             return Err(Error::InvalidArgument("index_capacity must be 2 to 4294967295 slots".into()));
         }
-        if writable {
-            std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
-        } else if !dir.is_dir() {
-            return Err(Error::NotFound(format!("store directory {}", dir.display())));
+        // The caller creates the directory (`tlog store init`, or tlogd on a fresh data
+        // directory): a missing one may be a disk that failed to mount, and an empty store in
+        // its place would hide that.
+        if !dir.is_dir() {
+            return Err(Error::NotFound(format!("store directory {} (not a directory, or missing)", dir.display())));
         }
         let lock = if writable {
             let p = dir.join("LOCK");
@@ -725,7 +763,7 @@ impl BigLog {
         let mut segments = Vec::with_capacity(bases.len());
         for (i, &b) in bases.iter().enumerate() {
             let hot = i + 1 == bases.len();
-            segments.push(Segment::open(dir, b, writable, writable && hot, opts.direct_io)?);
+            segments.push(Segment::open(dir, b, writable, hot, opts.direct_io)?);
         }
         if segments.is_empty() && writable {
             segments.push(Segment::create(dir, 0, opts.index_capacity, opts.direct_io)?);
@@ -843,7 +881,7 @@ impl BigLog {
         s.put_slot(slot, &e.encode())?;
         let next_ro = s.next_ro + n;
         let data_len = s.data_len + len as u64;
-        s.put_slot(slot + 1, &IndexEntry::marker(next_ro as u32, data_len).encode())?;
+        s.put_slot(slot + 1, &IndexEntry::marker_synced(next_ro as u32, data_len, s.synced).encode())?;
         let offset = s.base + s.next_ro;
         s.entries += 1;
         s.next_ro = next_ro;
@@ -877,15 +915,29 @@ impl BigLog {
         self.wake.0.lock().map(|g| *g).unwrap_or(0)
     }
 
-    /// Makes everything written so far durable: fsync of the hot data file, then msync of its
-    /// index. (Sealed segments were synced when they were split.)
+    /// Makes everything written so far durable: fsync of the hot data file, then the synced
+    /// mark in its index and an msync of the index. (Sealed segments were synced when they were
+    /// split.) Reads go on during the fsync; writes wait only for the mark.
     pub fn sync(&self) -> Result<()> {
-        let g = self.read()?;
-        if let Some(s) = g.segments.last() {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("store::sync", |arg| crate::failpoint_action(arg));
+        let (base, len) = {
+            let g = self.read()?;
+            let Some(s) = g.segments.last() else { return Ok(()) };
             s.data.sync_data().ctx(|| format!("fsync {}", s.data_path.display()))?;
-            s.flush_index()?;
             if self.opts.drop_cache && s.direct.is_none() {
                 s.drop_cached(s.data_len);
+            }
+            (s.base, s.data_len)
+        };
+        let mut g = self.write_lock()?;
+        if let Some(s) = g.segments.last_mut() {
+            // A split meanwhile synced that segment whole; `len` was fsync'd above.
+            if s.base == base && len > s.synced {
+                s.synced = len;
+                let m = IndexEntry::marker_synced(s.next_ro as u32, s.data_len, len);
+                s.put_slot(s.entries, &m.encode())?;
+                s.flush_index()?;
             }
         }
         Ok(())
@@ -903,7 +955,11 @@ impl BigLog {
                 // Sealed segments hold their data only: the zero padding is cut off.
                 let was_direct = s.end_direct().ctx(|| format!("truncate {}", s.data_path.display()))?;
                 s.data.sync_all().ctx(|| format!("fsync {}", s.data_path.display()))?;
-                s.flush_index()?;
+                if s.damage.is_none() {
+                    s.mark_synced()?;
+                } else {
+                    s.flush_index()?;
+                }
                 if self.opts.drop_cache && !was_direct {
                     s.drop_cached(s.data_len);
                 }

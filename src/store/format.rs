@@ -24,7 +24,11 @@
 //! | 28..32 | entry CRC-32    | CRC-32 of bytes 0..28 of this slot                        |
 //!
 //! The last written slot is always the marker: relative offset = the next offset to be
-//! written, data offset = the data file's length, data length/timestamp/CRC 0. An all-zero slot
+//! written, data offset = the data file's length, data length and CRC 0, and in the timestamp
+//! field the *synced mark*: the data offset up to which the data file was fsync'd before the
+//! mark was written (0 in stores written before the mark existed). On open, an entry below the
+//! mark whose data is missing or fails its CRC is lost synced data (damage, reported), while one
+//! above it was written after the last sync and may have been torn by a crash (cut back). An all-zero slot
 //! is empty (its entry CRC cannot match: CRC-32 of 28 zero bytes is not 0).
 
 use crate::error::{Error, Result};
@@ -75,6 +79,13 @@ impl IndexEntry {
     /// A marker naming the next relative offset and the data file length.
     pub fn marker(relative_offset: u32, data_offset: u64) -> Self {
         IndexEntry { relative_offset, data_len: 0, timestamp: 0, data_offset, data_crc: 0 }
+    }
+
+    /// The marker carrying the synced mark: `synced` is the data offset below which every
+    /// entry's data was fsync'd before the mark was written (kept in the marker's timestamp
+    /// field, which a marker does not otherwise use).
+    pub fn marker_synced(relative_offset: u32, data_offset: u64, synced: u64) -> Self {
+        IndexEntry { relative_offset, data_len: 0, timestamp: synced, data_offset, data_crc: 0 }
     }
 
     /// True for the marker slot (the "next offset" entry).

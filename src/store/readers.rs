@@ -196,8 +196,7 @@ pub fn verify(log: &BigLog) -> Result<Vec<Error>> {
     let mut problems = Vec::new();
     for s in log.segments()? {
         if let Some(d) = s.damage {
-            problems
-                .push(Error::Corrupt { location: format!("segment {:020} offset {}", s.base, d.offset), detail: format!("index slot {} is corrupt", d.slot) });
+            problems.push(Error::Corrupt { location: format!("segment {:020} offset {}", s.base, d.offset), detail: d.detail });
         }
     }
     let first = log.first_offset()?;

@@ -19,7 +19,7 @@
 //! `reader_timeout`, then proceeds (a reader keeps reading its open file, then reloads).
 
 use crate::error::{Error, IoContext, Result};
-use crate::store::biglog::sync_dir;
+use crate::fs::sync_dir;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};

@@ -91,8 +91,11 @@ pub struct HandshakeRequest {
     pub first_sequence: u64,
     /// Auth token ("" for none).
     pub token: String,
-    /// Start a new sequence space at `first_sequence`.
+    /// Jump forward to `first_sequence` (refused when the vdisk's history holds it).
     pub reset_first_sequence: bool,
+    /// A reconnecting writer's epoch (0 = a new writer): refused with `fenced` when a newer
+    /// writer took the vdisk over since.
+    pub resume_epoch: u64,
 }
 
 /// Handshake outcome.
@@ -127,6 +130,8 @@ pub struct HandshakeResponse {
     pub has_flushed: bool,
     /// Human-readable detail.
     pub message: String,
+    /// The connection's writer epoch (0 when refused).
+    pub epoch: u64,
 }
 
 /// Client → server messages after the handshake.
@@ -161,6 +166,28 @@ pub enum ErrorCode {
     InternalError,
     /// `size` does not match the data.
     BadSize,
+    /// `lba * 512 + size` lies past the largest vdisk (`server.max_vdisk_bytes`).
+    OutOfRange,
+    /// Sequence 2^64 - 1 was taken: the vdisk's sequence space ends there.
+    SequenceExhausted,
+}
+
+/// What a [`Notice`] tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// Received blocks cannot be made durable yet (the message says why, e.g. a full disk).
+    Waiting,
+    /// Durable writes go on again.
+    Resumed,
+}
+
+/// A server notice: not an error, the state of the durable writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// Waiting or resumed.
+    pub kind: NoticeKind,
+    /// Why, for the operator.
+    pub message: String,
 }
 
 /// An error reported to the client.
@@ -187,6 +214,8 @@ pub enum ServerMessage {
     ForceFlushReceived,
     /// An error.
     Error(ServerError),
+    /// The state of the durable writes (why flushed acks are late).
+    Notice(Notice),
 }
 
 fn to_frame(b: &Builder<capnp::message::HeapAllocator>) -> Vec<u8> {
@@ -213,6 +242,7 @@ pub fn encode_handshake_request(r: &HandshakeRequest) -> Vec<u8> {
     b.set_first_sequence(r.first_sequence);
     b.set_token(r.token.as_str());
     b.set_reset_first_sequence(r.reset_first_sequence);
+    b.set_resume_epoch(r.resume_epoch);
     to_frame(&m)
 }
 
@@ -230,6 +260,7 @@ pub fn decode_handshake_request<'a>(f: impl Into<FrameRef<'a>>) -> Result<Handsh
             String::new()
         },
         reset_first_sequence: r.get_reset_first_sequence(),
+        resume_epoch: r.get_resume_epoch(),
     })
 }
 
@@ -268,6 +299,7 @@ pub fn encode_handshake_response(r: &HandshakeResponse) -> Vec<u8> {
     b.set_last_flushed_sequence(r.last_flushed_sequence);
     b.set_has_flushed(r.has_flushed);
     b.set_message(r.message.as_str());
+    b.set_epoch(r.epoch);
     to_frame(&m)
 }
 
@@ -281,6 +313,7 @@ pub fn decode_handshake_response<'a>(f: impl Into<FrameRef<'a>>) -> Result<Hands
         last_flushed_sequence: r.get_last_flushed_sequence(),
         has_flushed: r.get_has_flushed(),
         message: r.get_message().map_err(capnp_err)?.to_string().unwrap_or_default(),
+        epoch: r.get_epoch(),
     })
 }
 
@@ -358,6 +391,8 @@ fn code_to(c: ErrorCode) -> schema::ErrorCode {
         ErrorCode::NotAttached => E::NotAttached,
         ErrorCode::InternalError => E::InternalError,
         ErrorCode::BadSize => E::BadSize,
+        ErrorCode::OutOfRange => E::OutOfRange,
+        ErrorCode::SequenceExhausted => E::SequenceExhausted,
     }
 }
 
@@ -373,6 +408,8 @@ fn code_from(c: schema::ErrorCode) -> ErrorCode {
         E::NotAttached => ErrorCode::NotAttached,
         E::InternalError => ErrorCode::InternalError,
         E::BadSize => ErrorCode::BadSize,
+        E::OutOfRange => ErrorCode::OutOfRange,
+        E::SequenceExhausted => ErrorCode::SequenceExhausted,
     }
 }
 
@@ -398,6 +435,14 @@ pub fn encode_server_message(msg: &ServerMessage) -> Vec<u8> {
             r.set_sequence(e.sequence);
             r.set_expected_sequence(e.expected_sequence);
             r.set_message(e.message.as_str());
+        }
+        ServerMessage::Notice(n) => {
+            let mut r = b.init_notice();
+            r.set_kind(match n.kind {
+                NoticeKind::Waiting => schema::NoticeKind::Waiting,
+                NoticeKind::Resumed => schema::NoticeKind::Resumed,
+            });
+            r.set_message(n.message.as_str());
         }
     }
     to_frame(&m)
@@ -427,6 +472,16 @@ pub fn decode_server_message<'a>(f: impl Into<FrameRef<'a>>) -> Result<ServerMes
                 message: x.get_message().map_err(capnp_err)?.to_string().unwrap_or_default(),
             })
         }
+        Which::Notice(x) => {
+            let x = x.map_err(capnp_err)?;
+            ServerMessage::Notice(Notice {
+                kind: match x.get_kind().map_err(|e| Error::Protocol(format!("unknown notice kind {}", e.0)))? {
+                    schema::NoticeKind::Waiting => NoticeKind::Waiting,
+                    schema::NoticeKind::Resumed => NoticeKind::Resumed,
+                },
+                message: x.get_message().map_err(capnp_err)?.to_string().unwrap_or_default(),
+            })
+        }
     })
 }
 
@@ -447,16 +502,18 @@ mod tests {
 
     #[test]
     fn roundtrip_all_messages() {
-        let hs = HandshakeRequest { version: 1, vdisk_id: "vd-1".into(), first_sequence: 9, token: "t".into(), reset_first_sequence: true };
+        let hs = HandshakeRequest { version: 1, vdisk_id: "vd-1".into(), first_sequence: 9, token: "t".into(), reset_first_sequence: true, resume_epoch: 4 };
         assert_eq!(decode_handshake_request(&one_frame(&encode_handshake_request(&hs))).unwrap(), hs);
-        let resp = HandshakeResponse { version: 1, status: HandshakeStatus::Fenced, last_flushed_sequence: 7, has_flushed: true, message: "m".into() };
+        let resp =
+            HandshakeResponse { version: 1, status: HandshakeStatus::Fenced, last_flushed_sequence: 7, has_flushed: true, message: "m".into(), epoch: 3 };
         assert_eq!(decode_handshake_response(&one_frame(&encode_handshake_response(&resp))).unwrap(), resp);
         let b = Block::new(3, 8, Operation::Write, vec![1, 2, 3], 3, 42);
         for m in [ClientMessage::Block(b), ClientMessage::ForceFlush, ClientMessage::Disconnect] {
             assert_eq!(decode_client_message(&one_frame(&encode_client_message(&m))).unwrap(), m);
         }
         let e = ServerError { code: ErrorCode::OutOfOrder, sequence: 5, expected_sequence: 4, message: "gap".into() };
-        for m in [ServerMessage::Received(1, 2), ServerMessage::Flushed(3, 4), ServerMessage::ForceFlushReceived, ServerMessage::Error(e)] {
+        let n = ServerMessage::Notice(Notice { kind: NoticeKind::Waiting, message: "disk full".into() });
+        for m in [ServerMessage::Received(1, 2), ServerMessage::Flushed(3, 4), ServerMessage::ForceFlushReceived, ServerMessage::Error(e), n] {
             assert_eq!(decode_server_message(&one_frame(&encode_server_message(&m))).unwrap(), m);
         }
     }

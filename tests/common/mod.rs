@@ -55,14 +55,43 @@ pub struct Tlogd {
     pub port: u16,
     pub data: PathBuf,
     pub config: Option<PathBuf>,
+    /// Extra environment of the process (e.g. FAILPOINTS).
+    pub env: Vec<(String, String)>,
     log: PathBuf,
 }
 
 impl Tlogd {
     pub fn start(data: &Path, config: Option<&Path>, port: u16) -> Tlogd {
-        let mut t = Tlogd { child: None, port, data: data.to_path_buf(), config: config.map(Path::to_path_buf), log: data.with_extension("tlogd.log") };
+        Self::start_env(data, config, port, &[])
+    }
+
+    /// [`Tlogd::start`] with extra environment variables.
+    pub fn start_env(data: &Path, config: Option<&Path>, port: u16, env: &[(&str, &str)]) -> Tlogd {
+        let mut t = Tlogd {
+            child: None,
+            port,
+            data: data.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            log: data.with_extension("tlogd.log"),
+        };
         t.spawn();
         t
+    }
+
+    /// Waits (at most `timeout`) for the process to exit by itself; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    return Some(st);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     fn spawn(&mut self) {
@@ -73,6 +102,9 @@ impl Tlogd {
         c.arg("--data-dir").arg(&self.data).arg("--listen").arg(format!("127.0.0.1:{}", self.port));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("tlogd log file");
         c.stdout(Stdio::null()).stderr(log).env("TLOG_LOG", "info");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         let child = c.spawn().expect("spawn tlogd");
         self.child = Some(child);
         assert!(wait_port(self.port, Duration::from_secs(20)), "tlogd did not listen on {} (log: {})", self.port, self.log_text());
@@ -158,6 +190,20 @@ impl Redis {
             assert!(wait_port(p, Duration::from_secs(20)), "redis-server on {p} did not start");
         }
         r
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to server `i`, by its PID.
+    pub fn signal(&self, i: usize, signal: &str) {
+        if let Some(c) = &self.children[i] {
+            let st = Command::new("kill").arg(format!("-{signal}")).arg(c.id().to_string()).status().expect("run kill");
+            assert!(st.success(), "kill -{signal} redis-server {i}");
+        }
+    }
+
+    /// Keys in server `i` (`redis-cli DBSIZE`).
+    pub fn dbsize(&self, i: usize) -> u64 {
+        let o = Command::new("redis-cli").args(["-p", &self.ports[i].to_string(), "dbsize"]).output().expect("run redis-cli");
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)
     }
 
     pub fn stop(&mut self, i: usize) {

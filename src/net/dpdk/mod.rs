@@ -1,51 +1,32 @@
-//! The DPDK front-end and every `unsafe` block of the crate.
-//!
-//! [`mmap`] (memory maps of the store's index files) is always built. With the cargo feature
-//! `dpdk`: [`ffi`] (bindgen bindings of DPDK 22.11 plus the C shim in `dpdk/shim.c`),
-//! [`port`] (EAL, mempool, port and queue setup, statistics) and [`device`] (a smoltcp
-//! `Device` over one RX/TX queue pair, handing received mbufs to smoltcp without copying).
-//! [`lcore`] (EAL lcores and launching work on them), [`signals`] (SIGIO only on the poll loops,
-//! each queue's to its own loop, and naps that a frame ends).
-//! [`serve`] runs one poll loop per queue, each on its own lcore with its own userspace TCP stack; ARP
-//! frames received on one queue are copied to every other queue's stack so all of them learn
-//! the peers (the kernel side delivers an ARP reply to one queue only).
-
-pub mod mmap;
-
-#[cfg(feature = "dpdk")]
-pub mod device;
-#[cfg(feature = "dpdk")]
-pub mod ffi;
-#[cfg(feature = "dpdk")]
-pub mod lcore;
-#[cfg(feature = "dpdk")]
-pub mod port;
-#[cfg(feature = "dpdk")]
-pub mod signals;
+//! The `dpdk` front-end (cargo feature `dpdk`): one poll loop per NIC queue, each on its own
+//! EAL lcore with its own userspace TCP stack ([`crate::net::stack`]); ARP frames received on
+//! one queue are copied to every other queue's stack so all of them learn the peers (the kernel
+//! side delivers an ARP reply to one queue only). The binding itself (FFI, port, device, lcores,
+//! signals) and all of its `unsafe` code is [`crate::sys::dpdk`].
 
 #[cfg(feature = "dpdk")]
 pub use serve_impl::serve;
 
 #[cfg(feature = "dpdk")]
 mod serve_impl {
-    use super::device::{QueueDevice, QueueStats};
-    use super::lcore;
-    use super::port::{Eal, Port};
     use crate::config::Config;
     use crate::error::{Error, Result};
-    use crate::namespace::Engine;
     use crate::net::stack::Stack;
+    use crate::net::Factory;
+    use crate::sys::dpdk::device::{QueueDevice, QueueStats};
+    use crate::sys::dpdk::lcore;
+    use crate::sys::dpdk::port::{Eal, Port};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     /// Serves on the DPDK port of `cfg.dpdk` until `stop` is set: one poll loop and one
     /// smoltcp Interface per queue, each on its own EAL lcore (queue 0 on the main lcore, in
-    /// this thread; queue q on the q-th worker lcore, see [`super::lcore`]). Logs per-port and
+    /// this thread; queue q on the q-th worker lcore, see [`crate::sys::dpdk::lcore`]). Logs per-port and
     /// per-queue statistics every `stats_interval_secs` and at exit.
     ///
     /// Errors: EAL or port setup failures, and fewer lcores than `dpdk.queues`.
-    pub fn serve(engine: Arc<Engine>, cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
+    pub fn serve(factory: Factory, cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         let d = &cfg.dpdk;
         Eal::init(&d.eal_args)?;
         let lcores = lcore::lcores();
@@ -60,7 +41,7 @@ mod serve_impl {
             )));
         }
         let port = Arc::new(Port::setup(d.port, d.queues, d.rx_descriptors, d.tx_descriptors, d.mbufs, d.mbuf_cache, cfg.net.mtu)?);
-        let mut scfg = crate::net::tap::stack_config(cfg)?;
+        let mut scfg = crate::net::stack::stack_config(cfg)?;
         scfg.mac = port.mac();
         let fr = port.frames();
         tracing::info!(
@@ -84,25 +65,25 @@ mod serve_impl {
         eprintln!("tlogd: listening on {}:{} (userspace TCP on DPDK port {}, {} queues)", scfg.address.0, scfg.port, d.port, d.queues);
         let (arp_txs, arp_rxs): (Vec<_>, Vec<_>) = (0..d.queues).map(|_| crossbeam_channel::bounded::<Vec<u8>>(4096)).unzip();
         let stats: Arc<Mutex<Vec<QueueStats>>> = Arc::new(Mutex::new(vec![QueueStats::default(); d.queues as usize]));
-        let owners: super::device::FlowOwners = Default::default();
+        let owners: crate::sys::dpdk::device::FlowOwners = Default::default();
         let idle_sleep = Duration::from_micros(d.idle_sleep_us);
         let mut loops: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         for (q, arp_rx) in arp_rxs.into_iter().enumerate() {
             let inboxes = arp_txs.clone();
             let owners = owners.clone();
-            let (engine, port, stop, stats, scfg) = (engine.clone(), port.clone(), stop.clone(), stats.clone(), scfg.clone());
+            let (factory, port, stop, stats, scfg) = (factory.clone(), port.clone(), stop.clone(), stats.clone(), scfg.clone());
             loops.push(Box::new(move || {
-                if let Err(e) = super::signals::unblock_sigio() {
+                if let Err(e) = crate::sys::dpdk::signals::unblock_sigio() {
                     tracing::warn!("dpdk queue {q}: {e}: net_tap may not see received packets");
                 }
                 if let Some(fd) = port.rx_fd(q as u16) {
-                    match super::signals::own_rx_signals(fd) {
+                    match crate::sys::dpdk::signals::own_rx_signals(fd) {
                         Ok(()) => tracing::debug!("dpdk queue {q}: receive signals of fd {fd} go to this poll loop"),
                         Err(e) => tracing::warn!("dpdk queue {q}: {e}: its poll loop wakes late on frames"),
                     }
                 }
                 let dev = QueueDevice::new(&port, q as u16, arp_rx, inboxes, owners);
-                poll_loop(q, dev, engine, scfg, &stop, &stats, idle_sleep);
+                poll_loop(q, dev, factory, scfg, &stop, &stats, idle_sleep);
             }));
         }
         // Statistics and the stop flag are watched by a plain thread (it inherits the main
@@ -167,13 +148,13 @@ mod serve_impl {
     fn poll_loop(
         q: usize,
         mut dev: QueueDevice,
-        engine: Arc<Engine>,
+        factory: Factory,
         scfg: crate::net::stack::StackConfig,
         stop: &AtomicBool,
         stats: &Mutex<Vec<QueueStats>>,
         idle_sleep: Duration,
     ) {
-        let mut stack = Stack::new(&mut dev, engine, scfg);
+        let mut stack = Stack::new(&mut dev, factory, scfg);
         let mut idle = 0u32;
         let mut last_stats = Instant::now();
         while !stop.load(Ordering::Relaxed) {
@@ -189,7 +170,7 @@ mod serve_impl {
                 // signal: on net_tap, a frame on this queue (see signals::own_rx_signals).
                 idle = idle.saturating_add(1);
                 if idle > 2 && idle_sleep > Duration::ZERO {
-                    super::signals::nap(idle_sleep);
+                    crate::sys::dpdk::signals::nap(idle_sleep);
                 } else if idle > 1 {
                     std::thread::yield_now();
                 }

@@ -108,7 +108,7 @@ impl ShardHeader {
         if v != SHARD_VERSION {
             return Err(bad(format!("shard format version {v}, this build reads {SHARD_VERSION}")));
         }
-        let u = |p: usize| crate::store::format::le_u64(&b[p..p + 8]);
+        let u = |p: usize| crate::bytes::le_u64(&b[p..p + 8]);
         let n = u16::from_le_bytes([b[140], b[141]]) as usize;
         let shard_len = u32::from_le_bytes([b[136], b[137], b[138], b[139]]) as usize;
         let hdr_end = FIXED + n;

@@ -1,6 +1,9 @@
-//! The crate's file memory maps (used by the store's segment indexes).
+//! File memory maps (memmap2), used by the store's segment indexes.
 //!
-//! Kept here because the project confines `unsafe` to `src/net/dpdk/`.
+//! memmap2's constructors are `unsafe`: a map's contents change under the program if another
+//! process writes or truncates the file. Every `unsafe` block of the crate lives under
+//! `src/sys/`.
+#![allow(unsafe_code)]
 
 use std::fs::File;
 

@@ -361,6 +361,27 @@ impl Sealer {
         Ok(agg)
     }
 
+    /// Re-encodes every shard of an aggregation from its sealed bytes and one intact shard's
+    /// header (from [`Sealer::reassemble`]): the same bytes the seal produced, so a missing or
+    /// bad shard can be rebuilt from any k good ones (repair, scrub). Returns k+m shards,
+    /// shard i at index i.
+    pub fn reencode(&self, h: &ShardHeader, sealed: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let (k, m) = (h.k as usize, h.m as usize);
+        let own;
+        let rs = if k == self.k && m == self.m && m > 0 {
+            &self.rs
+        } else {
+            own = ReedSolomon::new(k, m.max(1)).map_err(|e| Error::Seal(format!("Reed-Solomon k={k} m={m}: {e:?}")))?;
+            &own
+        };
+        // m = 0 is coded with one parity shard, which is not kept (as the seal does).
+        let coded = k + m.max(1);
+        let headers: Vec<ShardHeader> = (0..coded).map(|i| ShardHeader { index: i as u8, ..h.clone() }).collect();
+        let mut shards = erasure::encode_shards(rs, sealed, &headers)?;
+        shards.truncate(k + m);
+        Ok(shards)
+    }
+
     /// [`Sealer::reassemble`] then [`Sealer::open`].
     pub fn unseal(&self, key: &Key, shards: Vec<Option<Vec<u8>>>) -> Result<Aggregation> {
         let (h, sealed) = self.reassemble(key, shards)?;
@@ -424,6 +445,20 @@ mod tests {
                 assert_eq!(d, &data[i][..]);
             }
             assert_eq!(s.unseal(&reused.key, reused.shards.into_iter().map(Some).collect()).unwrap().blocks, b);
+        }
+    }
+
+    #[test]
+    fn reencode_rebuilds_the_sealed_shards_byte_for_byte() {
+        for (k, m) in [(4, 2), (3, 0), (2, 1)] {
+            let s = Sealer::new(SealKey::from_bytes([9; 32]), k, m).unwrap();
+            let sealed = s.seal(&ctx(), &golden_blocks(7, 4096)).unwrap();
+            let mut have: Vec<Option<Vec<u8>>> = sealed.shards.iter().cloned().map(Some).collect();
+            if m > 0 {
+                have[0] = None;
+            }
+            let (h, bytes) = s.reassemble(&sealed.key, have).unwrap();
+            assert_eq!(s.reencode(&h, &bytes).unwrap(), sealed.shards, "k={k} m={m}");
         }
     }
 

@@ -8,6 +8,7 @@
 //! queues each ran half the time, in 4 ms scheduler slices, and ACKs left in bursts 4 ms
 //! apart). EAL worker threads are pinned to their own cores and have lcore ids, which also
 //! lets the mempool use its per-lcore cache.
+#![allow(unsafe_code)]
 
 use super::ffi;
 use crate::error::{Error, Result};

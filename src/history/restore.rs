@@ -1,11 +1,12 @@
-//! Playback and restore: find a vdisk's head, walk the hash chain back to its first
-//! aggregation, unseal each (rebuilding shards lost on up to m backends), and apply the blocks
-//! in chain order (sequence order) to a sparse raw image.
+//! Restore: find a vdisk's head, walk the hash chain back to its first aggregation, unseal each
+//! (rebuilding shards lost on up to m backends), and apply the blocks in chain order (sequence
+//! order) to a sparse raw image. A block that cannot be applied (its range lies past
+//! `max_image_bytes`, or it names an unknown operation: written by an older tlog that did not
+//! check) is skipped and reported by sequence; the rest of the vdisk is restored.
 
 use crate::backend::{Backend, Key};
 use crate::error::{Error, IoContext, Result};
-use crate::flush::chain::{fetch_shards, find_head};
-use crate::flush::{Aggregation, Sealer, ShardHeader};
+use crate::seal::{fetch_shards, find_head, Aggregation, Sealer, ShardHeader};
 use crate::wire::{Operation, SECTOR};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -23,11 +24,14 @@ pub struct RestoreOptions {
     /// Sealed bytes kept in memory during the walk; beyond, aggregations are fetched again when
     /// applied. Default 1 GiB.
     pub cache_bytes: u64,
+    /// Largest image: a block reaching past it is skipped and reported. Default 64 TiB (the
+    /// default `server.max_vdisk_bytes`).
+    pub max_image_bytes: u64,
 }
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { to_sequence: None, progress: true, cache_bytes: 1 << 30 }
+        RestoreOptions { to_sequence: None, progress: true, cache_bytes: 1 << 30, max_image_bytes: 64 << 40 }
     }
 }
 
@@ -44,6 +48,8 @@ pub struct RestoreStats {
     pub image_bytes: u64,
     /// Last sequence applied.
     pub last_sequence: Option<u64>,
+    /// Blocks skipped: (sequence, why).
+    pub bad_blocks: Vec<(u64, String)>,
 }
 
 /// One link of the chain.
@@ -186,8 +192,13 @@ fn apply(
             if opts.to_sequence.map(|t| b.sequence > t).unwrap_or(false) {
                 break 'outer;
             }
-            let start = b.lba.checked_mul(SECTOR).ok_or_else(|| Error::Seal(format!("block {}: lba {} overflows", b.sequence, b.lba)))?;
-            let end = start.checked_add(b.size).ok_or_else(|| Error::Seal(format!("block {}: size overflows", b.sequence)))?;
+            let end = b.lba.checked_mul(SECTOR).and_then(|s| s.checked_add(b.size).map(|e| (s, e)));
+            let Some((start, end)) = end.filter(|(_, e)| *e <= opts.max_image_bytes) else {
+                let why = format!("lba {} * 512 + size {} lies past the largest image ({} bytes)", b.lba, b.size, opts.max_image_bytes);
+                tracing::warn!(vdisk = %link.header.vdisk, sequence = b.sequence, "block skipped: {why}");
+                stats.bad_blocks.push((b.sequence, why));
+                continue;
+            };
             match Operation::from_ordinal(b.operation) {
                 Some(Operation::Write) => {
                     f.write_all_at(&b.data, start).ctx(|| format!("write {}", output.display()))?;
@@ -204,7 +215,12 @@ fn apply(
                         }
                     }
                 }
-                None => return Err(Error::Seal(format!("block {} has unknown operation {}", b.sequence, b.operation))),
+                None => {
+                    let why = format!("unknown operation {}", b.operation);
+                    tracing::warn!(vdisk = %link.header.vdisk, sequence = b.sequence, "block skipped: {why}");
+                    stats.bad_blocks.push((b.sequence, why));
+                    continue;
+                }
             }
             extent = extent.max(end);
             stats.blocks += 1;

@@ -49,7 +49,7 @@ impl IndexEntry {
         if b.len() < ENTRY || crc32fast::hash(&b[0..64]) != u32::from_le_bytes([b[64], b[65], b[66], b[67]]) {
             return None;
         }
-        let u = |p: usize| crate::store::format::le_u64(&b[p..p + 8]);
+        let u = |p: usize| crate::bytes::le_u64(&b[p..p + 8]);
         let mut key = [0u8; 32];
         key.copy_from_slice(&b[32..64]);
         Some(IndexEntry { first_sequence: u(0), last_sequence: u(8), timestamp: u(16), epoch: u(24), key })
@@ -94,7 +94,6 @@ impl MetaIndex {
     }
 
     fn rewrite(&mut self) -> Result<()> {
-        let tmp = self.path.with_extension("index.tmp");
         let mut b = Vec::with_capacity(16 + self.entries.len() * ENTRY);
         b.extend_from_slice(b"TLOGMIDX");
         b.extend_from_slice(&1u32.to_le_bytes());
@@ -102,8 +101,7 @@ impl MetaIndex {
         for e in &self.entries {
             b.extend_from_slice(&e.encode());
         }
-        std::fs::write(&tmp, &b).ctx(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).ctx(|| format!("rename {}", tmp.display()))?;
+        crate::fs::write_atomic(&self.path, &b)?;
         self.file = None;
         Ok(())
     }
@@ -171,7 +169,7 @@ impl MetaIndex {
         }
         if self.starting_index != before {
             let p = self.path.with_extension("start");
-            std::fs::write(&p, self.starting_index.to_string()).ctx(|| format!("write {}", p.display()))?;
+            crate::fs::write_atomic(&p, self.starting_index.to_string().as_bytes())?;
         }
         Ok(self.starting_index - before)
     }

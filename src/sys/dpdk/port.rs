@@ -1,4 +1,5 @@
 //! EAL initialisation, the mbuf mempool and port/queue setup (DPDK 22.11).
+#![allow(unsafe_code)]
 
 use super::ffi;
 use crate::error::{Error, Result};

@@ -17,6 +17,7 @@
 //! knows its own connections, so a SYN makes the receiving queue the flow's owner (in a map
 //! shared by the queues) and later segments that arrive on another queue are handed to the
 //! owner.
+#![allow(unsafe_code)]
 
 use super::ffi;
 use super::port::{Frames, Port};

@@ -46,13 +46,13 @@ impl HeadRecord {
     /// Decodes a record; errors on a bad magic, length or checksum.
     pub fn decode(b: &[u8]) -> Result<HeadRecord> {
         if b.len() != HEAD_LEN || &b[0..8] != b"TLOGHEAD" {
-            return Err(Error::Seal(format!("not a head record ({} bytes)", b.len())));
+            return Err(Error::Corrupt { location: "head record".into(), detail: format!("not a head record ({} bytes, bad magic or length)", b.len()) });
         }
         let crc = u32::from_le_bytes([b[80], b[81], b[82], b[83]]);
         if crc32fast::hash(&b[..80]) != crc {
-            return Err(Error::Seal("head record checksum mismatch".into()));
+            return Err(Error::Corrupt { location: "head record".into(), detail: "checksum mismatch".into() });
         }
-        let u = |p: usize| crate::store::format::le_u64(&b[p..p + 8]);
+        let u = |p: usize| crate::bytes::le_u64(&b[p..p + 8]);
         let mut key = [0u8; 32];
         key.copy_from_slice(&b[16..48]);
         Ok(HeadRecord { height: u(8), key, first_sequence: u(48), last_sequence: u(56), epoch: u(64), timestamp: u(72) })
@@ -68,7 +68,6 @@ mod tests {
         let h = HeadRecord { height: 5, key: [7; 32], first_sequence: 10, last_sequence: 20, epoch: 3, timestamp: 99 };
         let b = h.encode();
         assert_eq!(b.len(), HEAD_LEN);
-        assert_eq!(crate::backend::head_height(&b), 5);
         assert_eq!(HeadRecord::decode(&b).unwrap(), h);
         let mut c = b.clone();
         c[50] ^= 1;
@@ -99,10 +98,12 @@ pub fn fetch_shards(backends: &[std::sync::Arc<dyn crate::backend::Backend>], ke
 /// be rebuilt was never acknowledged (the write quorum is above k), so the next lower one is
 /// tried. `Ok(None)` when no backend knows the vdisk; an error when heads exist but none can be
 /// rebuilt, or when more than m backends are unreachable.
-pub fn find_head(backends: &[std::sync::Arc<dyn crate::backend::Backend>], sealer: &crate::flush::Sealer, vdisk: &str) -> Result<Option<HeadRecord>> {
+pub fn find_head(backends: &[std::sync::Arc<dyn crate::backend::Backend>], sealer: &crate::seal::Sealer, vdisk: &str) -> Result<Option<HeadRecord>> {
     let results: Vec<(String, Result<Option<Vec<u8>>>)> = std::thread::scope(|s| {
         let hs: Vec<_> = backends.iter().map(|b| s.spawn(move || (b.name(), b.get_head(vdisk)))).collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| ("?".into(), Err(Error::Seal("backend thread panicked".into()))))).collect()
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| ("?".into(), Err(Error::Backend { backend: "?".into(), detail: "reader thread panicked".into() }))))
+            .collect()
     });
     let mut heads: Vec<HeadRecord> = Vec::new();
     let mut unreachable = Vec::new();
@@ -125,7 +126,8 @@ pub fn find_head(backends: &[std::sync::Arc<dyn crate::backend::Backend>], seale
             detail: format!("more than m = {} unreachable: {}", sealer.m(), unreachable.join("; ")),
         });
     }
-    heads.sort_by(|a, b| b.height.cmp(&a.height));
+    // Newest first by (epoch, height): the order backends keep heads in.
+    heads.sort_by(|a, b| (b.epoch, b.height).cmp(&(a.epoch, a.height)));
     heads.dedup_by_key(|h| h.key);
     if heads.is_empty() {
         return Ok(None);

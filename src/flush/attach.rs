@@ -1,0 +1,133 @@
+//! Attach workers: a small pool of threads that attach connections to vdisks, so the backend
+//! reads of a first attach (finding the head) and the wait of a takeover never block a
+//! front-end's thread (a userspace stack's poll loop serves many connections).
+//!
+//! A reconnecting writer presents its epoch: if a newer writer took the vdisk over since, it is
+//! refused (`fenced`) instead of taking it back, so after a crash only the newest writer goes
+//! on. A new writer (no epoch) takes over.
+//!
+//! A takeover, in order (DESIGN.md §5): refuse a `resetFirstSequence` into the history before
+//! anything changes; *fence* the current writer (its later blocks are refused; what it buffered
+//! is queued to flush); *drain* (wait until every block the old epoch received is durable, its
+//! flushed acks going to the old connection, at most `server.takeover_timeout_ms`); tell the old
+//! connection it is fenced; persist the new epoch; begin it after the durable head. So the new
+//! writer's `lastFlushedSequence` is exactly the durable head when its epoch begins, and nothing
+//! of the old epoch becomes durable after it. (Drain, not discard: the old writer's received
+//! blocks are kept.)
+
+use super::{lock, Ack, AckSink, AttachError, AttachRequest, AttachTicket, Attached, Shared, Vdisk};
+use crate::namespace::{BeginError, FirstSequence};
+use crossbeam_channel::Receiver;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Attach worker threads.
+pub const WORKERS: usize = 4;
+
+/// One attach to do.
+pub struct Job {
+    /// The request.
+    pub req: AttachRequest,
+    /// The connection's ack sink.
+    pub sink: AckSink,
+    /// Where the answer goes.
+    pub ticket: AttachTicket<Arc<Vdisk>>,
+}
+
+/// An attach worker's body (`None` stops it).
+pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<Option<Job>>) {
+    while let Ok(Some(job)) = rx.recv() {
+        let r = attach(&sh, job.req, job.sink);
+        job.ticket.finish(r);
+        sh.signal_space();
+    }
+}
+
+fn attach(sh: &Shared, req: AttachRequest, sink: AckSink) -> Result<Attached<Arc<Vdisk>>, AttachError> {
+    if sh.stopping.load(Ordering::SeqCst) {
+        return Err(AttachError::ShuttingDown);
+    }
+    let vd = sh.vdisk(&req.vdisk).map_err(|e| AttachError::Storage(format!("cannot open vdisk {}: {e}", req.vdisk)))?;
+    let _one_at_a_time = lock(&vd.attach_lock);
+    if req.reset_first_sequence {
+        if let Some(last) = lock(&vd.ns).last_received() {
+            if req.first_sequence <= last {
+                return Err(AttachError::WouldReuse { requested: req.first_sequence, last });
+            }
+        }
+    }
+    let current = current_epoch(sh, &vd)?;
+    if req.resume_epoch > 0 && current > req.resume_epoch {
+        return Err(AttachError::Fenced { epoch: req.resume_epoch, by: current });
+    }
+    let epoch = current + 1;
+    if lock(&vd.ns).fence() {
+        sh.queue_flush(&vd);
+    }
+    let deadline = Instant::now() + Duration::from_millis(sh.cfg.server.takeover_timeout_ms);
+    while !lock(&vd.ns).idle() {
+        if Instant::now() >= deadline || sh.stopping.load(Ordering::SeqCst) {
+            return Err(AttachError::Busy(format!(
+                "the previous writer's blocks of vdisk {} are not durable after {} ms (server.takeover_timeout_ms)",
+                vd.name(),
+                sh.cfg.server.takeover_timeout_ms
+            )));
+        }
+        sh.wait_space(Duration::from_millis(50));
+    }
+    if let Some((old, s)) = lock(&vd.sink).take() {
+        tracing::info!(vdisk = %vd.name(), old_epoch = old, epoch, "vdisk taken over by a new connection; the old one is fenced");
+        let _ = s.send(Ack::Fenced { by: epoch });
+    }
+    persist_epoch(sh, &vd, epoch)?;
+    let mut random = [0u8; 16];
+    getrandom::getrandom(&mut random).map_err(|e| AttachError::Storage(format!("no randomness for the attach nonce: {e}")))?;
+    {
+        let mut r = lock(&vd.random);
+        r.clear();
+        r.insert(epoch, random);
+    }
+    let first = if req.reset_first_sequence { FirstSequence::Reset(req.first_sequence) } else { FirstSequence::Continue(req.first_sequence) };
+    *lock(&vd.sink) = Some((epoch, sink));
+    let mut ns = lock(&vd.ns);
+    let next = match ns.begin_epoch(epoch, first) {
+        Ok(n) => n,
+        Err(BeginError::WouldReuse { requested, last_flushed }) => {
+            drop(ns);
+            *lock(&vd.sink) = None;
+            return Err(AttachError::WouldReuse { requested, last: last_flushed });
+        }
+        Err(BeginError::NotIdle) => {
+            drop(ns);
+            *lock(&vd.sink) = None;
+            return Err(AttachError::Busy(format!("vdisk {} received blocks during the takeover", vd.name())));
+        }
+    };
+    let last_flushed = ns.last_flushed();
+    drop(ns);
+    drop(_one_at_a_time);
+    Ok(Attached { handle: vd, epoch, last_flushed, next_sequence: next })
+}
+
+fn epoch_path(sh: &Shared, vd: &Vdisk) -> std::path::PathBuf {
+    sh.cfg.server.data_dir.join("vdisks").join(format!("{}.epoch", vd.name()))
+}
+
+/// The newest epoch seen: the persisted one, and the newest in the backends' head.
+fn current_epoch(sh: &Shared, vd: &Vdisk) -> Result<u64, AttachError> {
+    let p = epoch_path(sh, vd);
+    let stored: u64 = match std::fs::read_to_string(&p) {
+        Ok(s) => s.trim().parse().map_err(|_| AttachError::Storage(format!("epoch file {} does not hold a number", p.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(AttachError::Storage(format!("read {}: {e}", p.display()))),
+    };
+    Ok(stored.max(lock(&vd.ns).epoch()))
+}
+
+fn persist_epoch(sh: &Shared, vd: &Vdisk, epoch: u64) -> Result<(), AttachError> {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("flush::persist_epoch", |arg| crate::failpoint_action(arg).map_err(|e| AttachError::Storage(e.to_string())));
+    let p = epoch_path(sh, vd);
+    crate::fs::write_atomic(&p, epoch.to_string().as_bytes()).map_err(|e| AttachError::Storage(format!("cannot persist the epoch of {}: {e}", vd.name())))
+}

@@ -1,0 +1,318 @@
+//! Wiring of the engine's threads and channels (see the diagram in [`super`]), and their
+//! orderly stop: [`Engine::shutdown`] refuses new attaches, flushes every buffer, waits (at most
+//! its bound) until everything received is durable, then closes the threads in dependency order
+//! (flushers, attach workers, timer, repairer; the completer; the writers) and joins each, the
+//! whole within the bound. A thread that does not stop in time (a backend call that hangs past
+//! its own timeout) is reported and left behind.
+
+use super::attach::{self, Job};
+use super::completer::{self, Event};
+use super::flusher::{self, COMPLETIONS_PER_WORKER};
+use super::{lock, repair, timer, writer, AckSink, AttachRequest, AttachTicket, Core, Permits, Push, Shared, Stats, Vdisk};
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::error::{Error, IoContext, Result};
+use crate::namespace::Limits;
+use crate::seal::Sealer;
+use crate::time::Clock;
+use crate::wire::Block;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Largest block data buffer the buffer pool keeps (bytes); larger blocks are allocated and
+/// freed as usual.
+const BUFFER_POOL_MAX_BUFFER: usize = 256 << 10;
+
+/// Which background threads to run (tests drive the timer by hand).
+#[derive(Clone, Copy, Debug)]
+pub struct Threads {
+    /// The flush timer.
+    pub timer: bool,
+    /// The background repairer.
+    pub repairer: bool,
+}
+
+impl Default for Threads {
+    fn default() -> Self {
+        Threads { timer: true, repairer: true }
+    }
+}
+
+/// The server core: vdisks, flushers, writers, completer, timer, repair. Front-ends drive it
+/// through `session::Session` (the [`Core`] trait).
+pub struct Engine {
+    sh: Arc<Shared>,
+    threads: Mutex<Vec<(String, JoinHandle<()>)>>,
+}
+
+/// Starts an engine thread. Engine threads fail stop: one that panics aborts the process
+/// (after logging, where it still can), because an engine missing a worker would keep taking
+/// blocks it can never make durable; the clients reconnect to the restarted tlogd and resend
+/// what was not flushed.
+fn spawn(threads: &mut Vec<(String, JoinHandle<()>)>, name: String, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    let n = name.clone();
+    let body = move || {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+            tracing::error!(thread = %n, "engine thread panicked: stopping tlogd (clients resend what was not flushed)");
+            std::process::abort();
+        }
+    };
+    let h = std::thread::Builder::new().name(name.clone()).spawn(body).ctx(|| format!("spawn thread {name}"))?;
+    threads.push((name, h));
+    Ok(())
+}
+
+impl Engine {
+    /// Starts an engine on validated `cfg` with every background thread. `backends.len()` must
+    /// be k+m of the sealer.
+    pub fn start(cfg: Arc<Config>, sealer: Sealer, backends: Vec<Arc<dyn Backend>>, clock: Arc<dyn Clock>) -> Result<Arc<Engine>> {
+        Self::start_with(cfg, sealer, backends, clock, Threads::default())
+    }
+
+    /// [`Engine::start`] choosing the background threads.
+    pub fn start_with(cfg: Arc<Config>, sealer: Sealer, backends: Vec<Arc<dyn Backend>>, clock: Arc<dyn Clock>, run: Threads) -> Result<Arc<Engine>> {
+        if backends.len() != sealer.k() + sealer.m() {
+            return Err(Error::Config(format!("{} backends for k + m = {}", backends.len(), sealer.k() + sealer.m())));
+        }
+        let dir = cfg.server.data_dir.join("vdisks");
+        std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        let workers = cfg.workers().max(1);
+        let (flush_tx, flush_rx) = crossbeam_channel::unbounded();
+        let (events, events_rx) = crossbeam_channel::unbounded::<Event>();
+        let (attach_tx, attach_rx) = crossbeam_channel::unbounded::<Option<Job>>();
+        let mut writers = Vec::new();
+        let mut writer_rxs = Vec::new();
+        for b in &backends {
+            let (w, rx) = writer::Writer::new(b.name(), cfg.backend.queue_bytes);
+            writers.push(w);
+            writer_rxs.push(rx);
+        }
+        // Room for what the flushers free while the connections refill: eight aggregations per
+        // flusher (within the total buffer bound).
+        let pool_bytes = cfg.flush.max_aggregation_bytes.saturating_mul(8 * workers as u64).min(cfg.flush.max_buffer_bytes) as usize;
+        let repair = Arc::new(repair::Queue::open(&cfg.server.data_dir.join("repair.log"))?);
+        let n = backends.len();
+        let sh = Arc::new(Shared {
+            limits: Limits {
+                flush_size: cfg.flush.flush_size,
+                max_aggregation_bytes: cfg.flush.max_aggregation_bytes,
+                max_vdisk_buffer_bytes: cfg.flush.max_vdisk_buffer_bytes,
+                max_buffer_bytes: cfg.flush.max_buffer_bytes,
+                flush_time: cfg.flush_time(),
+            },
+            write_quorum: cfg.write_quorum(),
+            cfg,
+            sealer: Arc::new(sealer),
+            backends,
+            clock,
+            vdisks: Mutex::new(HashMap::new()),
+            total: AtomicU64::new(0),
+            flush_tx,
+            writers,
+            events,
+            permits: Permits::new(COMPLETIONS_PER_WORKER * workers),
+            shard_pool: crossbeam_channel::bounded(n * (COMPLETIONS_PER_WORKER + 1) * workers),
+            buffers: super::pool::BufferPool::new(pool_bytes, BUFFER_POOL_MAX_BUFFER, pool_bytes / 4096 + 1),
+            space: (Mutex::new(0), Condvar::new()),
+            stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            repair,
+            attach_tx,
+            next_id: AtomicU64::new(1),
+            stats: Stats::default(),
+        });
+        let mut threads = Vec::new();
+        for (i, rx) in writer_rxs.into_iter().enumerate() {
+            let f = sh.writers[i].runner(i, sh.backends[i].clone(), rx, sh.events.clone());
+            spawn(&mut threads, format!("shard-writer-{i}"), f)?;
+        }
+        for w in 0..workers {
+            let (s, rx) = (sh.clone(), flush_rx.clone());
+            spawn(&mut threads, format!("flusher-{w}"), move || flusher::run(s, rx))?;
+        }
+        let s = sh.clone();
+        spawn(&mut threads, "flush-completer".into(), move || completer::run(s, events_rx))?;
+        for w in 0..attach::WORKERS {
+            let (s, rx) = (sh.clone(), attach_rx.clone());
+            spawn(&mut threads, format!("attach-{w}"), move || attach::run(s, rx))?;
+        }
+        if run.timer {
+            let s = sh.clone();
+            spawn(&mut threads, "flush-timer".into(), move || timer::run(s))?;
+        }
+        if run.repairer {
+            let (s1, s2) = (sh.clone(), sh.clone());
+            let rate = sh.cfg.upkeep.repair_rate_mib << 20;
+            let (backends, sealer, queue) = (sh.backends.clone(), sh.sealer.clone(), sh.repair.clone());
+            spawn(&mut threads, "repairer".into(), move || {
+                repair::run(backends, sealer, queue, rate, Box::new(move |i| !s1.writers[i].degraded()), Box::new(move || s2.closed.load(Ordering::SeqCst)))
+            })?;
+        }
+        Ok(Arc::new(Engine { sh, threads: Mutex::new(threads) }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.sh.cfg
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.sh.stats
+    }
+
+    /// Queues the buffers whose oldest block has waited `flush_time` by the engine's clock (what
+    /// the timer thread does each period).
+    pub fn tick(&self) {
+        timer::tick(&self.sh, self.sh.clock.monotonic());
+    }
+
+    /// Bytes received and not yet flushed, all vdisks.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.sh.total.load(Ordering::SeqCst)
+    }
+
+    /// Last flushed sequence of a loaded vdisk.
+    pub fn last_flushed(&self, vdisk: &str) -> Option<u64> {
+        self.sh.loaded().into_iter().find(|v| v.name() == vdisk).and_then(|v| v.last_flushed())
+    }
+
+    /// Shards waiting in the repair queue.
+    pub fn repair_backlog(&self) -> usize {
+        self.sh.repair.backlog()
+    }
+
+    /// Whether backend `i`'s writer is degraded (too far behind).
+    pub fn degraded(&self, i: usize) -> bool {
+        self.sh.writers.get(i).map(|w| w.degraded()).unwrap_or(false)
+    }
+
+    /// Flushes every buffer and waits (at most `timeout`) until everything received is durable;
+    /// then stops and joins the threads (within what is left of `timeout`, at least 2 s).
+    /// Returns false if something stayed unflushed or a thread did not stop.
+    pub fn shutdown(&self, timeout: Duration) -> bool {
+        let sh = &self.sh;
+        sh.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        for vd in sh.loaded() {
+            if lock(&vd.ns).rotate() {
+                sh.queue_flush(&vd);
+            }
+        }
+        let mut drained = false;
+        while Instant::now() < deadline {
+            if sh.loaded().iter().all(|vd| lock(&vd.ns).idle()) {
+                drained = true;
+                break;
+            }
+            sh.wait_space(Duration::from_millis(20));
+        }
+        if !drained {
+            tracing::warn!("shutdown: some blocks stayed unflushed after {timeout:?}; clients resend them on reconnect");
+        }
+        sh.closed.store(true, Ordering::SeqCst);
+        sh.repair.wake();
+        let workers = self.config().workers().max(1);
+        for _ in 0..workers {
+            let _ = sh.flush_tx.send(flusher::Msg::Close);
+        }
+        for _ in 0..attach::WORKERS {
+            let _ = sh.attach_tx.send(None);
+        }
+        let join_deadline = deadline.max(Instant::now() + Duration::from_secs(2));
+        let mut threads = std::mem::take(&mut *lock(&self.threads));
+        let mut clean = drained;
+        // Everything that feeds the completer and the writers first.
+        clean &= join(&mut threads, |n| n.starts_with("flusher-") || n.starts_with("attach-") || n == "flush-timer" || n == "repairer", join_deadline);
+        let _ = sh.events.send(Event::Close);
+        clean &= join(&mut threads, |n| n == "flush-completer", join_deadline);
+        for w in &sh.writers {
+            w.close();
+        }
+        clean &= join(&mut threads, |_| true, join_deadline);
+        clean
+    }
+}
+
+/// Joins the threads whose name `which` selects, waiting until `deadline` at most; reports
+/// (and leaves running) those that do not stop in time. Returns true when all were joined.
+fn join(threads: &mut Vec<(String, JoinHandle<()>)>, which: impl Fn(&str) -> bool, deadline: Instant) -> bool {
+    let mut all = true;
+    let (pick, keep): (Vec<_>, Vec<_>) = std::mem::take(threads).into_iter().partition(|(n, _)| which(n));
+    *threads = keep;
+    for (name, h) in pick {
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if h.is_finished() {
+            if h.join().is_err() {
+                tracing::error!(thread = %name, "engine thread panicked");
+                all = false;
+            }
+        } else {
+            tracing::error!(thread = %name, "engine thread did not stop in time; left running");
+            all = false;
+        }
+    }
+    all
+}
+
+impl Core for Engine {
+    type Handle = Arc<Vdisk>;
+
+    fn attach(&self, req: AttachRequest, sink: AckSink) -> AttachTicket<Arc<Vdisk>> {
+        let ticket = AttachTicket::default();
+        if self.sh.stopping.load(Ordering::SeqCst) {
+            ticket.finish(Err(super::AttachError::ShuttingDown));
+            return ticket;
+        }
+        if let Err(e) = self.sh.attach_tx.send(Some(Job { req, sink, ticket: ticket.clone() })) {
+            if let Some(job) = e.into_inner() {
+                job.ticket.finish(Err(super::AttachError::ShuttingDown));
+            }
+        }
+        ticket
+    }
+
+    fn push(&self, vd: &Arc<Vdisk>, epoch: u64, block: Block) -> Push {
+        let sh = &self.sh;
+        if sh.stopping.load(Ordering::SeqCst) {
+            // Nothing more is taken once the drain began (the client resends after restart).
+            return Push::Full(block);
+        }
+        let size = block.mem_size();
+        let now = sh.clock.monotonic();
+        let p = lock(&vd.ns).push(epoch, block, now, &sh.limits, sh.total.load(Ordering::SeqCst));
+        if let Push::Received { rotated } = p {
+            sh.total.fetch_add(size, Ordering::SeqCst);
+            if rotated {
+                sh.queue_flush(vd);
+            }
+        }
+        p
+    }
+
+    fn force_flush(&self, vd: &Arc<Vdisk>) {
+        if lock(&vd.ns).rotate() {
+            self.sh.queue_flush(vd);
+        }
+    }
+
+    fn detach(&self, vd: &Arc<Vdisk>, epoch: u64) {
+        let mut s = lock(&vd.sink);
+        if s.as_ref().map(|(e, _)| *e == epoch).unwrap_or(false) {
+            *s = None;
+        }
+    }
+
+    fn wait_space(&self, timeout: Duration) {
+        self.sh.wait_space(timeout);
+    }
+
+    fn copy_data(&self, data: &[u8]) -> Vec<u8> {
+        self.sh.buffers.copy(data)
+    }
+}

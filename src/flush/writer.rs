@@ -1,0 +1,166 @@
+//! Shard writers: one thread and one bounded queue per backend (FIFO, so each backend sees one
+//! vdisk's aggregations in chain order). A writer groups what is queued into one durable batch
+//! (`Backend::put_batch`: one fsync for many shards) and reports each job's outcome to the
+//! completer.
+//!
+//! A backend that falls `backend.queue_bytes` behind (down, stalled, or slower than the rest)
+//! is marked *degraded* (logged): new shards for it are not queued but reported dropped, so the
+//! completer records them for repair; it is healthy again (logged) once its queue has drained
+//! below half the bound and a write succeeded.
+
+use super::completer::{Event, Outcome};
+use crate::backend::{Backend, HeadWrite, Key, ShardWrite};
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Jobs one batch takes at most.
+const BATCH_JOBS: usize = 64;
+/// Shard bytes one batch takes at most.
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// One shard (and the head record of its aggregation) for one backend.
+pub struct Job {
+    /// The aggregation's id in the completer.
+    pub id: u64,
+    /// The vdisk.
+    pub vdisk: Arc<str>,
+    /// Epoch that sealed it.
+    pub epoch: u64,
+    /// Chain height of the aggregation.
+    pub height: u64,
+    /// Its key.
+    pub key: Key,
+    /// The shard for this backend.
+    pub shard: Arc<Vec<u8>>,
+    /// The aggregation's encoded head record.
+    pub head: Arc<Vec<u8>>,
+}
+
+/// A message to a writer thread.
+pub enum Msg {
+    /// Write this.
+    Write(Job),
+    /// Finish what is queued and stop.
+    Close,
+}
+
+/// The engine's side of one backend's writer.
+pub struct Writer {
+    tx: Sender<Msg>,
+    queued: Arc<AtomicU64>,
+    degraded: Arc<AtomicBool>,
+    max_bytes: u64,
+    name: String,
+}
+
+impl Writer {
+    /// Starts nothing: returns the writer handle and what its thread runs on.
+    pub fn new(name: String, max_bytes: u64) -> (Writer, Receiver<Msg>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (Writer { tx, queued: Arc::new(AtomicU64::new(0)), degraded: Arc::new(AtomicBool::new(false)), max_bytes, name }, rx)
+    }
+
+    /// Queues a job, or reports it dropped (the backend is too far behind: degraded).
+    pub fn submit(&self, backend: usize, job: Job, events: &Sender<Event>) {
+        let n = job.shard.len() as u64;
+        let q = self.queued.load(Ordering::SeqCst);
+        if q > 0 && q + n > self.max_bytes {
+            if !self.degraded.swap(true, Ordering::SeqCst) {
+                tracing::warn!(backend = %self.name, queued = q, "backend degraded: {q} bytes queued (backend.queue_bytes = {}); its shards go to the repair queue until it catches up", self.max_bytes);
+            }
+            let _ = events.send(Event::Written { id: job.id, backend, outcome: Outcome::Dropped("backend degraded: its write queue is full".into()) });
+            return;
+        }
+        self.queued.fetch_add(n, Ordering::SeqCst);
+        let id = job.id;
+        if self.tx.send(Msg::Write(job)).is_err() {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            let _ = events.send(Event::Written { id, backend, outcome: Outcome::Dropped("writer stopped".into()) });
+        }
+    }
+
+    /// Whether the backend is degraded.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::SeqCst)
+    }
+
+    /// Shard bytes queued.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Asks the thread to stop after what is queued.
+    pub fn close(&self) {
+        let _ = self.tx.send(Msg::Close);
+    }
+
+    /// The thread's body.
+    pub fn runner(&self, backend: usize, store: Arc<dyn Backend>, rx: Receiver<Msg>, events: Sender<Event>) -> impl FnOnce() + Send + 'static {
+        let (queued, degraded, max, name) = (self.queued.clone(), self.degraded.clone(), self.max_bytes, self.name.clone());
+        move || run(backend, store, rx, events, queued, degraded, max, name)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    i: usize,
+    backend: Arc<dyn Backend>,
+    rx: Receiver<Msg>,
+    events: Sender<Event>,
+    queued: Arc<AtomicU64>,
+    degraded: Arc<AtomicBool>,
+    max: u64,
+    name: String,
+) {
+    let mut closing = false;
+    while !closing {
+        let first = match rx.recv() {
+            Ok(Msg::Write(j)) => j,
+            Ok(Msg::Close) | Err(_) => return,
+        };
+        let mut bytes = first.shard.len() as u64;
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH_JOBS && bytes < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(Msg::Write(j)) => {
+                    bytes += j.shard.len() as u64;
+                    jobs.push(j);
+                }
+                Ok(Msg::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let shards: Vec<ShardWrite<'_>> = jobs.iter().map(|j| ShardWrite { vdisk: &j.vdisk, epoch: j.epoch, key: &j.key, bytes: j.shard.as_slice() }).collect();
+        // The newest head per vdisk (a batch may hold several aggregations of one vdisk).
+        let mut heads: Vec<HeadWrite<'_>> = Vec::new();
+        for j in &jobs {
+            let h = HeadWrite { vdisk: &j.vdisk, epoch: j.epoch, height: j.height, record: j.head.as_slice() };
+            match heads.iter_mut().find(|x| x.vdisk == h.vdisk) {
+                Some(x) if (h.epoch, h.height) > (x.epoch, x.height) => *x = h,
+                Some(_) => {}
+                None => heads.push(h),
+            }
+        }
+        let r = backend.put_batch(&shards, &heads).map_err(|e| e.to_string());
+        drop((shards, heads));
+        queued.fetch_sub(bytes.min(queued.load(Ordering::SeqCst)), Ordering::SeqCst);
+        if r.is_ok() && degraded.load(Ordering::SeqCst) && queued.load(Ordering::SeqCst) < max / 2 {
+            degraded.store(false, Ordering::SeqCst);
+            tracing::warn!(backend = %name, "backend caught up: no longer degraded");
+        }
+        for j in jobs {
+            // The shard is released before the reply, so the completer can reuse its buffer.
+            let Job { id, shard, .. } = j;
+            drop(shard);
+            let outcome = match &r {
+                Ok(()) => Outcome::Stored,
+                Err(e) => Outcome::Failed(e.clone()),
+            };
+            let _ = events.send(Event::Written { id, backend: i, outcome });
+        }
+    }
+}
