@@ -82,8 +82,10 @@ if [ "${TLOG_SLOW_CLIENT:-0}" = 1 ]; then
   [ "$csum" = 0 ] || { echo "netns-dpdk: the kernel saw $csum TCP segments with bad checksums"; fail=1; }
 fi
 kill -TERM "$tlogd_pid"
-wait "$tlogd_pid" || true
+rc=0
+wait "$tlogd_pid" || rc=$?
 tlogd_pid=""
+[ "$rc" = 0 ] || { echo "netns-dpdk: tlogd exited with status $rc at SIGTERM"; tail -20 "$work/tlogd.log"; exit 1; }
 [ "$fail" = 0 ] || { echo "netns-dpdk: an import failed"; tail -20 "$work/tlogd.log"; exit 1; }
 grep -E "dpdk (port|queue)" "$work/tlogd.log" | tail -3 || true
 for i in $(seq 0 $((n - 1))); do

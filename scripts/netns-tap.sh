@@ -37,14 +37,18 @@ for _ in $(seq 1 100); do ip link show tlog0 >/dev/null 2>&1 && break; sleep 0.0
 ip link show tlog0 >/dev/null 2>&1 || { echo "netns-tap: tlogd did not create tlog0"; cat "$work/tlogd.log"; exit 1; }
 ip addr add 198.18.0.1/24 dev tlog0
 ip link set tlog0 up
+# What tlogd made of its tap (MTU, transmit queue length), for the test to check.
+ip -o link show tlog0 > "$work/link.txt"
 if [ "${TLOG_KILL_CLIENT:-0}" = 1 ]; then
   . "$here/scripts/import-killed.sh"
   import_killed "$bin" 198.18.0.2:11211 "$vdisk" "$img" "$work/data/store/0" "$work/import1.log" netns-tap
 fi
 "$bin/tlog" import --reconnect-timeout 30 --server 198.18.0.2:11211 --vdisk "$vdisk" "$img"
 kill -TERM "$tlogd_pid"
-wait "$tlogd_pid" || true
+rc=0
+wait "$tlogd_pid" || rc=$?
 tlogd_pid=""
+[ "$rc" = 0 ] || { echo "netns-tap: tlogd exited with status $rc at SIGTERM"; tail -20 "$work/tlogd.log"; exit 1; }
 "$bin/tlog" restore --config "$cfg" --data-dir "$work/data" --vdisk "$vdisk" --output "$work/restored.img"
 cmp "$img" "$work/restored.img"
 echo "netns-tap: restored image is identical"

@@ -15,7 +15,7 @@ use std::path::Path;
 /// Errors: [`crate::Error::Io`] naming the step and the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     #[cfg(feature = "failpoints")]
-    fail::fail_point!("fs::write_atomic", |arg| crate::failpoint_action(arg));
+    fail::fail_point!("fs::write_atomic", crate::failpoint_action);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
@@ -31,7 +31,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Fsyncs a directory so created, renamed or removed entries in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(feature = "failpoints")]
-    fail::fail_point!("fs::sync_dir", |arg| crate::failpoint_action(arg));
+    fail::fail_point!("fs::sync_dir", crate::failpoint_action);
     std::fs::File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("fsync directory {}", dir.display()))
 }
 

@@ -16,7 +16,8 @@
 //! | 3    | delete: key (32)                                                          |
 //! | 4    | head: vdisk (u16 length + UTF-8), epoch u64, height u64, record           |
 //!
-//! Per vdisk the head with the greatest (epoch, height) wins. A kind-2 head counts as epoch 0
+//! Per vdisk the head with the greatest (epoch, height) wins (at an equal order, the later
+//! record: the same head written again by a repair). A kind-2 head counts as epoch 0
 //! at the height stored in bytes 8..16 of its record (the `TLOGHEAD` layout of those versions).
 //!
 //! A key → offset map answers `get` without scanning. It is persisted to `keymap` (magic
@@ -279,7 +280,8 @@ fn apply(map: &mut KeyMap, offset: u64, data: &[u8]) {
 }
 
 fn set_head(map: &mut KeyMap, vdisk: &str, offset: u64, epoch: u64, height: u64) {
-    let newer = map.heads.get(vdisk).map(|(_, e, h)| (epoch, height) > (*e, *h)).unwrap_or(true);
+    // At an equal order it is the same head written again (a repair): the later copy wins.
+    let newer = map.heads.get(vdisk).map(|(_, e, h)| (epoch, height) >= (*e, *h)).unwrap_or(true);
     if newer {
         map.heads.insert(vdisk.to_string(), (offset, epoch, height));
     }
@@ -381,7 +383,7 @@ impl Backend for LocalBackend {
 
     fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
         #[cfg(feature = "failpoints")]
-        fail::fail_point!("backend::put_batch", |arg| crate::failpoint_action(arg));
+        fail::fail_point!("backend::put_batch", crate::failpoint_action);
         // Records are written as parts (kind, key or vdisk, payload): the shards are not copied.
         let mut head_prefixes: Vec<Vec<u8>> = Vec::with_capacity(heads.len());
         for h in heads {

@@ -10,12 +10,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// Per vdisk: the head's (epoch, height) and record.
+type Heads = HashMap<String, ((u64, u64), Vec<u8>)>;
+
 /// Shards and heads in hash maps, with faults switched on and off by the test.
 #[derive(Default)]
 pub struct MemoryBackend {
     name: String,
     shards: Mutex<HashMap<Key, Vec<u8>>>,
-    heads: Mutex<HashMap<String, ((u64, u64), Vec<u8>)>>,
+    heads: Mutex<Heads>,
     down: AtomicBool,
     refuse_writes: AtomicBool,
     corrupt_writes: AtomicBool,
@@ -147,7 +150,7 @@ impl Backend for MemoryBackend {
         let mut hm = self.heads.lock().map_err(|_| self.err("lock poisoned"))?;
         for h in heads {
             let order = (h.epoch, h.height);
-            if hm.get(h.vdisk).map(|(o, _)| order > *o).unwrap_or(true) {
+            if hm.get(h.vdisk).map(|(o, _)| order >= *o).unwrap_or(true) {
                 hm.insert(h.vdisk.to_string(), (order, h.record.to_vec()));
             }
         }

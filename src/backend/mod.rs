@@ -37,7 +37,8 @@ pub struct ShardWrite<'a> {
 }
 
 /// One head record to store. A backend keeps, per vdisk, the record with the greatest
-/// `(epoch, height)`: an older one arriving late never replaces a newer one.
+/// `(epoch, height)`: an older one arriving late never replaces a newer one; one of an equal
+/// order (the same head written again, by a repair) replaces it.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadWrite<'a> {
     /// The vdisk.

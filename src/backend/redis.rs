@@ -4,7 +4,8 @@
 //! Keys: `tlog:s:<32-byte key>` holds a shard; `tlog:h:<vdisk>` a head record and
 //! `tlog:hh:<vdisk>` its order "epoch height" (a bare "height", written by older versions,
 //! counts as epoch 0), so an older head never replaces a newer one: the two are set by one Lua
-//! script only when (epoch, height) grows. A batch is one pipelined round trip.
+//! script only when (epoch, height) does not go back (an equal one is the same head written
+//! again, by a repair). A batch is one pipelined round trip.
 //!
 //! Every operation is bounded by `timeout`: the connection is made with the crate's connect
 //! timeout and without its setup round trip (the `disable-client-setinfo` feature, no password
@@ -52,7 +53,7 @@ local ce, ch = -1, -1 \
 if cur then local a, b = string.match(cur, '^(%d+) (%d+)$') \
   if a then ce = tonumber(a); ch = tonumber(b) else ce = 0; ch = tonumber(cur) or -1 end end \
 local e, h = tonumber(ARGV[2]), tonumber(ARGV[3]) \
-if e > ce or (e == ce and h > ch) then redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[3]) end \
+if e > ce or (e == ce and h >= ch) then redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[3]) end \
 return 1";
 
 /// Keys SCAN asks for per round trip when listing vdisks, and the most rounds it makes.

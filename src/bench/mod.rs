@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// One connection's result: blocks, bytes, received and flushed latencies (ns), errors.
+type ConnResult = (u64, u64, Vec<u64>, Vec<u64>, u64);
+
 /// Which ack ends a block's life in the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckLevel {
@@ -168,7 +171,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     if cfg.window_blocks == 0 {
         return Err(Error::InvalidArgument("--window-blocks 0: at least 1".into()));
     }
-    if cfg.block_size == 0 || cfg.block_size % 512 != 0 {
+    if cfg.block_size == 0 || !cfg.block_size.is_multiple_of(512) {
         return Err(Error::InvalidArgument(format!("--block-size {}: a positive multiple of 512", cfg.block_size)));
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -180,7 +183,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         let cfg = cfg.clone();
         let stop = stop.clone();
         let sent = sent.clone();
-        handles.push(std::thread::spawn(move || -> Result<(u64, u64, Vec<u64>, Vec<u64>, u64)> {
+        handles.push(std::thread::spawn(move || -> Result<ConnResult> {
             let mut cc = ClientConfig::new(&cfg.server, &format!("{}{v}", cfg.prefix));
             cc.reconnect_timeout = Duration::from_secs(10);
             // A server that stops flushing (a full disk, a lost quorum) ends the run with

@@ -298,7 +298,7 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
             let sealer = Store::sealer(&cfg)?;
             let backends = if repair { tlog::server::open_backends_offline(&cfg) } else { tlog::server::open_backends_read_only(&cfg) };
             let start = Instant::now();
-            let r = scrub(&backends, &sealer, &ScrubOptions { vdisk, repair, rate_mib })?;
+            let r = scrub(&backends, &sealer, &ScrubOptions { vdisk, repair, rate_mib, stop: None })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).map_err(|e| tlog::Error::InvalidArgument(format!("json: {e}")))?);
             } else {

@@ -670,7 +670,7 @@ pub struct Imported {
 /// Errors: a bad `block_size` ([`Error::InvalidArgument`]), a read error of `image`, or the
 /// client's errors.
 pub fn import(client: &Client, mut image: impl Read, block_size: u64) -> Result<Imported> {
-    if block_size == 0 || block_size % 512 != 0 || block_size > 4 << 20 {
+    if block_size == 0 || !block_size.is_multiple_of(512) || block_size > 4 << 20 {
         return Err(Error::InvalidArgument(format!("block size {block_size}: a multiple of 512 up to 4194304")));
     }
     let mut out = Imported::default();
@@ -713,30 +713,36 @@ mod tests {
     use std::io::Read;
     use std::net::TcpListener;
 
-    /// A server that answers the handshake (as the sink does) and then acks nothing.
+    /// A server that answers the handshake and then acks nothing.
     fn silent_server() -> (String, std::thread::JoinHandle<()>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let h = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-            use crate::session::Protocol;
-            let mut sink = crate::bench::SinkSession::new();
+            let mut dec = FrameDecoder::new(1 << 20);
+            let mut buf = vec![0u8; 64 << 10];
             let mut answered = false;
             let until = Instant::now() + Duration::from_secs(10);
             while Instant::now() < until {
-                match s.read(sink.receive_buffer(64 << 10)) {
+                match s.read(&mut buf) {
                     Ok(0) => return,
-                    Ok(n) => {
-                        assert_ne!(sink.on_received(n), crate::session::Progress::Close);
-                        let out = sink.take_output();
-                        if !answered && !out.is_empty() {
-                            s.write_all(&out).unwrap();
-                            answered = true;
-                        }
-                    }
-                    Err(_) => {}
+                    Ok(n) => dec.push(&buf[..n]),
+                    Err(_) => continue,
                 }
+                if !answered && dec.next_frame().unwrap().is_some() {
+                    let r = crate::wire::HandshakeResponse {
+                        version: PROTOCOL_VERSION,
+                        status: HandshakeStatus::Ok,
+                        last_flushed_sequence: 0,
+                        has_flushed: false,
+                        message: String::new(),
+                        epoch: 1,
+                    };
+                    s.write_all(&crate::wire::encode_handshake_response(&r)).unwrap();
+                    answered = true;
+                }
+                while dec.next_frame().unwrap().is_some() {}
             }
         });
         (addr, h)

@@ -197,7 +197,7 @@ fn progress(sh: &Shared, t: &mut Tracked) -> bool {
 }
 
 fn schedule_retry(sh: &Shared, t: &mut Tracked) {
-    if t.retries == 0 || t.retries % 20 == 0 {
+    if t.retries == 0 || t.retries.is_multiple_of(20) {
         tracing::error!(vdisk = %t.a.vdisk.name(), key = %hex::encode(t.a.key), "write quorum {} not reached ({} stored); retrying: {}", sh.write_quorum, t.stored(), failures(sh, t));
     }
     let delay = Duration::from_millis((50u64 << t.retries.min(5)).min(1000));

@@ -144,8 +144,11 @@ impl std::fmt::Display for AttachError {
 /// An attach in progress: the session polls it ([`AttachTicket::poll`]) instead of blocking its
 /// front-end (a userspace stack's poll loop serves many connections).
 pub struct AttachTicket<H> {
-    slot: Arc<(Mutex<Option<std::result::Result<Attached<H>, AttachError>>>, Condvar)>,
+    slot: Arc<(Mutex<Option<AttachResult<H>>>, Condvar)>,
 }
+
+/// The answer of an attach.
+pub type AttachResult<H> = std::result::Result<Attached<H>, AttachError>;
 
 impl<H> Clone for AttachTicket<H> {
     fn clone(&self) -> Self {
@@ -161,14 +164,14 @@ impl<H> Default for AttachTicket<H> {
 
 impl<H> AttachTicket<H> {
     /// A ticket already answered.
-    pub fn ready(r: std::result::Result<Attached<H>, AttachError>) -> Self {
+    pub fn ready(r: AttachResult<H>) -> Self {
         let t = AttachTicket::default();
         t.finish(r);
         t
     }
 
     /// Answers the ticket.
-    pub fn finish(&self, r: std::result::Result<Attached<H>, AttachError>) {
+    pub fn finish(&self, r: AttachResult<H>) {
         if let Ok(mut g) = self.slot.0.lock() {
             *g = Some(r);
             self.slot.1.notify_all();
@@ -176,12 +179,12 @@ impl<H> AttachTicket<H> {
     }
 
     /// The answer, once there is one (taken: a second poll after `Some` gives `None`).
-    pub fn poll(&self) -> Option<std::result::Result<Attached<H>, AttachError>> {
+    pub fn poll(&self) -> Option<AttachResult<H>> {
         self.slot.0.lock().ok().and_then(|mut g| g.take())
     }
 
     /// Waits at most `timeout` for the answer.
-    pub fn wait(&self, timeout: Duration) -> Option<std::result::Result<Attached<H>, AttachError>> {
+    pub fn wait(&self, timeout: Duration) -> Option<AttachResult<H>> {
         let g = self.slot.0.lock().ok()?;
         let (mut g, _) = self.slot.1.wait_timeout_while(g, timeout, |v| v.is_none()).ok()?;
         g.take()

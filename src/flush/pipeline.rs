@@ -151,6 +151,10 @@ impl Engine {
                 repair::run(backends, sealer, queue, rate, Box::new(move |i| !s1.writers[i].degraded()), Box::new(move || s2.closed.load(Ordering::SeqCst)))
             })?;
         }
+        if let Some(every) = sh.cfg.upkeep.scrub_interval()? {
+            let s = sh.clone();
+            spawn(&mut threads, "scrubber".into(), move || scrubber(s, every))?;
+        }
         Ok(Arc::new(Engine { sh, threads: Mutex::new(threads) }))
     }
 
@@ -226,7 +230,11 @@ impl Engine {
         let mut threads = std::mem::take(&mut *lock(&self.threads));
         let mut clean = drained;
         // Everything that feeds the completer and the writers first.
-        clean &= join(&mut threads, |n| n.starts_with("flusher-") || n.starts_with("attach-") || n == "flush-timer" || n == "repairer", join_deadline);
+        clean &= join(
+            &mut threads,
+            |n| n.starts_with("flusher-") || n.starts_with("attach-") || n == "flush-timer" || n == "repairer" || n == "scrubber",
+            join_deadline,
+        );
         let _ = sh.events.send(Event::Close);
         clean &= join(&mut threads, |n| n == "flush-completer", join_deadline);
         for w in &sh.writers {
@@ -234,6 +242,55 @@ impl Engine {
         }
         clean &= join(&mut threads, |_| true, join_deadline);
         clean
+    }
+}
+
+/// The scheduled scrub (`[upkeep] scrub_interval`): every `every`, reads and checks every shard
+/// and head of every vdisk at `upkeep.scrub_rate_mib`, repairs what is bad, and logs what it
+/// found.
+fn scrubber(sh: Arc<Shared>, every: Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    loop {
+        let next = Instant::now() + every;
+        while Instant::now() < next {
+            if sh.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100).min(every));
+        }
+        let (s2, st) = (sh.clone(), stop.clone());
+        // The scrub checks `stop` between aggregations; a watcher turns shutdown into it.
+        let watcher = std::thread::spawn(move || {
+            while !s2.closed.load(Ordering::SeqCst) && !st.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            st.store(true, Ordering::SeqCst);
+        });
+        let opts = crate::history::scrub::ScrubOptions { vdisk: None, repair: true, rate_mib: sh.cfg.upkeep.scrub_rate_mib, stop: Some(stop.clone()) };
+        let start = Instant::now();
+        match crate::history::scrub::scrub(&sh.backends, &sh.sealer, &opts) {
+            Ok(r) => {
+                for f in &r.findings {
+                    tracing::warn!(vdisk = %f.vdisk, key = ?f.key, backend = ?f.backend, kind = ?f.kind, repaired = f.repaired, "scrub: {}", f.detail);
+                }
+                tracing::info!(
+                    "scrub: {} vdisks, {} aggregations, {} shards read in {:?}; {} problems, {} repaired",
+                    r.vdisks,
+                    r.aggregations,
+                    r.shards,
+                    start.elapsed(),
+                    r.findings.len(),
+                    r.findings.len() - r.unrepaired()
+                );
+            }
+            Err(e) => tracing::error!("scrub failed: {e}"),
+        }
+        stop.store(true, Ordering::SeqCst);
+        let _ = watcher.join();
+        if sh.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        stop.store(false, Ordering::SeqCst);
     }
 }
 

@@ -64,14 +64,11 @@ fn flushed_until(rx: &Receiver<Ack>, last: u64, wait: Duration) -> Vec<(u64, u64
     let end = Instant::now() + wait;
     let mut v = Vec::new();
     while Instant::now() < end {
-        match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(Ack::Flushed { first, last: l }) => {
-                v.push((first, l));
-                if l >= last {
-                    break;
-                }
+        if let Ok(Ack::Flushed { first, last: l }) = rx.recv_timeout(Duration::from_millis(20)) {
+            v.push((first, l));
+            if l >= last {
+                break;
             }
-            Ok(_) | Err(_) => {}
         }
     }
     v

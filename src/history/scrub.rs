@@ -20,6 +20,14 @@ pub struct ScrubOptions {
     pub repair: bool,
     /// Shard bytes read per second at most, MiB.
     pub rate_mib: u64,
+    /// Stops the scrub early when set (tlogd's shutdown).
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl ScrubOptions {
+    fn stopped(&self) -> bool {
+        self.stop.as_ref().map(|s| s.load(std::sync::atomic::Ordering::SeqCst)).unwrap_or(false)
+    }
 }
 
 /// What is wrong.
@@ -124,6 +132,9 @@ pub fn scrub(backends: &[Arc<dyn Backend>], sealer: &Sealer, opts: &ScrubOptions
         }
     };
     for v in vdisks {
+        if opts.stopped() {
+            break;
+        }
         r.vdisks += 1;
         scrub_vdisk(backends, sealer, &v, opts, &mut r, &mut t);
     }
@@ -155,6 +166,8 @@ fn scrub_vdisk(backends: &[Arc<dyn Backend>], sealer: &Sealer, vdisk: &str, opts
                 Ok(_) => None,
                 Err(e) => Some((FindingKind::BadHead, e.to_string())),
             },
+            // The backend answered, but cannot read its own record back (damaged store entry).
+            Err(e @ crate::Error::Corrupt { .. }) => Some((FindingKind::BadHead, format!("cannot read it back: {e}"))),
             Err(e) => Some((FindingKind::Unreachable, e.to_string())),
         };
         if let Some((kind, detail)) = problem {
@@ -170,6 +183,9 @@ fn scrub_vdisk(backends: &[Arc<dyn Backend>], sealer: &Sealer, vdisk: &str, opts
     let mut key = head.key;
     let mut seen = 0u64;
     loop {
+        if opts.stopped() {
+            return;
+        }
         if seen >= head.height {
             r.findings.push(finding(vdisk, Some(&key), None, FindingKind::ChainBroken, format!("chain longer than the head's height {}", head.height)));
             return;
@@ -254,7 +270,9 @@ mod tests {
     use crate::seal::{SealContext, SealKey};
     use crate::wire::{Block, Operation};
 
-    fn setup() -> (Vec<Arc<MemoryBackend>>, Vec<Arc<dyn Backend>>, Sealer, Vec<Key>) {
+    type Setup = (Vec<Arc<MemoryBackend>>, Vec<Arc<dyn Backend>>, Sealer, Vec<Key>);
+
+    fn setup() -> Setup {
         let sealer = Sealer::new(SealKey::from_bytes([3; 32]), 4, 2).unwrap();
         let mem: Vec<Arc<MemoryBackend>> = (0..6).map(|i| Arc::new(MemoryBackend::new(&i.to_string()))).collect();
         let dyns: Vec<Arc<dyn Backend>> = mem.iter().map(|m| m.clone() as Arc<dyn Backend>).collect();
@@ -280,7 +298,7 @@ mod tests {
     #[test]
     fn finds_every_bad_shard_repairs_them_and_a_second_scrub_is_clean() {
         let (mem, dyns, sealer, keys) = setup();
-        let opts = ScrubOptions { vdisk: None, repair: false, rate_mib: 1024 };
+        let opts = ScrubOptions { vdisk: None, repair: false, rate_mib: 1024, stop: None };
         let clean = scrub(&dyns, &sealer, &opts).unwrap();
         assert_eq!((clean.vdisks, clean.aggregations, clean.shards, clean.findings.len()), (1, 3, 18, 0));
         mem[1].tamper(&keys[0], |v| v[180] ^= 1);

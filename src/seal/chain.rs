@@ -59,22 +59,6 @@ impl HeadRecord {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roundtrip_and_height_position() {
-        let h = HeadRecord { height: 5, key: [7; 32], first_sequence: 10, last_sequence: 20, epoch: 3, timestamp: 99 };
-        let b = h.encode();
-        assert_eq!(b.len(), HEAD_LEN);
-        assert_eq!(HeadRecord::decode(&b).unwrap(), h);
-        let mut c = b.clone();
-        c[50] ^= 1;
-        assert!(HeadRecord::decode(&c).is_err());
-    }
-}
-
 /// Fetches the shards of `key` from every backend in parallel; `None` where a backend has
 /// none or fails (the failure is logged).
 pub fn fetch_shards(backends: &[std::sync::Arc<dyn crate::backend::Backend>], key: &Key) -> Vec<Option<Vec<u8>>> {
@@ -127,7 +111,7 @@ pub fn find_head(backends: &[std::sync::Arc<dyn crate::backend::Backend>], seale
         });
     }
     // Newest first by (epoch, height): the order backends keep heads in.
-    heads.sort_by(|a, b| (b.epoch, b.height).cmp(&(a.epoch, a.height)));
+    heads.sort_by_key(|h| std::cmp::Reverse((h.epoch, h.height)));
     heads.dedup_by_key(|h| h.key);
     if heads.is_empty() {
         return Ok(None);
@@ -143,4 +127,20 @@ pub fn find_head(backends: &[std::sync::Arc<dyn crate::backend::Backend>], seale
         }
     }
     Err(last_err.unwrap_or_else(|| Error::NotFound(format!("vdisk {vdisk}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_height_position() {
+        let h = HeadRecord { height: 5, key: [7; 32], first_sequence: 10, last_sequence: 20, epoch: 3, timestamp: 99 };
+        let b = h.encode();
+        assert_eq!(b.len(), HEAD_LEN);
+        assert_eq!(HeadRecord::decode(&b).unwrap(), h);
+        let mut c = b.clone();
+        c[50] ^= 1;
+        assert!(HeadRecord::decode(&c).is_err());
+    }
 }

@@ -480,7 +480,7 @@ impl Segment {
         let mut n = if last.is_marker() { last_idx } else { last_idx + 1 };
         let mut marker = if last.is_marker() { Some(last) } else { None };
         let mut cut = false;
-        let mut lost: Option<(u64, IndexEntry)> = None;
+        let mut lost: Option<(u64, IndexEntry, bool)> = None;
         loop {
             if n == 0 {
                 let m = IndexEntry::marker(0, DATA_HEADER_LEN);
@@ -514,7 +514,7 @@ impl Segment {
             if end <= synced {
                 // Synced and gone: keep looking for the first such entry (the damage starts
                 // there); nothing is cut.
-                lost = Some((n - 1, e));
+                lost = Some((n - 1, e, end > file_len));
             } else if lost.is_none() {
                 if repair {
                     tracing::warn!(segment = %name, offset = base + e.relative_offset as u64, "torn entry at the tail (written after the last sync): cut back");
@@ -524,11 +524,13 @@ impl Segment {
             }
             n -= 1;
         }
-        if let Some((slot, e)) = lost {
+        if let Some((slot, e, truncated)) = lost {
             let offset = base + e.relative_offset as u64;
-            let detail = format!(
-                "synced entries lost: index slot {slot} onward (offset {offset} on) points past what the data file holds ({file_len} bytes; {synced} bytes were synced)"
-            );
+            let detail = if truncated {
+                format!("synced entries lost: index slot {slot} onward (offset {offset} on) points past what the data file holds ({file_len} bytes; {synced} bytes were synced)")
+            } else {
+                format!("synced entries damaged: the data of index slot {slot} onward (offset {offset} on) fails its checksum")
+            };
             tracing::error!(segment = %name, "{detail}");
             seg.entries = slot;
             seg.next_ro = e.relative_offset as u64;
@@ -920,7 +922,7 @@ impl BigLog {
     /// split.) Reads go on during the fsync; writes wait only for the mark.
     pub fn sync(&self) -> Result<()> {
         #[cfg(feature = "failpoints")]
-        fail::fail_point!("store::sync", |arg| crate::failpoint_action(arg));
+        fail::fail_point!("store::sync", crate::failpoint_action);
         let (base, len) = {
             let g = self.read()?;
             let Some(s) = g.segments.last() else { return Ok(()) };
