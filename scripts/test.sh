@@ -65,9 +65,34 @@ cargo build --locked --all-targets
 cargo test --locked --lib --bins --tests -- --test-threads="${TLOG_TEST_THREADS:-2}"
 # The criterion benches once each, in test mode (criterion takes no --test-threads).
 cargo test --locked --benches
+# Crash tests at fail points: tlogd built with the `failpoints` feature, armed through
+# FAILPOINTS (the feature rebuilds tlogd and tlog; the other tests already ran).
+cargo test --locked --features failpoints --test failpoints -- --test-threads=1
 # The DPDK front-end: built with --features dpdk and tested on the net_tap PMD (this rebuilds
 # tlogd and tlog with the feature; the other tests already ran).
 cargo build --locked --features dpdk --bins
 cargo test --locked --features dpdk --lib net::dpdk
 cargo test --locked --features dpdk --test e2e_dpdk -- --test-threads=1
+# Fuzzing: every decoder (fuzz/fuzz_targets) for TLOG_FUZZ_SECS seconds each (default 20) with
+# cargo-fuzz on the nightly toolchain (the build itself stays on stable).
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "test.sh: installing cargo-fuzz"
+    cargo install cargo-fuzz --locked
+  fi
+  for t in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
+    mkdir -p "fuzz/corpus/$t"
+    if ! out=$(cargo +nightly fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" -- -max_total_time="${TLOG_FUZZ_SECS:-20}" -rss_limit_mb=2048 2>&1); then
+      echo "$out" | tail -n 60
+      echo "test.sh: fuzz target $t failed (the crashing input is in fuzz/artifacts/$t)" >&2
+      exit 1
+    fi
+    echo "fuzz $t: $(echo "$out" | grep -E '^(#[0-9]+|Done)' | tail -n 1)"
+  done
+elif [ "${TLOG_REQUIRE_ALL:-0}" = 1 ]; then
+  echo "test.sh: TLOG_REQUIRE_ALL=1 and the fuzz targets would skip: no nightly toolchain (rustup toolchain install nightly)" >&2
+  exit 1
+else
+  echo "SKIP: fuzzing needs the nightly toolchain (rustup toolchain install nightly)"
+fi
 echo "test.sh: all tests passed in $(( $(date +%s) - start )) s"

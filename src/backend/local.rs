@@ -15,21 +15,26 @@
 //! | 2    | head (written by older versions): vdisk (u16 length + UTF-8) + record     |
 //! | 3    | delete: key (32)                                                          |
 //! | 4    | head: vdisk (u16 length + UTF-8), epoch u64, height u64, record           |
+//! | 5    | metadata set: vdisk (u16 length + UTF-8), name (u16 length + UTF-8), value |
+//! | 6    | metadata delete: vdisk (u16 length + UTF-8), name (u16 length + UTF-8)     |
 //!
 //! Per vdisk the head with the greatest (epoch, height) wins (at an equal order, the later
 //! record: the same head written again by a repair). A kind-2 head counts as epoch 0
 //! at the height stored in bytes 8..16 of its record (the `TLOGHEAD` layout of those versions).
 //!
 //! A key → offset map answers `get` without scanning. It is persisted to `keymap` (magic
-//! `b"TLOGKMAP"`, version u32 (2), the log offset it covers u64, shard entries (key, offset),
-//! head entries (vdisk, offset, epoch, height), CRC-32 of everything before it) every
+//! `b"TLOGKMAP"`, version u32 (3), the log offset it covers u64, shard entries (key, offset),
+//! head entries (vdisk, offset, epoch, height), metadata entries (vdisk, name, offset), CRC-32
+//! of everything before it) every
 //! [`KEYMAP_SAVE_EVERY`] records and on drop, with [`crate::fs::write_atomic`]. On open it is
 //! loaded and only the log records after the covered offset are scanned; when it is missing,
 //! unreadable, or covers more than the log holds (stale), it is rebuilt by a full scan. Version
-//! 1 maps (heads without epoch) are read as epoch 0. Readers ([`LocalBackend::open_read_only`])
+//! 1 maps (heads without epoch) are read as epoch 0; versions 1 and 2 hold no metadata. Readers ([`LocalBackend::open_read_only`])
 //! build the map in memory and write nothing, so they can run beside a writing tlogd.
 
-use super::{Backend, HeadWrite, Key, ShardWrite};
+use super::{Backend, Batch, Key};
+#[cfg(test)]
+use super::{HeadWrite, MetaWrite, ShardWrite};
 use crate::bytes::{put_str16, Reader};
 use crate::error::{Error, IoContext, Result};
 use crate::store::{BigLog, BigLogOptions, Scanner};
@@ -49,14 +54,18 @@ const KIND_SHARD: u8 = 1;
 const KIND_HEAD_V1: u8 = 2;
 const KIND_DELETE: u8 = 3;
 const KIND_HEAD: u8 = 4;
+const KIND_META_SET: u8 = 5;
+const KIND_META_DELETE: u8 = 6;
 
-const KEYMAP_VERSION: u32 = 2;
+const KEYMAP_VERSION: u32 = 3;
 
 #[derive(Default, Debug, PartialEq)]
 struct KeyMap {
     shards: HashMap<Key, u64>,
     /// vdisk -> (offset, epoch, height)
     heads: HashMap<String, (u64, u64, u64)>,
+    /// vdisk -> name -> offset of its newest set record
+    metas: HashMap<String, std::collections::BTreeMap<String, u64>>,
     covered: u64,
     since_save: u64,
 }
@@ -182,6 +191,9 @@ impl LocalBackend {
         // Drop entries of trimmed segments, then scan what the map does not cover.
         map.shards.retain(|_, o| *o >= first);
         map.heads.retain(|_, (o, _, _)| *o >= first);
+        for m in map.metas.values_mut() {
+            m.retain(|_, o| *o >= first);
+        }
         let from = map.covered.max(first);
         let mut scanned = 0u64;
         for rec in Scanner::new(&log, from) {
@@ -230,6 +242,18 @@ impl LocalBackend {
     }
 }
 
+impl LocalBackend {
+    fn read_meta(&self, off: u64, vdisk: &str, name: &str) -> Result<Vec<u8>> {
+        let corrupt = || Error::Corrupt { location: format!("{} offset {off}", self.name()), detail: format!("record is not metadata {name} of {vdisk}") };
+        let Some((_, d)) = self.log.read_at(off)? else { return Err(corrupt()) };
+        let mut r = Reader::new(&d);
+        match (r.u8(), r.str16(), r.str16()) {
+            (Some(KIND_META_SET), Some(v), Some(n)) if v == vdisk && n == name => Ok(r.rest().to_vec()),
+            _ => Err(corrupt()),
+        }
+    }
+}
+
 fn not_a_store(dir: &Path, s: StoreState) -> Error {
     let what = match s {
         StoreState::Missing => "is missing",
@@ -275,6 +299,18 @@ fn apply(map: &mut KeyMap, offset: u64, data: &[u8]) {
                 set_head(map, v, offset, e, h);
             }
         }
+        Some(KIND_META_SET) => {
+            if let (Some(v), Some(n)) = (r.str16(), r.str16()) {
+                map.metas.entry(v.to_string()).or_default().insert(n.to_string(), offset);
+            }
+        }
+        Some(KIND_META_DELETE) => {
+            if let (Some(v), Some(n)) = (r.str16(), r.str16()) {
+                if let Some(m) = map.metas.get_mut(v) {
+                    m.remove(n);
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -308,6 +344,14 @@ fn encode_keymap(m: &KeyMap) -> Vec<u8> {
             b.extend_from_slice(&x.to_le_bytes());
         }
     }
+    let mut metas: Vec<(&String, &String, &u64)> = m.metas.iter().flat_map(|(v, ns)| ns.iter().map(move |(n, o)| (v, n, o))).collect();
+    metas.sort();
+    b.extend_from_slice(&(metas.len() as u64).to_le_bytes());
+    for (v, n, o) in metas {
+        put_str16(&mut b, v);
+        put_str16(&mut b, n);
+        b.extend_from_slice(&o.to_le_bytes());
+    }
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     b
@@ -328,7 +372,7 @@ fn decode_keymap(p: &Path, b: &[u8]) -> Result<KeyMap> {
     }
     let mut r = Reader::new(&body[8..]);
     let version = r.u32().ok_or_else(|| bad("truncated"))?;
-    if version != 1 && version != KEYMAP_VERSION {
+    if !(1..=KEYMAP_VERSION).contains(&version) {
         return Err(bad(&format!("unknown version {version}")));
     }
     let mut m = KeyMap { covered: r.u64().ok_or_else(|| bad("truncated"))?, ..Default::default() };
@@ -350,10 +394,30 @@ fn decode_keymap(p: &Path, b: &[u8]) -> Result<KeyMap> {
         let (e, h) = if version == 1 { (0, r.u64()) } else { (r.u64().ok_or_else(|| bad("truncated"))?, r.u64()) };
         m.heads.insert(v, (o, e, h.ok_or_else(|| bad("truncated"))?));
     }
+    if version >= 3 {
+        let nm = r.u64().ok_or_else(|| bad("truncated"))?;
+        if nm > r.remaining() as u64 / 12 {
+            return Err(bad("metadata count larger than the file"));
+        }
+        for _ in 0..nm {
+            let v = r.str16().ok_or_else(|| bad("truncated or not UTF-8"))?.to_string();
+            let n = r.str16().ok_or_else(|| bad("truncated or not UTF-8"))?.to_string();
+            let o = r.u64().ok_or_else(|| bad("truncated"))?;
+            m.metas.entry(v).or_default().insert(n, o);
+        }
+    }
     if r.remaining() != 0 {
         return Err(bad("trailing bytes"));
     }
     Ok(m)
+}
+
+/// Checks a key map file's bytes as an open would (for `tlog store` tools and fuzzing); returns
+/// the log offset it covers and its shard and head counts. Errors: [`Error::Format`] naming what
+/// is wrong.
+pub fn parse_keymap(bytes: &[u8]) -> Result<(u64, usize, usize)> {
+    let m = decode_keymap(Path::new("keymap"), bytes)?;
+    Ok((m.covered, m.shards.len(), m.heads.len()))
 }
 
 fn load_keymap(p: &Path) -> Result<KeyMap> {
@@ -381,9 +445,10 @@ impl Backend for LocalBackend {
         format!("local {}", self.dir.display())
     }
 
-    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
+    fn write(&self, batch: &Batch<'_>) -> Result<()> {
         #[cfg(feature = "failpoints")]
         fail::fail_point!("backend::put_batch", crate::failpoint_action);
+        let (shards, heads, metas) = (&batch.shards, &batch.heads, &batch.metas);
         // Records are written as parts (kind, key or vdisk, payload): the shards are not copied.
         let mut head_prefixes: Vec<Vec<u8>> = Vec::with_capacity(heads.len());
         for h in heads {
@@ -401,8 +466,21 @@ impl Backend for LocalBackend {
         for s in shards {
             recs.push([&[KIND_SHARD], &s.key[..], s.bytes]);
         }
-        for (p, h) in head_prefixes.iter().zip(heads) {
+        for (p, h) in head_prefixes.iter().zip(heads.iter()) {
             recs.push([p.as_slice(), &[], h.record]);
+        }
+        let mut meta_prefixes: Vec<Vec<u8>> = Vec::with_capacity(metas.len());
+        for m in metas {
+            if m.vdisk.len() > u16::MAX as usize || m.name.len() > 255 {
+                return Err(Error::InvalidArgument(format!("metadata name {:?} of vdisk {:?} too long", m.name, m.vdisk)));
+            }
+            let mut p = vec![if m.value.is_some() { KIND_META_SET } else { KIND_META_DELETE }];
+            put_str16(&mut p, m.vdisk);
+            put_str16(&mut p, m.name);
+            meta_prefixes.push(p);
+        }
+        for (p, m) in meta_prefixes.iter().zip(metas.iter()) {
+            recs.push([p.as_slice(), &[], m.value.unwrap_or(&[])]);
         }
         if recs.is_empty() {
             return Ok(());
@@ -416,6 +494,19 @@ impl Backend for LocalBackend {
         }
         for (i, h) in heads.iter().enumerate() {
             set_head(&mut m, h.vdisk, first + (shards.len() + i) as u64, h.epoch, h.height);
+        }
+        for (i, x) in metas.iter().enumerate() {
+            let off = first + (shards.len() + heads.len() + i) as u64;
+            match x.value {
+                Some(_) => {
+                    m.metas.entry(x.vdisk.to_string()).or_default().insert(x.name.to_string(), off);
+                }
+                None => {
+                    if let Some(v) = m.metas.get_mut(x.vdisk) {
+                        v.remove(x.name);
+                    }
+                }
+            }
         }
         m.covered = first + recs.len() as u64;
         m.since_save += recs.len() as u64;
@@ -475,6 +566,22 @@ impl Backend for LocalBackend {
             }
             _ => Err(corrupt()),
         }
+    }
+
+    fn get_meta(&self, vdisk: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let off = match self.lock()?.metas.get(vdisk).and_then(|m| m.get(name)) {
+            Some(o) => *o,
+            None => return Ok(None),
+        };
+        self.read_meta(off, vdisk, name).map(Some)
+    }
+
+    fn list_meta(&self, vdisk: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let offs: Vec<(String, u64)> = match self.lock()?.metas.get(vdisk) {
+            Some(m) => m.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, o)| (k.clone(), *o)).collect(),
+            None => return Ok(Vec::new()),
+        };
+        offs.into_iter().map(|(n, o)| Ok((n.clone(), self.read_meta(o, vdisk, &n)?))).collect()
     }
 
     fn vdisks(&self) -> Result<Vec<String>> {
@@ -539,6 +646,28 @@ mod tests {
     }
 
     #[test]
+    fn metadata_records_survive_reopen_with_and_without_the_keymap() {
+        let d = store();
+        {
+            let b = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
+            let mw = |name, value| MetaWrite { vdisk: "vd", name, value };
+            b.write(&Batch { metas: vec![mw("i/1", Some(&b"one"[..])), mw("i/2", Some(&b"two"[..])), mw("c/x", Some(&b"cp"[..]))], ..Default::default() })
+                .unwrap();
+            b.write(&Batch { metas: vec![mw("i/1", None), mw("i/2", Some(&b"TWO"[..]))], ..Default::default() }).unwrap();
+        }
+        for remove_map in [false, true] {
+            if remove_map {
+                std::fs::remove_file(d.path().join("keymap")).unwrap();
+            }
+            let b = LocalBackend::open_read_only(d.path()).unwrap();
+            assert_eq!(b.list_meta("vd", "i/").unwrap(), vec![("i/2".to_string(), b"TWO".to_vec())]);
+            assert_eq!(b.get_meta("vd", "c/x").unwrap(), Some(b"cp".to_vec()));
+            assert_eq!(b.get_meta("vd", "i/1").unwrap(), None);
+            assert!(b.list_meta("other", "").unwrap().is_empty());
+        }
+    }
+
+    #[test]
     fn missing_or_empty_directories_are_not_stores() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("s");
@@ -592,8 +721,9 @@ mod tests {
         let mut m = KeyMap { covered: 9, ..Default::default() };
         m.shards.insert([3; 32], 5);
         m.heads.insert("vd".into(), (6, 2, 7));
+        m.metas.entry("vd".into()).or_default().insert("i/1".into(), 8);
         let b = encode_keymap(&m);
-        let mut want = b"TLOGKMAP\x02\x00\x00\x00\x09\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00".to_vec();
+        let mut want = b"TLOGKMAP\x03\x00\x00\x00\x09\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00".to_vec();
         want.extend_from_slice(&[3; 32]);
         want.extend_from_slice(&5u64.to_le_bytes());
         want.extend_from_slice(&1u64.to_le_bytes());
@@ -601,6 +731,9 @@ mod tests {
         for x in [6u64, 2, 7] {
             want.extend_from_slice(&x.to_le_bytes());
         }
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(b"\x02\x00vd\x03\x00i/1");
+        want.extend_from_slice(&8u64.to_le_bytes());
         let crc = crc32fast::hash(&want);
         want.extend_from_slice(&crc.to_le_bytes());
         assert_eq!(b, want);

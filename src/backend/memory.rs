@@ -3,8 +3,9 @@
 //! frozen server would until its client's timeout) and corrupting (stored shards get a flipped
 //! byte).
 
-use super::{Backend, HeadWrite, Key, ShardWrite};
+use super::{Backend, Batch, Key};
 use crate::error::{Error, Result};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -19,6 +20,7 @@ pub struct MemoryBackend {
     name: String,
     shards: Mutex<HashMap<Key, Vec<u8>>>,
     heads: Mutex<Heads>,
+    metas: Mutex<HashMap<String, BTreeMap<String, Vec<u8>>>>,
     down: AtomicBool,
     refuse_writes: AtomicBool,
     corrupt_writes: AtomicBool,
@@ -130,7 +132,8 @@ impl Backend for MemoryBackend {
         format!("memory {}", self.name)
     }
 
-    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
+    fn write(&self, b: &Batch<'_>) -> Result<()> {
+        let (shards, heads) = (&b.shards, &b.heads);
         self.check()?;
         self.wait_unhung()?;
         if self.refuse_writes.load(Ordering::SeqCst) {
@@ -154,8 +157,33 @@ impl Backend for MemoryBackend {
                 hm.insert(h.vdisk.to_string(), (order, h.record.to_vec()));
             }
         }
+        let mut mm = self.metas.lock().map_err(|_| self.err("lock poisoned"))?;
+        for m in &b.metas {
+            let v = mm.entry(m.vdisk.to_string()).or_default();
+            match m.value {
+                Some(x) => {
+                    v.insert(m.name.to_string(), x.to_vec());
+                }
+                None => {
+                    v.remove(m.name);
+                }
+            }
+        }
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn get_meta(&self, vdisk: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.check()?;
+        Ok(self.metas.lock().map_err(|_| self.err("lock poisoned"))?.get(vdisk).and_then(|m| m.get(name)).cloned())
+    }
+
+    fn list_meta(&self, vdisk: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.check()?;
+        let g = self.metas.lock().map_err(|_| self.err("lock poisoned"))?;
+        Ok(g.get(vdisk)
+            .map(|m| m.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
     }
 
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {

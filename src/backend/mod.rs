@@ -6,8 +6,8 @@
 //! for a backend that could not be opened (readers tolerate up to m of them); [`Reopening`]
 //! wraps one that tlogd tries to open again from time to time (a degraded start).
 //!
-//! Durability contract: when [`Backend::put_batch`] returns `Ok`, every shard and head record
-//! of the batch survives a crash of the machine holding the backend (fsync'd for `local`;
+//! Durability contract: when [`Backend::write`] returns `Ok`, every shard, head record and
+//! metadata record of the batch survives a crash of the machine holding the backend (fsync'd for `local`;
 //! `appendfsync always` or WAITAOF for `redis`). `get` never returns bytes that were not put
 //! (the shard header's checksum is verified above this layer too). Every operation is bounded
 //! in time (a stalled Redis server answers with a timeout error, never a hang).
@@ -51,13 +51,56 @@ pub struct HeadWrite<'a> {
     pub record: &'a [u8],
 }
 
+/// One metadata record of a vdisk (its index entries and pages, checkpoints, ...), replicated
+/// to every backend: `value` sets it, `None` deletes it. Names are short ASCII paths such as
+/// `i/00000000000000000042`.
+#[derive(Clone, Copy, Debug)]
+pub struct MetaWrite<'a> {
+    /// The vdisk.
+    pub vdisk: &'a str,
+    /// The record's name within the vdisk (at most 255 bytes).
+    pub name: &'a str,
+    /// The bytes, or `None` to delete.
+    pub value: Option<&'a [u8]>,
+}
+
+/// What one durable write holds: shards, head records and metadata records, all durable
+/// together when [`Backend::write`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct Batch<'a> {
+    /// Shards.
+    pub shards: Vec<ShardWrite<'a>>,
+    /// Head records.
+    pub heads: Vec<HeadWrite<'a>>,
+    /// Metadata records (set or delete), applied in order.
+    pub metas: Vec<MetaWrite<'a>>,
+}
+
+impl Batch<'_> {
+    /// Whether the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty() && self.heads.is_empty() && self.metas.is_empty()
+    }
+}
+
 /// A store for one shard index.
 pub trait Backend: Send + Sync {
     /// Human-readable name for logs and errors, e.g. "local /data/store0".
     fn name(&self) -> String;
 
-    /// Stores the shards and head records durably; returns after all are durable.
-    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()>;
+    /// Stores everything in the batch durably; returns after all of it is durable.
+    fn write(&self, batch: &Batch<'_>) -> Result<()>;
+
+    /// Stores shards and head records durably ([`Backend::write`] without metadata).
+    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
+        self.write(&Batch { shards: shards.to_vec(), heads: heads.to_vec(), metas: Vec::new() })
+    }
+
+    /// The metadata record `name` of `vdisk`, if any.
+    fn get_meta(&self, vdisk: &str, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Every metadata record of `vdisk` whose name starts with `prefix`, sorted by name.
+    fn list_meta(&self, vdisk: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
 
     /// The shard stored under `key`, if any.
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>>;
@@ -99,7 +142,13 @@ impl Backend for Unusable {
     fn name(&self) -> String {
         self.name.clone()
     }
-    fn put_batch(&self, _: &[ShardWrite<'_>], _: &[HeadWrite<'_>]) -> Result<()> {
+    fn write(&self, _: &Batch<'_>) -> Result<()> {
+        self.err()
+    }
+    fn get_meta(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>> {
+        self.err()
+    }
+    fn list_meta(&self, _: &str, _: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.err()
     }
     fn get(&self, _: &Key) -> Result<Option<Vec<u8>>> {
@@ -181,8 +230,14 @@ impl Backend for Reopening {
     fn name(&self) -> String {
         self.name.clone()
     }
-    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
-        self.backend()?.put_batch(shards, heads)
+    fn write(&self, batch: &Batch<'_>) -> Result<()> {
+        self.backend()?.write(batch)
+    }
+    fn get_meta(&self, vdisk: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.backend()?.get_meta(vdisk, name)
+    }
+    fn list_meta(&self, vdisk: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.backend()?.list_meta(vdisk, prefix)
     }
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
         self.backend()?.get(key)

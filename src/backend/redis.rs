@@ -1,7 +1,8 @@
 //! The `redis` backend: one Redis-protocol server (Redis, Valkey, ardb, kvrocks) per shard
 //! index, through the `redis` crate's synchronous connection.
 //!
-//! Keys: `tlog:s:<32-byte key>` holds a shard; `tlog:h:<vdisk>` a head record and
+//! Keys: `tlog:s:<32-byte key>` holds a shard; `tlog:m:<vdisk>` is a hash of the vdisk's
+//! metadata records (name → value); `tlog:h:<vdisk>` a head record and
 //! `tlog:hh:<vdisk>` its order "epoch height" (a bare "height", written by older versions,
 //! counts as epoch 0), so an older head never replaces a newer one: the two are set by one Lua
 //! script only when (epoch, height) does not go back (an equal one is the same head written
@@ -21,7 +22,7 @@
 //! `WAITAOF 1 0 <timeout>` after each batch (Redis 7.2+); `none` trusts the reply alone (not
 //! durable: only for throwaway setups).
 
-use super::{Backend, HeadWrite, Key, ShardWrite};
+use super::{Backend, Batch, Key};
 pub use crate::config::Durability;
 use crate::error::{Error, Result};
 use std::sync::Mutex;
@@ -157,7 +158,8 @@ impl Backend for RedisBackend {
         format!("redis {}", self.s.address)
     }
 
-    fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
+    fn write(&self, b: &Batch<'_>) -> Result<()> {
+        let (shards, heads, metas) = (&b.shards, &b.heads, &b.metas);
         let durability = self.s.durability;
         let timeout_ms = self.s.timeout.as_millis() as u64;
         let waited: Option<Vec<i64>> = self.with_conn(|c| {
@@ -175,6 +177,12 @@ impl Backend for RedisBackend {
                     .arg(h.epoch)
                     .arg(h.height)
                     .ignore();
+            }
+            for m in metas.iter() {
+                match m.value {
+                    Some(v) => p.cmd("HSET").arg(format!("tlog:m:{}", m.vdisk)).arg(m.name).arg(v).ignore(),
+                    None => p.cmd("HDEL").arg(format!("tlog:m:{}", m.vdisk)).arg(m.name).ignore(),
+                };
             }
             if durability == Durability::Waitaof {
                 p.cmd("WAITAOF").arg(1).arg(0).arg(timeout_ms);
@@ -203,6 +211,17 @@ impl Backend for RedisBackend {
 
     fn get_head(&self, vdisk: &str) -> Result<Option<Vec<u8>>> {
         self.with_conn(|c| redis::cmd("GET").arg(format!("tlog:h:{vdisk}")).query(c))
+    }
+
+    fn get_meta(&self, vdisk: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.with_conn(|c| redis::cmd("HGET").arg(format!("tlog:m:{vdisk}")).arg(name).query(c))
+    }
+
+    fn list_meta(&self, vdisk: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut all: Vec<(String, Vec<u8>)> = self.with_conn(|c| redis::cmd("HGETALL").arg(format!("tlog:m:{vdisk}")).query(c))?;
+        all.retain(|(k, _)| k.starts_with(prefix));
+        all.sort();
+        Ok(all)
     }
 
     fn vdisks(&self) -> Result<Vec<String>> {

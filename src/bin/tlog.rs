@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tlog::client::{Client, ClientConfig, NoticeHandler};
 use tlog::config::Config;
+use tlog::history::points::Point;
 use tlog::history::restore::{restore, RestoreOptions};
 use tlog::history::scrub::{scrub, ScrubOptions};
+use tlog::history::History;
 use tlog::seal::Sealer;
 use tlog::store::BigLog;
 
@@ -85,9 +87,16 @@ enum Cmd {
         /// Output image (created or truncated; sparse).
         #[arg(long)]
         output: PathBuf,
-        /// Apply blocks up to this sequence (inclusive).
+        /// Restore the image after the block with this sequence.
         #[arg(long)]
         to_sequence: Option<u64>,
+        /// Restore the image of this time: after the last block stamped at or before it (RFC 3339
+        /// with up to nanoseconds, e.g. 2026-12-01T08:00:00.5Z, or ns since the Unix epoch).
+        #[arg(long)]
+        to_time: Option<String>,
+        /// Restore the image at this checkpoint.
+        #[arg(long)]
+        checkpoint: Option<String>,
     },
     /// Load generator (N connections, one vdisk each), or with --sink a raw protocol sink.
     Bench {
@@ -219,13 +228,15 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
         Cmd::Import { server, vdisk, block_size, token, reconnect_timeout, image } => {
             import(server, vdisk, block_size, token, reconnect_timeout, image).map(|_| ExitCode::SUCCESS)
         }
-        Cmd::Restore { store, vdisk, output, to_sequence } => {
+        Cmd::Restore { store, vdisk, output, to_sequence, to_time, checkpoint } => {
+            let to = Point::from_args(to_sequence, to_time.as_deref(), checkpoint.as_deref())?;
             let cfg = store.load()?;
-            let sealer = Store::sealer(&cfg)?;
+            let sealer = Arc::new(Store::sealer(&cfg)?);
             let backends = tlog::server::open_backends_read_only(&cfg);
             let start = Instant::now();
-            let opts = RestoreOptions { to_sequence, max_image_bytes: cfg.server.max_vdisk_bytes, ..Default::default() };
-            let s = restore(&backends, &sealer, &vdisk, &output, &opts)?;
+            let h = History::load(backends, sealer, &vdisk)?;
+            let opts = RestoreOptions { to, max_image_bytes: cfg.server.max_vdisk_bytes, ..Default::default() };
+            let s = restore(&h, &output, &opts)?;
             for (seq, why) in &s.bad_blocks {
                 eprintln!("tlog restore: block {seq} skipped: {why}");
             }

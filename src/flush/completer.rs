@@ -13,7 +13,7 @@
 
 use super::{lock, writer, Ack, Shared, Vdisk};
 use crate::backend::Key;
-use crate::history::index::IndexEntry;
+use crate::history::index::{entry_name, page_name, page_of, IndexEntry, PAGE};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -55,6 +55,10 @@ pub struct InFlight {
     pub shards: Vec<Arc<Vec<u8>>>,
     /// The encoded head record.
     pub head: Arc<Vec<u8>>,
+    /// Its index entry.
+    pub entry: IndexEntry,
+    /// The encoded index entry record.
+    pub record: Arc<Vec<u8>>,
 }
 
 /// An event for the completer.
@@ -219,8 +223,9 @@ fn retry(sh: &Shared, t: &mut Tracked) {
                 epoch: t.a.epoch,
                 height: t.a.height,
                 key: t.a.key,
-                shard: t.a.shards[i].clone(),
-                head: t.a.head.clone(),
+                shard: Some(t.a.shards[i].clone()),
+                head: Some(t.a.head.clone()),
+                metas: vec![(entry_name(t.a.height), Some(t.a.record.clone()))],
             };
             sh.writers[i].submit(i, job, &sh.events);
         }
@@ -233,7 +238,7 @@ fn complete(sh: &Shared, t: &Tracked) {
     sh.permits.release();
     sh.stats.flushed_aggregations.fetch_add(1, Ordering::Relaxed);
     let vd = &a.vdisk;
-    lock(&vd.pending_index).insert(a.height, IndexEntry { first_sequence: a.first, last_sequence: a.last, timestamp: a.timestamp, epoch: a.epoch, key: a.key });
+    lock(&vd.pending_index).insert(a.height, a.entry);
     let c = lock(&vd.ns).complete(a.height, a.first, a.last, a.bytes, a.epoch);
     sh.total.fetch_sub(c.freed.min(sh.total.load(Ordering::SeqCst)), Ordering::SeqCst);
     for (first, last, epoch) in &c.acks {
@@ -241,12 +246,13 @@ fn complete(sh: &Shared, t: &Tracked) {
     }
     if !c.heights.is_empty() {
         let mut pending = lock(&vd.pending_index);
-        let mut index = lock(&vd.index);
+        let mut tail = lock(&vd.tail);
         for h in &c.heights {
-            if let Some(e) = pending.remove(h) {
-                if let Err(err) = index.append(&e) {
-                    tracing::warn!(vdisk = %vd.name(), "metadata index append failed (it can be rebuilt from the chain): {err}");
-                }
+            let Some(e) = pending.remove(h) else { continue };
+            tail.push(e);
+            if h % PAGE == 0 {
+                write_page(sh, vd, page_of(*h), &tail);
+                tail.clear();
             }
         }
     }
@@ -255,6 +261,26 @@ fn complete(sh: &Shared, t: &Tracked) {
         vd.send_current(Ack::Resumed);
     }
     sh.signal_space();
+}
+
+/// An index page is complete (its last aggregation is durable): every backend's writer stores
+/// the page and deletes its loose entries in one batch, after the page's aggregations (FIFO).
+/// A page whose entries the engine does not all hold (they predate this process and were not
+/// loaded) is left as loose entries, which readers take as well.
+fn write_page(sh: &Shared, vd: &Vdisk, page: u64, entries: &[IndexEntry]) {
+    let complete = entries.len() as u64 == PAGE && entries.iter().enumerate().all(|(i, e)| e.height == page * PAGE + 1 + i as u64);
+    if !complete {
+        tracing::debug!(vdisk = %vd.name(), page, "index page not written: {} of its entries are held", entries.len());
+        return;
+    }
+    let rec = Arc::new(sh.codec.encode_page(vd.name(), page, entries));
+    let mut metas = vec![(page_name(page), Some(rec))];
+    metas.extend(entries.iter().map(|e| (entry_name(e.height), None)));
+    let name: Arc<str> = Arc::from(vd.name());
+    for (i, w) in sh.writers.iter().enumerate() {
+        let job = writer::Job { id: 0, vdisk: name.clone(), epoch: 0, height: 0, key: [0; 32], shard: None, head: None, metas: metas.clone() };
+        w.submit(i, job, &sh.events);
+    }
 }
 
 /// Every backend answered: record the missing shards for repair, recycle the buffers.

@@ -7,6 +7,7 @@
 
 use super::completer::{Event, InFlight};
 use super::{lock, writer, Shared, Vdisk};
+use crate::history::index::{entry_name, IndexEntry};
 use crate::seal::{HeadRecord, SealContext, SealScratch};
 use crossbeam_channel::Receiver;
 use std::sync::atomic::Ordering;
@@ -67,6 +68,7 @@ fn seal_and_dispatch(sh: &Shared, vd: &Arc<Vdisk>, scratch: &mut SealScratch) {
         }
     };
     let (bytes, epoch, mut blocks) = (buf.bytes, buf.epoch, buf.blocks);
+    let entry = IndexEntry::of(chain.height + 1, sealed.key, chain.prev, epoch, ts, &blocks);
     // The blocks are in the shards now: their buffers go back to the pool, and the emptied
     // list becomes the namespace's spare.
     for b in blocks.drain(..) {
@@ -80,6 +82,7 @@ fn seal_and_dispatch(sh: &Shared, vd: &Arc<Vdisk>, scratch: &mut SealScratch) {
     let shards: Vec<Arc<Vec<u8>>> = std::mem::take(&mut sealed.shards).into_iter().map(Arc::new).collect();
     let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
     let name: Arc<str> = Arc::from(vd.name());
+    let record = Arc::new(sh.codec.encode_entry(vd.name(), &entry));
     let _ = sh.events.send(Event::Sealed(InFlight {
         id,
         vdisk: vd.clone(),
@@ -92,9 +95,20 @@ fn seal_and_dispatch(sh: &Shared, vd: &Arc<Vdisk>, scratch: &mut SealScratch) {
         timestamp: ts,
         shards: shards.clone(),
         head: head.clone(),
+        entry,
+        record: record.clone(),
     }));
     for (i, w) in sh.writers.iter().enumerate() {
-        let job = writer::Job { id, vdisk: name.clone(), epoch, height, key: sealed.key, shard: shards[i].clone(), head: head.clone() };
+        let job = writer::Job {
+            id,
+            vdisk: name.clone(),
+            epoch,
+            height,
+            key: sealed.key,
+            shard: Some(shards[i].clone()),
+            head: Some(head.clone()),
+            metas: vec![(entry_name(height), Some(record.clone()))],
+        };
         w.submit(i, job, &sh.events);
     }
     drop(chain);

@@ -35,6 +35,7 @@ pub mod writer;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::Result;
+use crate::history::index::{entry_name, page_name, page_of, Index, IndexCodec, IndexEntry, PAGE};
 use crate::namespace::{Chain, Limits, Namespace};
 use crate::seal::Sealer;
 use crate::time::Clock;
@@ -233,9 +234,10 @@ pub struct Vdisk {
     random: Mutex<HashMap<u64, [u8; 16]>>,
     /// A `Waiting` notice was sent and no `Resumed` yet.
     waiting: AtomicBool,
-    /// Metadata index entries of aggregations acked out of order, by height.
-    pending_index: Mutex<std::collections::BTreeMap<u64, crate::history::index::IndexEntry>>,
-    index: Mutex<crate::history::index::MetaIndex>,
+    /// Index entries of aggregations durable before the ones before them, by height.
+    pending_index: Mutex<std::collections::BTreeMap<u64, IndexEntry>>,
+    /// Index entries of the current (incomplete) index page, acked, in chain order.
+    tail: Mutex<Vec<IndexEntry>>,
 }
 
 impl Vdisk {
@@ -319,6 +321,7 @@ pub(crate) struct Shared {
     limits: Limits,
     write_quorum: usize,
     sealer: Arc<Sealer>,
+    codec: IndexCodec,
     backends: Vec<Arc<dyn Backend>>,
     clock: Arc<dyn Clock>,
     vdisks: Mutex<HashMap<String, Arc<Slot>>>,
@@ -385,23 +388,60 @@ impl Shared {
             Some(h) => (h.key, h.height, Some(h.last_sequence), h.epoch),
             None => ([0u8; 32], 0, None, 0),
         };
+        let mut tail = Vec::new();
+        let mut last_ts = 0;
         if let Some(h) = &head {
             tracing::info!(vdisk = name, height = h.height, last_sequence = h.last_sequence, "recovered vdisk head from the backends");
+            let index = Index::load(&self.backends, &self.sealer, &self.codec, name, h)?;
+            last_ts = index.entries.last().map(|e| e.last_timestamp).unwrap_or(0);
+            if !index.rebuilt.is_empty() {
+                self.persist_rebuilt(name, &index);
+            }
+            if h.height % PAGE != 0 {
+                tail = index.entries.iter().filter(|e| page_of(e.height) == page_of(h.height)).copied().collect();
+            }
         }
-        let index = crate::history::index::MetaIndex::open(&self.cfg.server.data_dir.join("vdisks").join(format!("{name}.index")), height)?;
+        let mut namespace = Namespace::new(name, height, last_flushed, epoch, self.cfg.flush.flush_size);
+        namespace.set_last_timestamp(last_ts);
         let vd = Arc::new(Vdisk {
             name: name.to_string(),
-            ns: Mutex::new(Namespace::new(name, height, last_flushed, epoch, self.cfg.flush.flush_size)),
+            ns: Mutex::new(namespace),
             chain: Mutex::new(Chain { prev, height }),
             sink: Mutex::new(None),
             attach_lock: Mutex::new(()),
             random: Mutex::new(HashMap::new()),
             waiting: AtomicBool::new(false),
             pending_index: Mutex::new(Default::default()),
-            index: Mutex::new(index),
+            tail: Mutex::new(tail),
         });
         let _ = slot.vdisk.set(vd.clone());
         Ok(vd)
+    }
+}
+
+impl Shared {
+    /// Writes index records rebuilt from the chain (a vdisk written before the index lived on
+    /// the backends, or records lost) back to every backend: pages for complete pages, entries
+    /// for the rest. Best effort: readers rebuild again what is not written.
+    fn persist_rebuilt(&self, vdisk: &str, index: &Index) {
+        let mut recs: Vec<(String, Vec<u8>)> = Vec::new();
+        for group in index.entries.chunk_by(|a, b| page_of(a.height) == page_of(b.height)) {
+            let page = page_of(group[0].height);
+            if group.len() as u64 == PAGE {
+                recs.push((page_name(page), self.codec.encode_page(vdisk, page, group)));
+            } else {
+                recs.extend(group.iter().map(|e| (entry_name(e.height), self.codec.encode_entry(vdisk, e))));
+            }
+        }
+        let batch = crate::backend::Batch {
+            metas: recs.iter().map(|(n, v)| crate::backend::MetaWrite { vdisk, name: n, value: Some(v) }).collect(),
+            ..Default::default()
+        };
+        let written = std::thread::scope(|s| {
+            let hs: Vec<_> = self.backends.iter().map(|b| s.spawn(|| b.write(&batch).is_ok())).collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(false)).filter(|ok| *ok).count()
+        });
+        tracing::info!(vdisk, "index: {} entries rebuilt from the chain, written back to {written} of {} backends", index.rebuilt.len(), self.backends.len());
     }
 }
 

@@ -105,6 +105,7 @@ impl Engine {
             },
             write_quorum: cfg.write_quorum(),
             cfg,
+            codec: crate::history::index::IndexCodec::new(sealer.key()),
             sealer: Arc::new(sealer),
             backends,
             clock,

@@ -43,7 +43,8 @@ impl Entry {
         format!("v2 {} {} {} {} {} {}\n", self.vdisk, hex::encode(self.key), self.height, self.epoch, hex::encode(&self.head), idx.join(","))
     }
 
-    fn parse(line: &str) -> Option<Entry> {
+    /// Parses one queue line (either version); `None` when it is not one.
+    pub fn parse(line: &str) -> Option<Entry> {
         let f: Vec<&str> = line.split_whitespace().collect();
         let key = |s: &str| -> Option<Key> { hex::decode(s).ok()?.try_into().ok() };
         let idx = |s: &str| -> Option<Vec<usize>> { s.split(',').map(|x| x.parse().ok()).collect() };

@@ -279,11 +279,33 @@ fn corrupt_writes_on_m_backends_still_restore() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("img");
     let backends: Vec<Arc<dyn Backend>> = r.mem.iter().map(|m| m.clone() as Arc<dyn Backend>).collect();
-    let sealer = Sealer::new(SealKey::from_bytes([7; 32]), 4, 2).unwrap();
-    let s =
-        crate::history::restore::restore(&backends, &sealer, "vd", &out, &crate::history::restore::RestoreOptions { progress: false, ..Default::default() })
-            .unwrap();
+    let sealer = Arc::new(Sealer::new(SealKey::from_bytes([7; 32]), 4, 2).unwrap());
+    let h = crate::history::History::load(backends, sealer, "vd").unwrap();
+    assert!(h.index.rebuilt.is_empty(), "every index entry was on the backends");
+    let s = crate::history::restore::restore(&h, &out, &crate::history::restore::RestoreOptions { progress: false, ..Default::default() }).unwrap();
     assert_eq!(s.blocks, 8);
     let img = std::fs::read(&out).unwrap();
     assert_eq!(&img[8 * 512..8 * 512 + 4096], &blk(1).data[..]);
+}
+
+#[test]
+fn the_index_is_written_to_the_backends_and_compacted_into_pages() {
+    let r = rig(1);
+    let (a, rx) = attach(&r.engine, "vd");
+    let n = 2 * crate::history::index::PAGE + 52;
+    for s in 1..=n {
+        assert!(matches!(r.engine.push(&a.handle, a.epoch, blk(s)), Push::Received { .. }));
+    }
+    assert_eq!(flushed_until(&rx, n, Duration::from_secs(60)).last().map(|x| x.1), Some(n));
+    assert!(r.engine.shutdown(Duration::from_secs(10)));
+    for m in &r.mem {
+        assert_eq!(m.list_meta("vd", "p/").unwrap().len(), 2, "two full pages");
+        assert_eq!(m.list_meta("vd", "i/").unwrap().len(), 52, "the rest as loose entries");
+    }
+    let backends: Vec<Arc<dyn Backend>> = r.mem.iter().map(|m| m.clone() as Arc<dyn Backend>).collect();
+    let h = crate::history::History::load(backends, Arc::new(Sealer::new(SealKey::from_bytes([7; 32]), 4, 2).unwrap()), "vd").unwrap();
+    assert_eq!((h.index.entries.len() as u64, h.index.rebuilt.len()), (n, 0));
+    assert_eq!(h.index.find_sequence(1500).map(|i| h.index.entries[i].first_sequence), Some(1500));
+    // Block timestamps are the blocks' (1..=n ns here), so a time names a sequence.
+    assert_eq!(h.resolve(&crate::history::points::Point::Time(777)).unwrap(), Some(777));
 }

@@ -9,7 +9,7 @@
 //! below half the bound and a write succeeded.
 
 use super::completer::{Event, Outcome};
-use crate::backend::{Backend, HeadWrite, Key, ShardWrite};
+use crate::backend::{Backend, Batch, HeadWrite, Key, MetaWrite, ShardWrite};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,9 +19,10 @@ const BATCH_JOBS: usize = 64;
 /// Shard bytes one batch takes at most.
 const BATCH_BYTES: u64 = 64 << 20;
 
-/// One shard (and the head record of its aggregation) for one backend.
+/// One shard (with the head record and index entry of its aggregation) for one backend, or,
+/// without a shard, metadata records alone (an index page and the deletes of its entries).
 pub struct Job {
-    /// The aggregation's id in the completer.
+    /// The aggregation's id in the completer (0: not an aggregation, nothing to report).
     pub id: u64,
     /// The vdisk.
     pub vdisk: Arc<str>,
@@ -32,9 +33,18 @@ pub struct Job {
     /// Its key.
     pub key: Key,
     /// The shard for this backend.
-    pub shard: Arc<Vec<u8>>,
+    pub shard: Option<Arc<Vec<u8>>>,
     /// The aggregation's encoded head record.
-    pub head: Arc<Vec<u8>>,
+    pub head: Option<Arc<Vec<u8>>>,
+    /// Metadata records to set (`Some`) or delete (`None`).
+    pub metas: Vec<(String, Option<Arc<Vec<u8>>>)>,
+}
+
+impl Job {
+    fn bytes(&self) -> u64 {
+        self.shard.as_ref().map(|s| s.len() as u64).unwrap_or(0)
+            + self.metas.iter().map(|(n, v)| n.len() as u64 + v.as_ref().map(|v| v.len() as u64).unwrap_or(0)).sum::<u64>()
+    }
 }
 
 /// A message to a writer thread.
@@ -63,9 +73,9 @@ impl Writer {
 
     /// Queues a job, or reports it dropped (the backend is too far behind: degraded).
     pub fn submit(&self, backend: usize, job: Job, events: &Sender<Event>) {
-        let n = job.shard.len() as u64;
+        let n = job.bytes();
         let q = self.queued.load(Ordering::SeqCst);
-        if q > 0 && q + n > self.max_bytes {
+        if job.shard.is_some() && q > 0 && q + n > self.max_bytes {
             if !self.degraded.swap(true, Ordering::SeqCst) {
                 tracing::warn!(backend = %self.name, queued = q, "backend degraded: {q} bytes queued (backend.queue_bytes = {}); its shards go to the repair queue until it catches up", self.max_bytes);
             }
@@ -119,12 +129,12 @@ fn run(
             Ok(Msg::Write(j)) => j,
             Ok(Msg::Close) | Err(_) => return,
         };
-        let mut bytes = first.shard.len() as u64;
+        let mut bytes = first.bytes();
         let mut jobs = vec![first];
         while jobs.len() < BATCH_JOBS && bytes < BATCH_BYTES {
             match rx.try_recv() {
                 Ok(Msg::Write(j)) => {
-                    bytes += j.shard.len() as u64;
+                    bytes += j.bytes();
                     jobs.push(j);
                 }
                 Ok(Msg::Close) => {
@@ -134,19 +144,26 @@ fn run(
                 Err(_) => break,
             }
         }
-        let shards: Vec<ShardWrite<'_>> = jobs.iter().map(|j| ShardWrite { vdisk: &j.vdisk, epoch: j.epoch, key: &j.key, bytes: j.shard.as_slice() }).collect();
-        // The newest head per vdisk (a batch may hold several aggregations of one vdisk).
-        let mut heads: Vec<HeadWrite<'_>> = Vec::new();
+        let mut batch = Batch::default();
         for j in &jobs {
-            let h = HeadWrite { vdisk: &j.vdisk, epoch: j.epoch, height: j.height, record: j.head.as_slice() };
-            match heads.iter_mut().find(|x| x.vdisk == h.vdisk) {
-                Some(x) if (h.epoch, h.height) > (x.epoch, x.height) => *x = h,
-                Some(_) => {}
-                None => heads.push(h),
+            if let Some(s) = &j.shard {
+                batch.shards.push(ShardWrite { vdisk: &j.vdisk, epoch: j.epoch, key: &j.key, bytes: s.as_slice() });
+            }
+            // The newest head per vdisk (a batch may hold several aggregations of one vdisk).
+            if let Some(r) = &j.head {
+                let h = HeadWrite { vdisk: &j.vdisk, epoch: j.epoch, height: j.height, record: r.as_slice() };
+                match batch.heads.iter_mut().find(|x| x.vdisk == h.vdisk) {
+                    Some(x) if (h.epoch, h.height) > (x.epoch, x.height) => *x = h,
+                    Some(_) => {}
+                    None => batch.heads.push(h),
+                }
+            }
+            for (name, v) in &j.metas {
+                batch.metas.push(MetaWrite { vdisk: &j.vdisk, name, value: v.as_ref().map(|v| v.as_slice()) });
             }
         }
-        let r = backend.put_batch(&shards, &heads).map_err(|e| e.to_string());
-        drop((shards, heads));
+        let r = backend.write(&batch).map_err(|e| e.to_string());
+        drop(batch);
         queued.fetch_sub(bytes.min(queued.load(Ordering::SeqCst)), Ordering::SeqCst);
         if r.is_ok() && degraded.load(Ordering::SeqCst) && queued.load(Ordering::SeqCst) < max / 2 {
             degraded.store(false, Ordering::SeqCst);
@@ -156,6 +173,12 @@ fn run(
             // The shard is released before the reply, so the completer can reuse its buffer.
             let Job { id, shard, .. } = j;
             drop(shard);
+            if id == 0 {
+                if let Err(e) = &r {
+                    tracing::debug!(backend = %name, "index page write failed (its entries stay): {e}");
+                }
+                continue;
+            }
             let outcome = match &r {
                 Ok(()) => Outcome::Stored,
                 Err(e) => Outcome::Failed(e.clone()),

@@ -1,177 +1,363 @@
-//! Metadata index of a vdisk (DESIGN.md §7, after the TLOG server's metadata store): an
-//! array-like map from a sequential integer (the aggregation's height − 1) to {first/last
-//! sequence, timestamp, epoch, key}, with `starting_index` (the oldest entry kept) and
-//! `current_index` (the newest). Lookups by sequence or time are binary searches between
-//! them; the cleaner advances `starting_index` past entries older than a retention age.
+//! The metadata index of a vdisk (DESIGN.md §7, after the TLOG server's metadata store): one
+//! entry per aggregation, `{height, key, prev, first/last sequence, first/last block
+//! timestamp, epoch, blocks, data bytes, seal time}`, in chain order, answering "which
+//! aggregations hold sequences a..b" and "which sequence was the last at time T" by binary
+//! search (O(log n)).
 //!
-//! Persisted as `<data_dir>/vdisks/<vdisk>.index`: 16-byte header (`b"TLOGMIDX"`, version u32,
-//! reserved u32), then 76-byte entries: first sequence, last sequence, timestamp, epoch (u64
-//! LE each), key (32), CRC-32 of the entry (4), reserved (8). The starting index lives in
-//! `<vdisk>.start`. Appends are not fsync'd: the index is rebuilt from the chain when it is
-//! short (a crash lost its tail), so the chain stays the source of truth.
+//! Where it lives: on every backend, as metadata records of the vdisk (so any reader with the
+//! backends and the key, on any host, gets the same answers). Each flush writes its entry
+//! `i/<height, 20 digits>` in the same batch as its shards; when a page of [`PAGE`] entries is
+//! complete, the engine writes the page `p/<page, 20 digits>` and deletes the page's entries
+//! (one batch per backend), so a vdisk of n aggregations holds n / 1024 pages and at most 1023
+//! loose entries. Readers take the union of what every reachable backend holds, and resolve the
+//! chain from the head backwards by `prev` keys, so entries of aggregations that are not on the
+//! chain (a fenced writer's) are ignored; a missing entry is rebuilt from the chain itself (the
+//! aggregation is fetched and unsealed), which is also how vdisks written before the index was
+//! stored on the backends are read.
+//!
+//! Encoding (little-endian): entry = version u8 (1), height, first sequence, last sequence,
+//! first timestamp, last timestamp, epoch, data bytes, seal time (u64 each), blocks u32, key
+//! (32), prev (32), MAC (16); page = version u8 (1), page number u64, count u32, entries without
+//! their MAC, MAC (16). The MAC is BLAKE3 keyed with a key derived from the AES key
+//! (`derive_key("tlog 2026 index mac v1")`) over the vdisk id and the bytes before it: a record
+//! of another vdisk, another key, or tampered, fails.
 
-use crate::backend::Key;
-use crate::error::{IoContext, Result};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use crate::backend::{Backend, Key};
+use crate::bytes::{put_str16, Reader};
+use crate::error::{Error, Result};
+use crate::seal::{fetch_shards, HeadRecord, SealKey, Sealer};
+use crate::wire::Block;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-const ENTRY: usize = 76;
+/// Entries per index page.
+pub const PAGE: u64 = 1024;
+
+const ENTRY_BODY: usize = 1 + 8 * 8 + 4 + 32 + 32;
+const MAC: usize = 16;
 
 /// One aggregation in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
+    /// Chain height (1 for the first aggregation).
+    pub height: u64,
+    /// Aggregation key.
+    pub key: Key,
+    /// Key of the aggregation before it (32 zero bytes for the first).
+    pub prev: Key,
     /// First sequence.
     pub first_sequence: u64,
     /// Last sequence.
     pub last_sequence: u64,
-    /// Seal time, ns.
-    pub timestamp: u64,
-    /// Epoch.
+    /// First block's timestamp, ns since the Unix epoch.
+    pub first_timestamp: u64,
+    /// Last block's timestamp, ns (block timestamps never go back within a vdisk).
+    pub last_timestamp: u64,
+    /// Epoch of the writer.
     pub epoch: u64,
-    /// Aggregation key.
-    pub key: Key,
+    /// Blocks in the aggregation.
+    pub blocks: u32,
+    /// Bytes of block data (writes; zeroed ranges count nothing).
+    pub data_bytes: u64,
+    /// When it was sealed, ns.
+    pub sealed_at: u64,
 }
 
 impl IndexEntry {
-    fn encode(&self) -> [u8; ENTRY] {
-        let mut b = [0u8; ENTRY];
-        b[0..8].copy_from_slice(&self.first_sequence.to_le_bytes());
-        b[8..16].copy_from_slice(&self.last_sequence.to_le_bytes());
-        b[16..24].copy_from_slice(&self.timestamp.to_le_bytes());
-        b[24..32].copy_from_slice(&self.epoch.to_le_bytes());
-        b[32..64].copy_from_slice(&self.key);
-        let c = crc32fast::hash(&b[0..64]);
-        b[64..68].copy_from_slice(&c.to_le_bytes());
-        b
+    /// The entry of an aggregation of `blocks` (non-empty, in order) at `height`.
+    pub fn of(height: u64, key: Key, prev: Key, epoch: u64, sealed_at: u64, blocks: &[Block]) -> IndexEntry {
+        let (first, last) = (blocks.first(), blocks.last());
+        IndexEntry {
+            height,
+            key,
+            prev,
+            first_sequence: first.map(|b| b.sequence).unwrap_or(0),
+            last_sequence: last.map(|b| b.sequence).unwrap_or(0),
+            first_timestamp: first.map(|b| b.timestamp).unwrap_or(0),
+            last_timestamp: last.map(|b| b.timestamp).unwrap_or(0),
+            epoch,
+            blocks: blocks.len() as u32,
+            data_bytes: blocks.iter().map(|b| b.data.len() as u64).sum(),
+            sealed_at,
+        }
     }
 
-    fn decode(b: &[u8]) -> Option<IndexEntry> {
-        if b.len() < ENTRY || crc32fast::hash(&b[0..64]) != u32::from_le_bytes([b[64], b[65], b[66], b[67]]) {
+    fn body(&self, out: &mut Vec<u8>) {
+        out.push(1);
+        for v in [self.height, self.first_sequence, self.last_sequence, self.first_timestamp, self.last_timestamp, self.epoch, self.data_bytes, self.sealed_at]
+        {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.blocks.to_le_bytes());
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&self.prev);
+    }
+
+    fn parse(r: &mut Reader<'_>) -> Option<IndexEntry> {
+        if r.u8()? != 1 {
             return None;
         }
-        let u = |p: usize| crate::bytes::le_u64(&b[p..p + 8]);
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&b[32..64]);
-        Some(IndexEntry { first_sequence: u(0), last_sequence: u(8), timestamp: u(16), epoch: u(24), key })
+        let mut v = [0u64; 8];
+        for x in v.iter_mut() {
+            *x = r.u64()?;
+        }
+        Some(IndexEntry {
+            height: v[0],
+            first_sequence: v[1],
+            last_sequence: v[2],
+            first_timestamp: v[3],
+            last_timestamp: v[4],
+            epoch: v[5],
+            data_bytes: v[6],
+            sealed_at: v[7],
+            blocks: r.u32()?,
+            key: r.array()?,
+            prev: r.array()?,
+        })
     }
 }
 
-/// The index of one vdisk.
-pub struct MetaIndex {
-    path: PathBuf,
-    entries: Vec<IndexEntry>,
-    starting_index: u64,
-    file: Option<std::fs::File>,
+/// The name of the index entry of the aggregation at `height`.
+pub fn entry_name(height: u64) -> String {
+    format!("i/{height:020}")
 }
 
-impl MetaIndex {
-    /// Opens (creating) the index; `chain_height` is the head's height: entries beyond it are
-    /// dropped, and an index shorter than it is reported as incomplete (rebuild it with
-    /// [`MetaIndex::rebuild`]).
-    pub fn open(path: &Path, chain_height: u64) -> Result<MetaIndex> {
-        let mut entries = Vec::new();
-        if let Ok(b) = std::fs::read(path) {
-            if b.len() >= 16 && &b[0..8] == b"TLOGMIDX" {
-                for c in b[16..].chunks(ENTRY) {
-                    match IndexEntry::decode(c) {
-                        Some(e) => entries.push(e),
-                        None => break,
+/// The name of index page `page`.
+pub fn page_name(page: u64) -> String {
+    format!("p/{page:020}")
+}
+
+/// The page that holds the entry at `height` (heights 1..=1024 are page 0).
+pub fn page_of(height: u64) -> u64 {
+    height.saturating_sub(1) / PAGE
+}
+
+/// Encodes and checks index records with the vdisk's MAC key.
+#[derive(Clone)]
+pub struct IndexCodec {
+    mac_key: [u8; 32],
+}
+
+impl std::fmt::Debug for IndexCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexCodec")
+    }
+}
+
+impl IndexCodec {
+    /// A codec for records sealed under `key`.
+    pub fn new(key: &SealKey) -> IndexCodec {
+        IndexCodec { mac_key: key.derive("tlog 2026 index mac v1") }
+    }
+
+    fn mac(&self, vdisk: &str, bytes: &[u8]) -> [u8; MAC] {
+        let mut h = blake3::Hasher::new_keyed(&self.mac_key);
+        let mut v = Vec::new();
+        put_str16(&mut v, vdisk);
+        h.update(&v);
+        h.update(bytes);
+        let mut m = [0u8; MAC];
+        m.copy_from_slice(&h.finalize().as_bytes()[..MAC]);
+        m
+    }
+
+    /// Appends the MAC of `body` (a record of `vdisk`) to it.
+    pub(crate) fn sign_record(&self, vdisk: &str, body: Vec<u8>) -> Vec<u8> {
+        self.sign(vdisk, body)
+    }
+
+    /// Checks the MAC of a record of `vdisk`; returns the bytes before it.
+    pub(crate) fn verify_record<'a>(&self, vdisk: &str, b: &'a [u8], what: &str) -> Result<&'a [u8]> {
+        self.verify(vdisk, b, what)
+    }
+
+    fn sign(&self, vdisk: &str, mut body: Vec<u8>) -> Vec<u8> {
+        let m = self.mac(vdisk, &body);
+        body.extend_from_slice(&m);
+        body
+    }
+
+    fn verify<'a>(&self, vdisk: &str, b: &'a [u8], what: &str) -> Result<&'a [u8]> {
+        let bad = |d: &str| Error::Corrupt { location: format!("{what} of vdisk {vdisk}"), detail: d.into() };
+        if b.len() < MAC {
+            return Err(bad("shorter than its MAC"));
+        }
+        let (body, mac) = b.split_at(b.len() - MAC);
+        // blake3::Hash equality is constant-time; compare through it.
+        let want = self.mac(vdisk, body);
+        let mut a = [0u8; 32];
+        let mut c = [0u8; 32];
+        a[..MAC].copy_from_slice(&want);
+        c[..MAC].copy_from_slice(mac);
+        if blake3::Hash::from(a) != blake3::Hash::from(c) {
+            return Err(bad("MAC mismatch (another vdisk's or key's record, or damaged)"));
+        }
+        Ok(body)
+    }
+
+    /// An entry record.
+    pub fn encode_entry(&self, vdisk: &str, e: &IndexEntry) -> Vec<u8> {
+        let mut b = Vec::with_capacity(ENTRY_BODY + MAC);
+        e.body(&mut b);
+        self.sign(vdisk, b)
+    }
+
+    /// Decodes an entry record. Errors: [`Error::Corrupt`] on a bad MAC, length or version.
+    pub fn decode_entry(&self, vdisk: &str, b: &[u8]) -> Result<IndexEntry> {
+        let body = self.verify(vdisk, b, "index entry")?;
+        let mut r = Reader::new(body);
+        let e = IndexEntry::parse(&mut r).filter(|_| r.remaining() == 0);
+        e.ok_or_else(|| Error::Corrupt { location: format!("index entry of vdisk {vdisk}"), detail: "unknown version or wrong length".into() })
+    }
+
+    /// A page record of `entries` (those of page `page`, in order).
+    pub fn encode_page(&self, vdisk: &str, page: u64, entries: &[IndexEntry]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(13 + entries.len() * ENTRY_BODY + MAC);
+        b.push(1);
+        b.extend_from_slice(&page.to_le_bytes());
+        b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for e in entries {
+            e.body(&mut b);
+        }
+        self.sign(vdisk, b)
+    }
+
+    /// Decodes a page record. Errors: [`Error::Corrupt`] on a bad MAC or framing.
+    pub fn decode_page(&self, vdisk: &str, b: &[u8]) -> Result<Vec<IndexEntry>> {
+        let bad = |d: &str| Error::Corrupt { location: format!("index page of vdisk {vdisk}"), detail: d.into() };
+        let body = self.verify(vdisk, b, "index page")?;
+        let mut r = Reader::new(body);
+        if r.u8() != Some(1) {
+            return Err(bad("unknown version"));
+        }
+        let _page = r.u64().ok_or_else(|| bad("truncated"))?;
+        let n = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+        if n > r.remaining() / ENTRY_BODY {
+            return Err(bad("count larger than the record"));
+        }
+        let v: Option<Vec<IndexEntry>> = (0..n).map(|_| IndexEntry::parse(&mut r)).collect();
+        v.filter(|_| r.remaining() == 0).ok_or_else(|| bad("entry framing"))
+    }
+}
+
+/// The index of a vdisk: its chain's entries, oldest first, contiguous from the first
+/// aggregation to the head.
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    /// The vdisk.
+    pub vdisk: String,
+    /// Entries in chain order.
+    pub entries: Vec<IndexEntry>,
+    /// Heights whose entry had to be rebuilt from the chain (missing on every backend).
+    pub rebuilt: Vec<u64>,
+}
+
+/// The index records every reachable backend holds for `vdisk`, by height (a height may have
+/// candidates from several writers); unreadable records are skipped (logged).
+pub fn collect(backends: &[Arc<dyn Backend>], codec: &IndexCodec, vdisk: &str) -> HashMap<u64, Vec<IndexEntry>> {
+    let lists: Vec<Vec<(String, Vec<u8>)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = backends
+            .iter()
+            .map(|b| {
+                s.spawn(move || {
+                    let mut all = Vec::new();
+                    for prefix in ["p/", "i/"] {
+                        match b.list_meta(vdisk, prefix) {
+                            Ok(v) => all.extend(v),
+                            Err(e) => tracing::debug!("{}: index of {vdisk}: {e}", b.name()),
+                        }
+                    }
+                    all
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let mut by_height: HashMap<u64, Vec<IndexEntry>> = HashMap::new();
+    for (name, bytes) in lists.into_iter().flatten() {
+        let decoded = if name.starts_with("p/") { codec.decode_page(vdisk, &bytes) } else { codec.decode_entry(vdisk, &bytes).map(|e| vec![e]) };
+        match decoded {
+            Ok(es) => {
+                for e in es {
+                    let v = by_height.entry(e.height).or_default();
+                    if !v.contains(&e) {
+                        v.push(e);
                     }
                 }
             }
+            Err(err) => tracing::warn!(vdisk, record = %name, "index record skipped: {err}"),
         }
-        let start_path = path.with_extension("start");
-        let starting_index = std::fs::read_to_string(&start_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        let mut idx = MetaIndex { path: path.to_path_buf(), entries, starting_index, file: None };
-        if idx.entries.len() as u64 != chain_height {
-            if (idx.entries.len() as u64) < chain_height {
-                tracing::info!(index = %path.display(), "metadata index holds {} of {chain_height} aggregations; restore walks the chain", idx.entries.len());
+    }
+    by_height
+}
+
+/// Rebuilds the entry of the aggregation `key` at `height` from the chain (fetch, unseal).
+pub fn rebuild_entry(backends: &[Arc<dyn Backend>], sealer: &Sealer, vdisk: &str, key: &Key, height: u64) -> Result<IndexEntry> {
+    let agg = sealer.unseal(key, fetch_shards(backends, key))?;
+    if agg.vdisk_id != vdisk {
+        return Err(Error::ChainBroken { key: hex::encode(key), detail: format!("aggregation belongs to vdisk {}", agg.vdisk_id) });
+    }
+    Ok(IndexEntry::of(height, *key, agg.prev, agg.epoch, agg.timestamp, &agg.blocks))
+}
+
+impl Index {
+    /// The index of `vdisk` up to `head` (from [`crate::seal::find_head`]), from the backends'
+    /// records, rebuilding missing entries from the chain.
+    ///
+    /// Errors: the chain cannot be followed (an aggregation that is neither indexed nor
+    /// rebuildable, a wrong link), or more than m backends are unreachable for a rebuild.
+    pub fn load(backends: &[Arc<dyn Backend>], sealer: &Sealer, codec: &IndexCodec, vdisk: &str, head: &HeadRecord) -> Result<Index> {
+        let mut by_height = collect(backends, codec, vdisk);
+        let mut entries = Vec::with_capacity(head.height as usize);
+        let mut rebuilt = Vec::new();
+        let (mut h, mut key) = (head.height, head.key);
+        while h >= 1 {
+            let found = by_height.get_mut(&h).and_then(|v| v.iter().position(|e| e.key == key).map(|i| v.swap_remove(i)));
+            let e = match found {
+                Some(e) => e,
+                None => {
+                    rebuilt.push(h);
+                    rebuild_entry(backends, sealer, vdisk, &key, h)?
+                }
+            };
+            if h == 1 && e.prev != [0u8; 32] {
+                return Err(Error::ChainBroken { key: hex::encode(key), detail: "the first aggregation names a predecessor".into() });
             }
-            idx.entries.truncate(chain_height as usize);
-            idx.rewrite()?;
+            key = e.prev;
+            entries.push(e);
+            h -= 1;
         }
-        Ok(idx)
-    }
-
-    fn rewrite(&mut self) -> Result<()> {
-        let mut b = Vec::with_capacity(16 + self.entries.len() * ENTRY);
-        b.extend_from_slice(b"TLOGMIDX");
-        b.extend_from_slice(&1u32.to_le_bytes());
-        b.extend_from_slice(&[0; 4]);
-        for e in &self.entries {
-            b.extend_from_slice(&e.encode());
+        if key != [0u8; 32] {
+            return Err(Error::ChainBroken { key: hex::encode(key), detail: format!("chain longer than the head's height {}", head.height) });
         }
-        crate::fs::write_atomic(&self.path, &b)?;
-        self.file = None;
-        Ok(())
-    }
-
-    /// Replaces the entries (e.g. from a chain walk, oldest first).
-    pub fn rebuild(&mut self, entries: Vec<IndexEntry>) -> Result<()> {
-        self.entries = entries;
-        self.rewrite()
-    }
-
-    /// Appends the next aggregation.
-    pub fn append(&mut self, e: &IndexEntry) -> Result<()> {
-        if self.file.is_none() {
-            if !self.path.exists() {
-                self.rewrite()?;
-            }
-            self.file = Some(std::fs::OpenOptions::new().append(true).open(&self.path).ctx(|| format!("open {}", self.path.display()))?);
+        entries.reverse();
+        rebuilt.reverse();
+        if !rebuilt.is_empty() {
+            tracing::info!(vdisk, "index: {} of {} entries rebuilt from the chain", rebuilt.len(), entries.len());
         }
-        if let Some(f) = self.file.as_mut() {
-            f.write_all(&e.encode()).ctx(|| format!("append {}", self.path.display()))?;
-        }
-        self.entries.push(*e);
-        Ok(())
+        Ok(Index { vdisk: vdisk.to_string(), entries, rebuilt })
     }
 
-    /// Oldest entry kept.
-    pub fn starting_index(&self) -> u64 {
-        self.starting_index
+    /// Position of the aggregation holding `sequence` (binary search).
+    pub fn find_sequence(&self, sequence: u64) -> Option<usize> {
+        let i = self.entries.partition_point(|e| e.last_sequence < sequence);
+        self.entries.get(i).filter(|e| e.first_sequence <= sequence).map(|_| i)
     }
 
-    /// Newest entry, if any (`None` when empty).
-    pub fn current_index(&self) -> Option<u64> {
-        (self.entries.len() as u64).checked_sub(1)
+    /// Position of the first aggregation holding a block stamped after `t` (ns), or the number
+    /// of entries when none is (binary search on the monotone last timestamps).
+    pub fn first_after_time(&self, t: u64) -> usize {
+        self.entries.partition_point(|e| e.last_timestamp <= t)
     }
 
-    /// Entry `i` (between starting_index and current_index).
-    pub fn get(&self, i: u64) -> Option<&IndexEntry> {
-        if i < self.starting_index {
-            return None;
-        }
-        self.entries.get(i as usize)
+    /// The first and last sequence of the history, if any.
+    pub fn sequences(&self) -> Option<(u64, u64)> {
+        Some((self.entries.first()?.first_sequence, self.entries.last()?.last_sequence))
     }
 
-    /// Index of the aggregation holding `sequence` (binary search; sequences grow within one
-    /// sequence space).
-    pub fn find_sequence(&self, sequence: u64) -> Option<u64> {
-        let s = &self.entries[self.starting_index.min(self.entries.len() as u64) as usize..];
-        let i = s.partition_point(|e| e.last_sequence < sequence);
-        s.get(i).filter(|e| e.first_sequence <= sequence).map(|_| self.starting_index + i as u64)
-    }
-
-    /// Index of the first aggregation sealed at or after `ts` (ns).
-    pub fn find_time(&self, ts: u64) -> Option<u64> {
-        let s = &self.entries[self.starting_index.min(self.entries.len() as u64) as usize..];
-        let i = s.partition_point(|e| e.timestamp < ts);
-        (i < s.len()).then_some(self.starting_index + i as u64)
-    }
-
-    /// The cleaner: advances starting_index past entries sealed before `older_than` (ns);
-    /// returns how many entries it passed.
-    pub fn clean(&mut self, older_than: u64) -> Result<u64> {
-        let before = self.starting_index;
-        while (self.starting_index as usize) < self.entries.len().saturating_sub(1) && self.entries[self.starting_index as usize].timestamp < older_than {
-            self.starting_index += 1;
-        }
-        if self.starting_index != before {
-            let p = self.path.with_extension("start");
-            crate::fs::write_atomic(&p, self.starting_index.to_string().as_bytes())?;
-        }
-        Ok(self.starting_index - before)
+    /// The first and last block timestamps, if any.
+    pub fn times(&self) -> Option<(u64, u64)> {
+        Some((self.entries.first()?.first_timestamp, self.entries.last()?.last_timestamp))
     }
 }
 
@@ -179,23 +365,50 @@ impl MetaIndex {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lookups_and_cleaner() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("vd.index");
-        let mut idx = MetaIndex::open(&p, 0).unwrap();
-        for i in 0..10u64 {
-            idx.append(&IndexEntry { first_sequence: i * 10 + 1, last_sequence: i * 10 + 10, timestamp: 100 + i, epoch: 1, key: [i as u8; 32] }).unwrap();
+    fn e(h: u64) -> IndexEntry {
+        IndexEntry {
+            height: h,
+            key: [h as u8; 32],
+            prev: [(h - 1) as u8; 32],
+            first_sequence: h * 10,
+            last_sequence: h * 10 + 9,
+            first_timestamp: h * 100,
+            last_timestamp: h * 100 + 50,
+            epoch: 1,
+            blocks: 10,
+            data_bytes: 40960,
+            sealed_at: h * 100 + 60,
         }
-        assert_eq!(idx.find_sequence(35), Some(3));
-        assert_eq!(idx.find_time(104), Some(4));
-        assert_eq!(idx.clean(103).unwrap(), 3);
-        assert_eq!(idx.find_sequence(5), None);
-        drop(idx);
-        let idx = MetaIndex::open(&p, 10).unwrap();
-        assert_eq!(idx.starting_index(), 3);
-        assert_eq!(idx.current_index(), Some(9));
-        let idx = MetaIndex::open(&p, 4).unwrap();
-        assert_eq!(idx.current_index(), Some(3));
+    }
+
+    #[test]
+    fn records_round_trip_and_fail_for_another_vdisk_or_key() {
+        let c = IndexCodec::new(&SealKey::from_bytes([1; 32]));
+        let b = c.encode_entry("vd", &e(3));
+        assert_eq!(b.len(), ENTRY_BODY + MAC);
+        assert_eq!(c.decode_entry("vd", &b).unwrap(), e(3));
+        assert!(c.decode_entry("other", &b).is_err());
+        assert!(IndexCodec::new(&SealKey::from_bytes([2; 32])).decode_entry("vd", &b).is_err());
+        let mut t = b.clone();
+        t[20] ^= 1;
+        assert!(c.decode_entry("vd", &t).is_err());
+        let page: Vec<IndexEntry> = (1..=5).map(e).collect();
+        let p = c.encode_page("vd", 0, &page);
+        assert_eq!(c.decode_page("vd", &p).unwrap(), page);
+        assert!(c.decode_page("vd", &p[..p.len() - 1]).is_err());
+        assert_eq!((entry_name(42), page_name(3), page_of(1024), page_of(1025)), ("i/00000000000000000042".into(), "p/00000000000000000003".into(), 0, 1));
+    }
+
+    #[test]
+    fn lookups_by_sequence_and_time() {
+        let idx = Index { vdisk: "vd".into(), entries: (1..=100).map(e).collect(), rebuilt: vec![] };
+        assert_eq!(idx.find_sequence(35), Some(2));
+        assert_eq!(idx.find_sequence(10), Some(0));
+        assert_eq!(idx.find_sequence(9), None);
+        assert_eq!(idx.find_sequence(10_000), None);
+        assert_eq!(idx.first_after_time(349), 2, "entry 3 (ts 300..350) holds blocks after 349");
+        assert_eq!(idx.first_after_time(350), 3);
+        assert_eq!(idx.first_after_time(1_000_000), 100);
+        assert_eq!((idx.sequences(), idx.times()), (Some((10, 1009)), Some((100, 10050))));
     }
 }

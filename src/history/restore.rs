@@ -1,44 +1,44 @@
-//! Restore: find a vdisk's head, walk the hash chain back to its first aggregation, unseal each
-//! (rebuilding shards lost on up to m backends), and apply the blocks in chain order (sequence
-//! order) to a sparse raw image. A block that cannot be applied (its range lies past
-//! `max_image_bytes`, or it names an unknown operation: written by an older tlog that did not
-//! check) is skipped and reported by sequence; the rest of the vdisk is restored.
+//! Restore: the image of a vdisk at a point, from its index. The aggregations up to the point are
+//! fetched (k of k+m shards each, in parallel across backends) and unsealed by several workers
+//! at once, then applied in chain order (sequence order) to a sparse raw image by one thread;
+//! nothing walks the chain backwards decoding every aggregation. Up to m backends may be lost.
+//! A block that cannot be applied (its range past `max_image_bytes`, an unknown operation:
+//! written by an older tlog that did not check) is skipped and reported by sequence.
 
-use crate::backend::{Backend, Key};
+use super::points::Point;
+use super::History;
 use crate::error::{Error, IoContext, Result};
-use crate::seal::{fetch_shards, find_head, Aggregation, Sealer, ShardHeader};
-use crate::wire::{Operation, SECTOR};
+use crate::seal::Aggregation;
+use crate::wire::{Block, Operation, SECTOR};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 
 /// Restore settings.
 #[derive(Clone, Debug)]
 pub struct RestoreOptions {
-    /// Apply blocks up to this sequence (inclusive); all when `None`.
-    pub to_sequence: Option<u64>,
+    /// The point to restore (`None`: the head).
+    pub to: Option<Point>,
     /// Show a progress bar (only drawn when stderr is a terminal).
     pub progress: bool,
-    /// Sealed bytes kept in memory during the walk; beyond, aggregations are fetched again when
-    /// applied. Default 1 GiB.
-    pub cache_bytes: u64,
     /// Largest image: a block reaching past it is skipped and reported. Default 64 TiB (the
     /// default `server.max_vdisk_bytes`).
     pub max_image_bytes: u64,
+    /// Aggregations fetched and unsealed at once (0 = twice the cores, at least 4).
+    pub parallel: usize,
 }
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { to_sequence: None, progress: true, cache_bytes: 1 << 30, max_image_bytes: 64 << 40 }
+        RestoreOptions { to: None, progress: true, max_image_bytes: 64 << 40, parallel: 0 }
     }
 }
 
 /// What a restore did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RestoreStats {
-    /// Aggregations in the chain.
+    /// Aggregations applied.
     pub aggregations: u64,
     /// Blocks applied.
     pub blocks: u64,
@@ -50,70 +50,6 @@ pub struct RestoreStats {
     pub last_sequence: Option<u64>,
     /// Blocks skipped: (sequence, why).
     pub bad_blocks: Vec<(u64, String)>,
-}
-
-/// One link of the chain.
-pub struct Link {
-    /// Aggregation key.
-    pub key: Key,
-    /// Its shard header (from an intact shard).
-    pub header: ShardHeader,
-    sealed: Option<Vec<u8>>,
-}
-
-/// Walks the chain from the head back to the first aggregation; returns links oldest first.
-/// Errors: unknown vdisk, more than m backends unreachable, chain broken at key X.
-pub fn walk_chain(
-    backends: &[Arc<dyn Backend>],
-    sealer: &Sealer,
-    vdisk: &str,
-    cache_bytes: u64,
-    progress: Option<&indicatif::ProgressBar>,
-) -> Result<Vec<Link>> {
-    let head =
-        find_head(backends, sealer, vdisk)?.ok_or_else(|| Error::NotFound(format!("vdisk {vdisk}: no backend holds a head record for it (unknown vdisk)")))?;
-    if let Some(p) = progress {
-        p.set_length(head.height * 2);
-        p.set_message("walking the chain");
-    }
-    let mut links = Vec::with_capacity(head.height as usize);
-    let mut key = head.key;
-    let mut cached = 0u64;
-    loop {
-        if links.len() as u64 >= head.height {
-            return Err(Error::ChainBroken { key: hex::encode(key), detail: format!("chain is longer than the head's height {}", head.height) });
-        }
-        let (header, sealed) = sealer.reassemble(&key, fetch_shards(backends, &key))?;
-        if header.vdisk != vdisk {
-            return Err(Error::ChainBroken { key: hex::encode(key), detail: format!("aggregation belongs to vdisk {}", header.vdisk) });
-        }
-        let keep = cached + sealed.len() as u64 <= cache_bytes;
-        if keep {
-            cached += sealed.len() as u64;
-        }
-        let prev = header.prev;
-        links.push(Link { key, header, sealed: keep.then_some(sealed) });
-        if let Some(p) = progress {
-            p.inc(1);
-        }
-        if prev == [0u8; 32] {
-            break;
-        }
-        key = prev;
-    }
-    if links.len() as u64 != head.height {
-        return Err(Error::ChainBroken { key: hex::encode(key), detail: format!("chain holds {} aggregations, the head says {}", links.len(), head.height) });
-    }
-    links.reverse();
-    Ok(links)
-}
-
-/// Unseals a link (fetching it again when it was not cached).
-pub fn open_link(backends: &[Arc<dyn Backend>], sealer: &Sealer, link: &Link) -> Result<Aggregation> {
-    match &link.sealed {
-        Some(s) => sealer.open(&link.header, s),
-        None => sealer.unseal(&link.key, fetch_shards(backends, &link.key)),
-    }
 }
 
 /// Byte ranges written so far, merged.
@@ -136,104 +72,181 @@ impl Written {
     }
 }
 
-/// Restores `vdisk` into the raw image `output` (created or truncated; sparse).
-pub fn restore(backends: &[Arc<dyn Backend>], sealer: &Sealer, vdisk: &str, output: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
-    let bar = if opts.progress && std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{msg:20} [{bar:40}] {pos}/{len} {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(b)
-    } else {
-        None
-    };
-    let links = walk_chain(backends, sealer, vdisk, opts.cache_bytes, bar.as_ref())?;
-    if let Some(b) = &bar {
-        b.set_message("applying blocks");
+/// Applies blocks to a sparse raw image in order (restore and replicate).
+pub struct ImageWriter<'a> {
+    f: &'a std::fs::File,
+    path: &'a Path,
+    written: Written,
+    extent: u64,
+    zeros: Vec<u8>,
+    max: u64,
+    /// Counts.
+    pub stats: RestoreStats,
+}
+
+impl<'a> ImageWriter<'a> {
+    /// A writer onto `f` (the image at `path`); blocks past `max` bytes are skipped.
+    pub fn new(f: &'a std::fs::File, path: &'a Path, max: u64) -> ImageWriter<'a> {
+        ImageWriter { f, path, written: Written::default(), extent: 0, zeros: vec![0u8; 1 << 20], max, stats: RestoreStats::default() }
     }
-    // Check the key (and that the oldest aggregation opens) before any byte is written.
-    let first = match links.first() {
-        Some(l) => Some(open_link(backends, sealer, l)?),
-        None => None,
+
+    /// Treats the whole image as possibly written (an existing image being brought forward:
+    /// zeroed ranges must be written as zeros).
+    pub fn assume_written(&mut self, len: u64) {
+        if len > 0 {
+            self.written.insert(0, len);
+            self.extent = len;
+        }
+    }
+
+    /// Applies one block. Errors: writing the image.
+    pub fn apply(&mut self, b: &Block, vdisk: &str) -> Result<()> {
+        let range = b.lba.checked_mul(SECTOR).and_then(|s| s.checked_add(b.size).map(|e| (s, e)));
+        let Some((start, end)) = range.filter(|(_, e)| *e <= self.max) else {
+            let why = format!("lba {} * 512 + size {} lies past the largest image ({} bytes)", b.lba, b.size, self.max);
+            tracing::warn!(vdisk, sequence = b.sequence, "block skipped: {why}");
+            self.stats.bad_blocks.push((b.sequence, why));
+            return Ok(());
+        };
+        match Operation::from_ordinal(b.operation) {
+            Some(Operation::Write) => {
+                self.f.write_all_at(&b.data, start).ctx(|| format!("write {}", self.path.display()))?;
+                self.written.insert(start, end);
+                self.stats.bytes += b.data.len() as u64;
+            }
+            Some(Operation::WriteZeroes) => {
+                if self.written.overlaps(start, end) {
+                    let mut p = start;
+                    while p < end {
+                        let n = ((end - p) as usize).min(self.zeros.len());
+                        self.f.write_all_at(&self.zeros[..n], p).ctx(|| format!("write {}", self.path.display()))?;
+                        p += n as u64;
+                    }
+                }
+            }
+            None => {
+                let why = format!("unknown operation {}", b.operation);
+                tracing::warn!(vdisk, sequence = b.sequence, "block skipped: {why}");
+                self.stats.bad_blocks.push((b.sequence, why));
+                return Ok(());
+            }
+        }
+        self.extent = self.extent.max(end);
+        self.stats.blocks += 1;
+        self.stats.last_sequence = Some(b.sequence);
+        Ok(())
+    }
+
+    /// Sets the image length to what was written (at least) and fsyncs it.
+    pub fn finish(&mut self) -> Result<()> {
+        let len = self.extent.max(self.f.metadata().map(|m| m.len()).unwrap_or(0));
+        self.f.set_len(len).ctx(|| format!("set length of {}", self.path.display()))?;
+        self.f.sync_all().ctx(|| format!("fsync {}", self.path.display()))?;
+        self.stats.image_bytes = self.extent;
+        Ok(())
+    }
+}
+
+fn bar(opts: &RestoreOptions, total: u64) -> Option<indicatif::ProgressBar> {
+    if !opts.progress || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_message("restoring");
+    Some(b)
+}
+
+/// Restores the history `h` at `opts.to` into the raw image `output` (created or truncated;
+/// sparse). Errors: a bad point (the message says which range exists), the wrong key, a broken
+/// chain, I/O; a failed restore leaves no output file.
+pub fn restore(h: &History, output: &Path, opts: &RestoreOptions) -> Result<RestoreStats> {
+    let cut = match &opts.to {
+        Some(p) => h.resolve(p)?,
+        None => h.index.sequences().map(|(_, l)| l),
     };
+    let n = match cut {
+        Some(c) => h.index.entries.partition_point(|e| e.first_sequence <= c),
+        None => 0,
+    };
+    // The key (and that the oldest aggregation opens) is checked before any byte is written.
+    let first = if n > 0 { Some(h.aggregation(0)?) } else { None };
     let f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(output).ctx(|| format!("create {}", output.display()))?;
-    let r = apply(backends, sealer, &links, first, &f, output, opts, bar.as_ref());
+    let r = apply(h, &f, output, opts, cut, n, first);
     if r.is_err() {
         // An incomplete image is never left behind as if it were a restore.
         let _ = std::fs::remove_file(output);
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
     r
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply(
-    backends: &[Arc<dyn Backend>],
-    sealer: &Sealer,
-    links: &[Link],
-    mut first: Option<Aggregation>,
-    f: &std::fs::File,
-    output: &Path,
-    opts: &RestoreOptions,
-    bar: Option<&indicatif::ProgressBar>,
-) -> Result<RestoreStats> {
-    let mut stats = RestoreStats { aggregations: links.len() as u64, ..Default::default() };
-    let mut written = Written::default();
-    let mut extent = 0u64;
-    let zeros = vec![0u8; 1 << 20];
-    'outer: for link in links {
-        let agg = match first.take() {
-            Some(a) => a,
-            None => open_link(backends, sealer, link)?,
-        };
-        for b in &agg.blocks {
-            if opts.to_sequence.map(|t| b.sequence > t).unwrap_or(false) {
-                break 'outer;
-            }
-            let end = b.lba.checked_mul(SECTOR).and_then(|s| s.checked_add(b.size).map(|e| (s, e)));
-            let Some((start, end)) = end.filter(|(_, e)| *e <= opts.max_image_bytes) else {
-                let why = format!("lba {} * 512 + size {} lies past the largest image ({} bytes)", b.lba, b.size, opts.max_image_bytes);
-                tracing::warn!(vdisk = %link.header.vdisk, sequence = b.sequence, "block skipped: {why}");
-                stats.bad_blocks.push((b.sequence, why));
-                continue;
-            };
-            match Operation::from_ordinal(b.operation) {
-                Some(Operation::Write) => {
-                    f.write_all_at(&b.data, start).ctx(|| format!("write {}", output.display()))?;
-                    written.insert(start, end);
-                    stats.bytes += b.data.len() as u64;
-                }
-                Some(Operation::WriteZeroes) => {
-                    if written.overlaps(start, end) {
-                        let mut p = start;
-                        while p < end {
-                            let n = ((end - p) as usize).min(zeros.len());
-                            f.write_all_at(&zeros[..n], p).ctx(|| format!("write {}", output.display()))?;
-                            p += n as u64;
+fn apply(h: &History, f: &std::fs::File, output: &Path, opts: &RestoreOptions, cut: Option<u64>, n: usize, first: Option<Aggregation>) -> Result<RestoreStats> {
+    let total: u64 = h.index.entries[..n].iter().map(|e| e.data_bytes).sum();
+    let progress = bar(opts, total);
+    let workers = if opts.parallel > 0 { opts.parallel } else { std::thread::available_parallelism().map(|p| p.get() * 2).unwrap_or(4).max(4) };
+    let mut w = ImageWriter::new(f, output, opts.max_image_bytes);
+    let mut aggregations = 0u64;
+    let mut take = |agg: &Aggregation, i: usize, w: &mut ImageWriter<'_>| -> Result<()> {
+        for b in agg.blocks.iter().take_while(|b| cut.map(|c| b.sequence <= c).unwrap_or(false)) {
+            w.apply(b, &h.vdisk)?;
+        }
+        if let Some(p) = &progress {
+            p.inc(h.index.entries[i].data_bytes);
+        }
+        aggregations += 1;
+        Ok(())
+    };
+    if let Some(a) = &first {
+        take(a, 0, &mut w)?;
+    }
+    if n > 1 {
+        std::thread::scope(|s| -> Result<()> {
+            let (work_tx, work_rx) = crossbeam_channel::unbounded::<usize>();
+            let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Result<Aggregation>)>();
+            for _ in 0..workers.min(n - 1) {
+                let (rx, tx) = (work_rx.clone(), done_tx.clone());
+                s.spawn(move || {
+                    while let Ok(i) = rx.recv() {
+                        if tx.send((i, h.aggregation(i))).is_err() {
+                            return;
                         }
                     }
-                }
-                None => {
-                    let why = format!("unknown operation {}", b.operation);
-                    tracing::warn!(vdisk = %link.header.vdisk, sequence = b.sequence, "block skipped: {why}");
-                    stats.bad_blocks.push((b.sequence, why));
-                    continue;
+                });
+            }
+            drop(done_tx);
+            // At most two aggregations per worker are fetched ahead of the one being applied.
+            let mut next_send = 1usize;
+            while next_send < n && next_send <= workers * 2 {
+                let _ = work_tx.send(next_send);
+                next_send += 1;
+            }
+            let mut pending: BTreeMap<usize, Aggregation> = BTreeMap::new();
+            let mut next_apply = 1usize;
+            while next_apply < n {
+                let (i, agg) = done_rx.recv().map_err(|_| Error::Shutdown)?;
+                pending.insert(i, agg?);
+                while let Some(agg) = pending.remove(&next_apply) {
+                    take(&agg, next_apply, &mut w)?;
+                    next_apply += 1;
+                    if next_send < n {
+                        let _ = work_tx.send(next_send);
+                        next_send += 1;
+                    }
                 }
             }
-            extent = extent.max(end);
-            stats.blocks += 1;
-            stats.last_sequence = Some(b.sequence);
-        }
-        if let Some(bar) = bar {
-            bar.inc(1);
-        }
+            Ok(())
+        })?;
     }
-    f.set_len(extent.max(f.metadata().map(|m| m.len()).unwrap_or(0))).ctx(|| format!("set length of {}", output.display()))?;
-    f.sync_all().ctx(|| format!("fsync {}", output.display()))?;
-    stats.image_bytes = extent;
-    Ok(stats)
+    w.finish()?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    let mut st = w.stats.clone();
+    st.aggregations = aggregations;
+    Ok(st)
 }
 
 #[cfg(test)]

@@ -187,6 +187,12 @@ impl Namespace {
         &self.vdisk
     }
 
+    /// The timestamp of the newest block in the history (from the index), so block timestamps
+    /// do not go back across a restart either.
+    pub fn set_last_timestamp(&mut self, ns: u64) {
+        self.last_timestamp = self.last_timestamp.max(ns);
+    }
+
     /// The newest epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch

@@ -84,6 +84,12 @@ impl SealKey {
         f.sync_all().ctx(|| format!("fsync {}", path.display()))
     }
 
+    /// A 32-byte key derived from the AES key for another use, named by `context`
+    /// (BLAKE3 `derive_key`), e.g. the index records' MAC key.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.aes)
+    }
+
     /// The key id (8 bytes derived from the key; safe to show).
     pub fn id(&self) -> [u8; 8] {
         self.id
