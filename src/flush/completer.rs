@@ -64,7 +64,7 @@ pub struct InFlight {
 /// An event for the completer.
 pub enum Event {
     /// An aggregation was sealed and its shards handed to the writers.
-    Sealed(InFlight),
+    Sealed(Box<InFlight>),
     /// A shard write ended.
     Written {
         /// The aggregation.
@@ -117,7 +117,7 @@ pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<Event>) {
         match rx.recv_timeout(wait) {
             Ok(Event::Sealed(a)) => {
                 let n = a.shards.len();
-                live.insert(a.id, Tracked { a, states: vec![State::Pending; n], acked: false, sealed_at: Instant::now(), retries: 0, retry_at: None });
+                live.insert(a.id, Tracked { a: *a, states: vec![State::Pending; n], acked: false, sealed_at: Instant::now(), retries: 0, retry_at: None });
             }
             Ok(Event::Written { id, backend, outcome }) => {
                 let done = match live.get_mut(&id) {

@@ -83,7 +83,7 @@ fn seal_and_dispatch(sh: &Shared, vd: &Arc<Vdisk>, scratch: &mut SealScratch) {
     let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
     let name: Arc<str> = Arc::from(vd.name());
     let record = Arc::new(sh.codec.encode_entry(vd.name(), &entry));
-    let _ = sh.events.send(Event::Sealed(InFlight {
+    let _ = sh.events.send(Event::Sealed(Box::new(InFlight {
         id,
         vdisk: vd.clone(),
         height,
@@ -97,7 +97,7 @@ fn seal_and_dispatch(sh: &Shared, vd: &Arc<Vdisk>, scratch: &mut SealScratch) {
         head: head.clone(),
         entry,
         record: record.clone(),
-    }));
+    })));
     for (i, w) in sh.writers.iter().enumerate() {
         let job = writer::Job {
             id,
