@@ -15,6 +15,63 @@ struct HandshakeRequest {
   resetFirstSequence @4 :Bool;     # jump forward to firstSequence (refused if the history holds it)
   resumeEpoch @5 :UInt64;          # a reconnecting writer's epoch (from its last handshake), 0 for
                                    # a new writer: refused (fenced) when a newer writer took over
+  kind @6 :ConnectionKind;         # what the connection is for (default: a writer)
+  playback @7 :PlaybackRequest;    # kind = playback: what to stream
+  control @8 :ControlRequest;      # kind = control: the one request
+}
+
+enum ConnectionKind {
+  write @0;     # stream blocks of vdiskId (the default)
+  playback @1;  # stream vdiskId's history back (ServerMessage block ... playbackEnd)
+  control @2;   # one request, answered by one ServerMessage control, then the server closes
+}
+
+# A point in a vdisk's history: the image after the last block it covers.
+struct Point {
+  union {
+    none @0 :Void;          # the start (as "from") or the head (as "to")
+    sequence @1 :UInt64;    # after the block with this sequence
+    time @2 :UInt64;        # after the last block stamped at or before this time (ns)
+    checkpoint @3 :Text;    # at this checkpoint
+  }
+}
+
+struct PlaybackRequest {
+  from @0 :Point;           # stream the blocks after this point
+  to @1 :Point;             # up to and including the last block of this point
+  follow @2 :Bool;          # then every newly flushed block, exactly once, until the client leaves
+}
+
+struct CheckpointRequest {
+  name @0 :Text;            # 1..=64 bytes of [A-Za-z0-9._-]
+  vdisks @1 :List(Text);    # a consistency group: intake of all of them is held for the instant
+}
+
+struct ControlRequest {
+  union {
+    checkpoint @0 :CheckpointRequest;
+    history @1 :Text;       # the vdisk whose history summary to return
+  }
+}
+
+struct CheckpointMark {
+  vdisk @0 :Text;
+  sequence @1 :UInt64;      # the last sequence it covers (meaningful when hasBlocks)
+  hasBlocks @2 :Bool;
+  time @3 :UInt64;          # when it was taken, ns
+}
+
+struct ControlResponse {
+  union {
+    checkpoint @0 :List(CheckpointMark);
+    history @1 :Text;       # the summary as JSON (tlog history --json prints it)
+    error @2 :Text;         # why the request failed
+  }
+}
+
+struct PlaybackEnd {
+  lastSequence @0 :UInt64;  # the last block streamed (meaningful when hasBlocks)
+  hasBlocks @1 :Bool;
 }
 
 enum HandshakeStatus {
@@ -102,6 +159,10 @@ struct ServerMessage {
     forceFlushReceived @2 :Void;
     error @3 :ServerError;
     notice @4 :Notice;   # not an error: the server tells why acks are slow, and when they resume
+    block @5 :Block;     # playback: the next block of the history
+    playbackEnd @6 :PlaybackEnd;  # playback: nothing more (not sent in follow mode)
+    head @7 :UInt64;     # playback, follow: the vdisk's newest flushed sequence, when caught up
+    control @8 :ControlResponse;  # control: the answer
   }
 }
 

@@ -10,7 +10,7 @@ src=${3:-}
 export PATH="$PATH:/usr/sbin:/sbin"
 command -v mkfs.ext4 >/dev/null || { echo "make-test-image: mkfs.ext4 missing (apt-get install e2fsprogs)" >&2; exit 1; }
 tmp=""
-cleanup() { [ -n "$tmp" ] && rm -rf "$tmp"; }
+cleanup() { if [ -n "$tmp" ]; then rm -rf "$tmp"; fi; }
 trap cleanup EXIT
 if [ -z "$src" ]; then
   tmp=$(mktemp -d)

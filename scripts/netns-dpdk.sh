@@ -2,7 +2,8 @@
 # Runs tlogd in dpdk mode (net_tap PMD, 2 queues, config/tlogd-dpdk.toml) plus clients inside
 # a fresh network namespace (created with unshare, gone when the script ends): DPDK creates
 # the kernel interface dtap0, which gets 198.18.0.1/24; NVDISK imports of IMAGE run at once
-# through the kernel's TCP; tlogd is stopped (SIGTERM); each vdisk is restored and compared.
+# through the kernel's TCP; the first is restored through tlogd's playback (`--server`) while it
+# runs; tlogd is stopped (SIGTERM); each vdisk is restored and compared.
 #
 # Usage: scripts/netns-dpdk.sh IMAGE WORKDIR [NVDISK]
 #   TLOG_BIN_DIR: where tlogd (built with --features dpdk) and tlog are (default target/debug)
@@ -80,6 +81,11 @@ if [ "${TLOG_SLOW_CLIENT:-0}" = 1 ]; then
   python3 "$here/scripts/slow-client.py" replay "$work/stream.bin" 198.18.0.2 11211 3000 || fail=1
   csum=$(awk '/^Tcp: [0-9]/ {print $NF}' /proc/net/snmp)
   [ "$csum" = 0 ] || { echo "netns-dpdk: the kernel saw $csum TCP segments with bad checksums"; fail=1; }
+fi
+if [ "$fail" = 0 ]; then
+  # Playback over the DPDK port: the first vdisk restored through tlogd while it runs.
+  "$bin/tlog" restore --server 198.18.0.2:11211 --vdisk dvd0 --output "$work/played0.img" >/dev/null || fail=1
+  cmp "$img" "$work/played0.img" && echo "netns-dpdk: the restore through tlogd's playback is identical" || fail=1
 fi
 kill -TERM "$tlogd_pid"
 rc=0

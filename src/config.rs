@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// The client library sends a keepalive every 30 s when it has nothing else to send.
     /// Default 300000.
     pub idle_timeout_ms: u64,
+    /// Bytes of encoded blocks a playback holds ready for its reader at most (a slow reader holds
+    /// back its own stream, never ingest). Default 64 MiB.
+    pub playback_buffer_bytes: u64,
     /// Longest a takeover waits for the previous writer's buffered blocks to become durable
     /// before it answers the new writer (`internalError` after it, and the client retries), ms.
     /// Default 30000.
@@ -313,6 +316,7 @@ impl Default for ServerConfig {
             max_vdisk_bytes: 64 << 40,
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 300_000,
+            playback_buffer_bytes: 64 << 20,
             takeover_timeout_ms: 30_000,
             auth_tokens_file: String::new(),
             auth_tokens_env: String::new(),
@@ -445,6 +449,9 @@ impl ServerConfig {
         }
         if self.idle_timeout_ms != 0 && self.idle_timeout_ms < 1000 {
             return bad("server.idle_timeout_ms", format!("{} ms: at least 1000, or 0 for never", self.idle_timeout_ms));
+        }
+        if self.playback_buffer_bytes < 2 << 20 {
+            return bad("server.playback_buffer_bytes", format!("{}: at least 2097152", self.playback_buffer_bytes));
         }
         if self.takeover_timeout_ms == 0 {
             return bad("server.takeover_timeout_ms", "must be at least 1".into());

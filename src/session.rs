@@ -10,12 +10,14 @@
 //! and each front-end has one serve loop over it.
 
 use crate::error::Error;
-use crate::flush::{Ack, AckSink, AttachError, AttachRequest, AttachTicket, Core, Push};
+use crate::flush::{Ack, AckSink, AttachError, AttachRequest, AttachTicket, Core, Push, Ticket};
 use crate::wire::{
-    decode_client_message_with, decode_handshake_request, encode_handshake_response, encode_server_message, Block, ClientMessage, ErrorCode, FrameDecoder,
-    HandshakeResponse, HandshakeStatus, Notice, NoticeKind, Operation, ServerError, ServerMessage, PROTOCOL_VERSION, SECTOR,
+    decode_client_message_with, decode_handshake_request, encode_handshake_response, encode_server_message, Block, ClientMessage, ControlRequest,
+    ControlResponse, ErrorCode, FrameDecoder, HandshakeResponse, HandshakeStatus, Notice, NoticeKind, Operation, RequestKind, ServerError, ServerMessage,
+    PROTOCOL_VERSION, SECTOR,
 };
 use crossbeam_channel::Receiver;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +53,11 @@ pub trait Protocol: Send {
     /// Whether the handshake is complete (front-ends close connections that stay unattached
     /// past `server.handshake_timeout_ms`).
     fn attached(&self) -> bool;
+    /// Whether the client is expected to keep sending (a writer): only such connections are
+    /// closed when silent for `server.idle_timeout_ms` (a playback's client only reads).
+    fn expects_input(&self) -> bool {
+        true
+    }
     /// The connection ends: let go of the vdisk.
     fn close(&mut self);
 }
@@ -97,6 +104,8 @@ pub struct SessionLimits {
     pub max_block_bytes: u64,
     /// Largest vdisk, bytes (`lba * 512 + size` must not pass it).
     pub max_vdisk_bytes: u64,
+    /// Bytes of encoded blocks a playback may hold ready for a slow reader.
+    pub playback_buffer_bytes: u64,
     /// Accepted tokens.
     pub auth: Auth,
 }
@@ -104,13 +113,21 @@ pub struct SessionLimits {
 impl SessionLimits {
     /// From a validated config and the loaded tokens.
     pub fn from_config(c: &crate::config::Config, auth: Auth) -> SessionLimits {
-        SessionLimits { max_frame_bytes: c.server.max_frame_bytes, max_block_bytes: c.server.max_block_bytes, max_vdisk_bytes: c.server.max_vdisk_bytes, auth }
+        SessionLimits {
+            max_frame_bytes: c.server.max_frame_bytes,
+            max_block_bytes: c.server.max_block_bytes,
+            max_vdisk_bytes: c.server.max_vdisk_bytes,
+            playback_buffer_bytes: c.server.playback_buffer_bytes,
+            auth,
+        }
     }
 }
 
-/// Encodes an asynchronous ack as the server message the client reads.
+/// Encodes an asynchronous ack as the server message the client reads (playback frames are
+/// already encoded).
 pub fn encode_ack(ack: &Ack) -> Vec<u8> {
     let m = match ack {
+        Ack::Frames(f) => return f.clone(),
         Ack::Flushed { first, last } => ServerMessage::Flushed(*first, *last),
         Ack::Fenced { by } => ServerMessage::Error(ServerError {
             code: ErrorCode::Fenced,
@@ -128,6 +145,8 @@ enum State<H> {
     Handshake,
     Attaching { ticket: AttachTicket<H>, vdisk: String },
     Attached { handle: H, epoch: u64, vdisk: String },
+    Playback { vdisk: String, cancel: Arc<AtomicBool> },
+    Control { ticket: Ticket<ControlResponse> },
     Closed,
 }
 
@@ -142,7 +161,7 @@ enum Decoded {
 pub struct Session<C: Core> {
     core: Arc<C>,
     limits: Arc<SessionLimits>,
-    sink: AckSink,
+    sink: Option<AckSink>,
     acks: Option<Receiver<Ack>>,
     decoder: FrameDecoder,
     state: State<C::Handle>,
@@ -156,15 +175,14 @@ pub struct Session<C: Core> {
 impl<C: Core> Session<C> {
     /// A session for one connection from `peer`.
     pub fn new(core: Arc<C>, limits: Arc<SessionLimits>, peer: String) -> Session<C> {
-        let (sink, acks) = crossbeam_channel::unbounded();
         let decoder = FrameDecoder::new(limits.max_frame_bytes);
-        Session { core, limits, sink, acks: Some(acks), decoder, state: State::Handshake, out: Vec::new(), stalled: None, received: None, flushed: None, peer }
+        Session { core, limits, sink: None, acks: None, decoder, state: State::Handshake, out: Vec::new(), stalled: None, received: None, flushed: None, peer }
     }
 
     /// The vdisk, once the handshake named one.
     pub fn vdisk(&self) -> Option<&str> {
         match &self.state {
-            State::Attaching { vdisk, .. } | State::Attached { vdisk, .. } => Some(vdisk),
+            State::Attaching { vdisk, .. } | State::Attached { vdisk, .. } | State::Playback { vdisk, .. } => Some(vdisk),
             _ => None,
         }
     }
@@ -234,26 +252,59 @@ impl<C: Core> Session<C> {
         Progress::Close
     }
 
-    fn handshake(&mut self, req: crate::wire::HandshakeRequest) -> Progress {
+    fn poll_control(&mut self) -> Progress {
+        let State::Control { ticket } = &self.state else { return Progress::Ready };
+        let Some(r) = ticket.poll() else { return Progress::Blocked };
+        self.respond(HandshakeStatus::Ok, None, 0, String::new());
+        self.send(&ServerMessage::Control(r));
+        self.state = State::Closed;
+        Progress::Close
+    }
+
+    fn handshake(&mut self, mut req: crate::wire::HandshakeRequest) -> Progress {
         if req.version != PROTOCOL_VERSION {
             return self.handshake_fail(
                 HandshakeStatus::BadVersion,
                 format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", req.version),
             );
         }
-        if !crate::flush::valid_vdisk_id(&req.vdisk_id) {
-            return self.handshake_fail(HandshakeStatus::BadVdisk, format!("vdisk id {:?} is invalid: 1 to 128 characters of A-Z a-z 0-9 . _ -", req.vdisk_id));
-        }
         if !self.limits.auth.allows(&req.token) {
             return self.handshake_fail(HandshakeStatus::Unauthorized, "missing or wrong auth token".into());
         }
+        let kind = std::mem::take(&mut req.kind);
+        if let RequestKind::Control(c) = kind {
+            if let ControlRequest::History { vdisk } = &c {
+                if !crate::flush::valid_vdisk_id(vdisk) {
+                    return self.handshake_fail(HandshakeStatus::BadVdisk, format!("vdisk id {vdisk:?} is invalid: 1 to 128 characters of A-Z a-z 0-9 . _ -"));
+                }
+            }
+            self.state = State::Control { ticket: self.core.control(c) };
+            return self.poll_control();
+        }
+        if !crate::flush::valid_vdisk_id(&req.vdisk_id) {
+            return self.handshake_fail(HandshakeStatus::BadVdisk, format!("vdisk id {:?} is invalid: 1 to 128 characters of A-Z a-z 0-9 . _ -", req.vdisk_id));
+        }
+        if let RequestKind::Playback(p) = kind {
+            let chunks = (self.limits.playback_buffer_bytes as usize / crate::history::playback::CHUNK_BYTES).max(2);
+            let (tx, rx) = crossbeam_channel::bounded(chunks);
+            let cancel = Arc::new(AtomicBool::new(false));
+            tracing::info!(peer = %self.peer, vdisk = %req.vdisk_id, "playback from {:?} to {:?}{}", p.from, p.to, if p.follow { ", following" } else { "" });
+            self.core.playback(&req.vdisk_id, p, tx, cancel.clone());
+            self.acks = Some(rx);
+            self.respond(HandshakeStatus::Ok, None, 0, String::new());
+            self.state = State::Playback { vdisk: req.vdisk_id, cancel };
+            return Progress::Ready;
+        }
+        let (sink, acks) = crossbeam_channel::unbounded();
+        self.sink = Some(sink.clone());
+        self.acks = Some(acks);
         let ar = AttachRequest {
             vdisk: req.vdisk_id.clone(),
             first_sequence: req.first_sequence,
             reset_first_sequence: req.reset_first_sequence,
             resume_epoch: req.resume_epoch,
         };
-        let ticket = self.core.attach(ar, self.sink.clone());
+        let ticket = self.core.attach(ar, sink);
         self.state = State::Attaching { ticket, vdisk: req.vdisk_id };
         self.poll_attach()
     }
@@ -286,6 +337,14 @@ impl<C: Core> Session<C> {
             if let Progress::Blocked = self.poll_attach() {
                 return Progress::Blocked;
             }
+        }
+        if matches!(self.state, State::Control { .. }) {
+            return self.poll_control();
+        }
+        if matches!(self.state, State::Playback { .. }) {
+            // A playback's client sends nothing more; whatever it sends is ignored.
+            while let Ok(Some(_)) = self.decoder.next_frame_ref() {}
+            return Progress::Ready;
         }
         if matches!(self.state, State::Closed) {
             return Progress::Close;
@@ -418,10 +477,12 @@ impl<C: Core> Session<C> {
         Progress::Ready
     }
 
-    /// Lets go of the vdisk (the connection ends).
+    /// Lets go of the vdisk (the connection ends); stops a playback.
     pub fn detach(&mut self) {
-        if let State::Attached { handle, epoch, .. } = std::mem::replace(&mut self.state, State::Closed) {
-            self.core.detach(&handle, epoch);
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Attached { handle, epoch, .. } => self.core.detach(&handle, epoch),
+            State::Playback { cancel, .. } => cancel.store(true, Ordering::SeqCst),
+            _ => {}
         }
     }
 }
@@ -463,6 +524,10 @@ impl<C: Core> Protocol for Session<C> {
     }
 
     fn attached(&self) -> bool {
+        matches!(self.state, State::Attached { .. } | State::Playback { .. } | State::Control { .. })
+    }
+
+    fn expects_input(&self) -> bool {
         matches!(self.state, State::Attached { .. })
     }
 
@@ -535,10 +600,19 @@ mod tests {
         fn copy_data(&self, d: &[u8]) -> Vec<u8> {
             d.to_vec()
         }
+        fn control(&self, req: ControlRequest) -> Ticket<ControlResponse> {
+            Ticket::ready(match req {
+                ControlRequest::History { vdisk } => ControlResponse::History(format!("{{\"vdisk\":\"{vdisk}\"}}")),
+                ControlRequest::Checkpoint { .. } => ControlResponse::Error("not here".into()),
+            })
+        }
+        fn playback(&self, _vdisk: &str, _req: crate::wire::PlaybackRequest, out: crossbeam_channel::Sender<Ack>, _cancel: Arc<AtomicBool>) {
+            let _ = out.send(Ack::Frames(encode_server_message(&ServerMessage::PlaybackEnd(Some(3)))));
+        }
     }
 
     fn limits(auth: Auth) -> Arc<SessionLimits> {
-        Arc::new(SessionLimits { max_frame_bytes: 1 << 20, max_block_bytes: 65536, max_vdisk_bytes: 1 << 30, auth })
+        Arc::new(SessionLimits { max_frame_bytes: 1 << 20, max_block_bytes: 65536, max_vdisk_bytes: 1 << 30, playback_buffer_bytes: 4 << 20, auth })
     }
 
     fn hs(version: u32, vdisk: &str, token: &str) -> Vec<u8> {
@@ -549,6 +623,7 @@ mod tests {
             token: token.into(),
             reset_first_sequence: false,
             resume_epoch: 0,
+            kind: Default::default(),
         })
     }
 
@@ -595,6 +670,7 @@ mod tests {
             token: String::new(),
             reset_first_sequence: true,
             resume_epoch: 0,
+            kind: Default::default(),
         });
         let mut s = Session::new(core, limits(Auth::none()), "t".into());
         assert_eq!(s.on_bytes(&reset), Progress::Close);
@@ -646,6 +722,32 @@ mod tests {
         assert_eq!(decode_server_message(&frames(&s.take_output())[0]).unwrap(), ServerMessage::Received(14, 14));
         s.close();
         assert_eq!(*core.detached.lock().unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn control_and_playback_connections_do_not_attach() {
+        let core = Arc::new(Fake::default());
+        let ctl = encode_handshake_request(&HandshakeRequest {
+            version: PROTOCOL_VERSION,
+            kind: RequestKind::Control(ControlRequest::History { vdisk: "vd".into() }),
+            ..Default::default()
+        });
+        let mut s = Session::new(core.clone(), limits(Auth::none()), "t".into());
+        assert_eq!(s.on_bytes(&ctl), Progress::Close);
+        let f = frames(&s.take_output());
+        assert_eq!(decode_handshake_response(&f[0]).unwrap().status, HandshakeStatus::Ok);
+        assert_eq!(decode_server_message(&f[1]).unwrap(), ServerMessage::Control(ControlResponse::History("{\"vdisk\":\"vd\"}".into())));
+        let pb = encode_handshake_request(&HandshakeRequest {
+            version: PROTOCOL_VERSION,
+            vdisk_id: "vd".into(),
+            kind: RequestKind::Playback(Default::default()),
+            ..Default::default()
+        });
+        let mut s = Session::new(core, limits(Auth::none()), "t".into());
+        assert_eq!(s.on_bytes(&pb), Progress::Ready);
+        assert!(s.attached() && !s.expects_input());
+        let rx = s.take_acks().unwrap();
+        assert_eq!(decode_server_message(&frames(&encode_ack(&rx.recv().unwrap()))[0]).unwrap(), ServerMessage::PlaybackEnd(Some(3)));
     }
 
     #[test]

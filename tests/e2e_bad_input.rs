@@ -47,6 +47,7 @@ impl Raw {
             token: token.into(),
             reset_first_sequence: reset,
             resume_epoch: 0,
+            kind: Default::default(),
         }));
         decode_handshake_response(&self.frame().expect("handshake response")).unwrap()
     }
@@ -273,6 +274,7 @@ fn bad_input_beside_an_honest_import_leaves_it_exact() {
                 token: String::new(),
                 reset_first_sequence: false,
                 resume_epoch: 0,
+                kind: Default::default(),
             })),
             _ => r.send(&[0u8; 3]),
         }

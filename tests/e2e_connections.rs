@@ -58,6 +58,7 @@ fn idle_connections_cannot_lock_out_an_honest_client() {
         token: String::new(),
         reset_first_sequence: false,
         resume_epoch: 0,
+        kind: Default::default(),
     }))
     .unwrap();
     let start = Instant::now();

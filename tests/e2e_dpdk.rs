@@ -44,6 +44,7 @@ fn dpdk_net_tap_two_queues_eight_vdisks() {
     assert_ok(&o, "scripts/netns-dpdk.sh");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("all 8 restored images are identical"), "{out}");
+    assert!(out.contains("the restore through tlogd's playback is identical"), "{out}");
     assert!(out.contains("killed mid-stream"), "{out}");
     assert_fsck(&d.path().join("w/restored0.img"));
     let log = std::fs::read_to_string(d.path().join("w/tlogd.log")).unwrap_or_default();

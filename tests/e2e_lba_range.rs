@@ -37,6 +37,7 @@ fn out_of_range_lba_is_refused_and_the_vdisk_stays_restorable() {
         token: String::new(),
         reset_first_sequence: false,
         resume_epoch: 0,
+        kind: Default::default(),
     }))
     .unwrap();
     assert_eq!(decode_handshake_response(&frame(&mut s, &mut dec)).unwrap().status, HandshakeStatus::Ok);

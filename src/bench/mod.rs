@@ -419,6 +419,7 @@ mod tests {
             token: String::new(),
             reset_first_sequence: false,
             resume_epoch: 0,
+            kind: Default::default(),
         });
         // Fed in two pieces: a frame split across reads still parses.
         s.on_bytes(&hs[..3]).unwrap();

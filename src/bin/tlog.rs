@@ -13,6 +13,7 @@ use tlog::history::scrub::{scrub, ScrubOptions};
 use tlog::history::History;
 use tlog::seal::Sealer;
 use tlog::store::BigLog;
+use tlog::wire::{ControlRequest, ControlResponse, PlaybackRequest, PointSpec};
 
 /// tlog command-line tool.
 #[derive(Parser, Debug)]
@@ -76,11 +77,17 @@ enum Cmd {
         /// The image file.
         image: PathBuf,
     },
-    /// Restore a vdisk from the backends into a raw image (tlogd need not run; stores are
-    /// opened read-only, so it may).
+    /// Restore a vdisk into a raw image at a point: from the backends (tlogd need not run; stores
+    /// are opened read-only, so it may), or through a running tlogd with --server.
     Restore {
         #[command(flatten)]
         store: Store,
+        /// Restore through this tlogd (playback) instead of reading the backends.
+        #[arg(long)]
+        server: Option<String>,
+        /// Auth token (with --server).
+        #[arg(long, default_value = "")]
+        token: String,
         /// The vdisk.
         #[arg(long)]
         vdisk: String,
@@ -140,6 +147,99 @@ enum Cmd {
         /// The sink stops by itself after this many seconds.
         #[arg(long, default_value_t = 3600)]
         max_seconds: u64,
+    },
+    /// Checkpoint vdisks: make every block received so far durable and record NAME at each
+    /// vdisk's last flushed sequence. Several vdisks form a consistency group: tlogd holds their
+    /// intake for the instant it takes, so the marks correspond to one instant.
+    Checkpoint {
+        /// tlogd address.
+        #[arg(long)]
+        server: String,
+        /// Auth token.
+        #[arg(long, default_value = "")]
+        token: String,
+        /// The vdisks (repeat for a consistency group).
+        #[arg(long, required = true)]
+        vdisk: Vec<String>,
+        /// The checkpoint's name (1 to 64 of A-Z a-z 0-9 . _ -).
+        name: String,
+    },
+    /// A vdisk's history: sequence and time range, aggregations, bytes, checkpoints.
+    History {
+        #[command(flatten)]
+        store: Store,
+        /// Ask this tlogd instead of reading the backends.
+        #[arg(long)]
+        server: Option<String>,
+        /// Auth token (with --server).
+        #[arg(long, default_value = "")]
+        token: String,
+        /// The vdisk.
+        #[arg(long)]
+        vdisk: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The byte extents written or zeroed between two points (what an incremental backup needs).
+    Changed {
+        #[command(flatten)]
+        store: Store,
+        /// Read through this tlogd instead of the backends.
+        #[arg(long)]
+        server: Option<String>,
+        /// Auth token (with --server).
+        #[arg(long, default_value = "")]
+        token: String,
+        /// The vdisk.
+        #[arg(long)]
+        vdisk: String,
+        /// From after this sequence (default: the first point).
+        #[arg(long)]
+        from_sequence: Option<u64>,
+        /// From this time.
+        #[arg(long)]
+        from_time: Option<String>,
+        /// From this checkpoint.
+        #[arg(long)]
+        from_checkpoint: Option<String>,
+        /// Up to this sequence (default: the newest point).
+        #[arg(long)]
+        to_sequence: Option<u64>,
+        /// Up to this time.
+        #[arg(long)]
+        to_time: Option<String>,
+        /// Up to this checkpoint.
+        #[arg(long)]
+        to_checkpoint: Option<String>,
+        /// Print {"extents": [{"offset", "length", "kind"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a standby image in sync with a vdisk (follow-mode playback), resumable from its
+    /// state file; with --delay a delayed replica; with --once catch up to the head and exit.
+    Replicate {
+        /// tlogd address.
+        #[arg(long)]
+        server: String,
+        /// Auth token.
+        #[arg(long, default_value = "")]
+        token: String,
+        /// The vdisk.
+        #[arg(long)]
+        vdisk: String,
+        /// The standby image.
+        #[arg(long)]
+        output: PathBuf,
+        /// The state file (last applied sequence; default <output>.state).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Apply a block only once it is this old (e.g. 10m).
+        #[arg(long)]
+        delay: Option<String>,
+        /// Catch up to the current head, then exit.
+        #[arg(long)]
+        once: bool,
     },
     /// Repair offline what the repair queue (`<data_dir>/repair.log`) holds: rebuild each
     /// missing shard from k good ones and write it (tlogd must not run on a local store).
@@ -228,7 +328,25 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
         Cmd::Import { server, vdisk, block_size, token, reconnect_timeout, image } => {
             import(server, vdisk, block_size, token, reconnect_timeout, image).map(|_| ExitCode::SUCCESS)
         }
-        Cmd::Restore { store, vdisk, output, to_sequence, to_time, checkpoint } => {
+        Cmd::Restore { store: _, server: Some(server), token, vdisk, output, to_sequence, to_time, checkpoint } => {
+            let to = Point::from_args(to_sequence, to_time.as_deref(), checkpoint.as_deref())?;
+            let start = Instant::now();
+            let s = restore_remote(&server, &token, &vdisk, &output, to)?;
+            for (seq, why) in &s.bad_blocks {
+                eprintln!("tlog restore: block {seq} skipped: {why}");
+            }
+            println!(
+                "restored vdisk {vdisk} to {} through {server}: {} blocks, {} bytes written, image {} bytes, last sequence {}, {:.3} seconds",
+                output.display(),
+                s.blocks,
+                s.bytes,
+                s.image_bytes,
+                s.last_sequence.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+                start.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore { store, server: None, token: _, vdisk, output, to_sequence, to_time, checkpoint } => {
             let to = Point::from_args(to_sequence, to_time.as_deref(), checkpoint.as_deref())?;
             let cfg = store.load()?;
             let sealer = Arc::new(Store::sealer(&cfg)?);
@@ -284,6 +402,118 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
                 println!("{}", r.text());
             }
             Ok(if r.errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Checkpoint { server, token, vdisk, name } => {
+            match tlog::client::remote::control(&server, &token, ControlRequest::Checkpoint { name: name.clone(), vdisks: vdisk })? {
+                ControlResponse::Checkpoint(marks) => {
+                    for m in marks {
+                        println!(
+                            "checkpoint {name}: vdisk {} at sequence {} ({})",
+                            m.vdisk,
+                            m.sequence.map(|s| s.to_string()).unwrap_or_else(|| "- (no block yet)".into()),
+                            tlog::time::format_time(m.time)
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => Err(tlog::Error::Protocol(format!("unexpected answer {other:?}"))),
+            }
+        }
+        Cmd::History { store, server, token, vdisk, json } => {
+            let summary: serde_json::Value = match server {
+                Some(server) => match tlog::client::remote::control(&server, &token, ControlRequest::History { vdisk: vdisk.clone() })? {
+                    ControlResponse::History(j) => serde_json::from_str(&j).map_err(|e| tlog::Error::Protocol(format!("history JSON: {e}")))?,
+                    other => return Err(tlog::Error::Protocol(format!("unexpected answer {other:?}"))),
+                },
+                None => {
+                    let cfg = store.load()?;
+                    let h = History::load(tlog::server::open_backends_read_only(&cfg), Arc::new(Store::sealer(&cfg)?), &vdisk)?;
+                    serde_json::to_value(h.summary()).map_err(|e| tlog::Error::InvalidArgument(format!("json: {e}")))?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+            } else {
+                print_history(&summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Changed { store, server, token, vdisk, from_sequence, from_time, from_checkpoint, to_sequence, to_time, to_checkpoint, json } => {
+            let from = Point::from_args(from_sequence, from_time.as_deref(), from_checkpoint.as_deref())?;
+            let to = Point::from_args(to_sequence, to_time.as_deref(), to_checkpoint.as_deref())?;
+            let x = match server {
+                Some(server) => {
+                    let req = PlaybackRequest { from: spec(from.as_ref()), to: spec(to.as_ref()), follow: false };
+                    let mut pb = tlog::client::remote::Playback::open(&server, &token, &vdisk, req)?;
+                    let mut x = tlog::history::changed::Extents::default();
+                    while let Some(item) = pb.next_item()? {
+                        if let tlog::client::remote::Item::Block(b) = item {
+                            x.block(&b)?;
+                        }
+                    }
+                    x
+                }
+                None => {
+                    let cfg = store.load()?;
+                    let h = History::load(tlog::server::open_backends_read_only(&cfg), Arc::new(Store::sealer(&cfg)?), &vdisk)?;
+                    tlog::history::changed::changed(&h, from.as_ref(), to.as_ref())?
+                }
+            };
+            let extents = x.list();
+            if json {
+                println!("{}", serde_json::json!({ "extents": extents }));
+            } else {
+                for e in &extents {
+                    println!("{:>16} {:>12} {}", e.offset, e.length, if e.kind == tlog::history::changed::Kind::Write { "write" } else { "zero" });
+                }
+                println!("{} extents, {} bytes", extents.len(), extents.iter().map(|e| e.length).sum::<u64>());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replicate { server, token, vdisk, output, state, delay, once } => {
+            let delay = match delay {
+                Some(d) => {
+                    humantime::parse_duration(&d).map_err(|e| tlog::Error::InvalidArgument(format!("--delay {d:?}: {e} (a duration like 10m or 2s)")))?
+                }
+                None => std::time::Duration::ZERO,
+            };
+            let state = state.unwrap_or_else(|| PathBuf::from(format!("{}.state", output.display())));
+            let o = tlog::client::replicate::ReplicateOptions {
+                server,
+                token,
+                vdisk: vdisk.clone(),
+                output,
+                state,
+                delay,
+                once,
+                max_image_bytes: 64 << 40,
+                sync_every: std::time::Duration::from_millis(500),
+                reconnect_timeout: std::time::Duration::from_secs(120),
+            };
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
+            }
+            let mut report = |p: &tlog::client::replicate::Progress| {
+                let caught_up = matches!((p.applied, p.head), (Some(a), Some(h)) if a >= h);
+                let lag_seq = match (p.applied, p.head) {
+                    (Some(a), Some(h)) => h.saturating_sub(a),
+                    (None, Some(h)) => h,
+                    _ => 0,
+                };
+                let lag_s = if caught_up { 0.0 } else { p.lag_ns as f64 / 1e9 };
+                eprintln!(
+                    "tlog replicate: vdisk {vdisk}: applied {}, lag {lag_seq} sequences, {lag_s:.1} s",
+                    p.applied.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+                );
+            };
+            let p = tlog::client::replicate::replicate(&o, &stop, &mut report)?;
+            println!(
+                "replicated vdisk {vdisk} to {}: applied up to sequence {}",
+                o.output.display(),
+                p.applied.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Repair { store } => {
             let cfg = store.load()?;
@@ -374,6 +604,70 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
             println!("store {}: initialized (empty)", dir.display());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The protocol form of a point.
+fn spec(p: Option<&Point>) -> PointSpec {
+    match p {
+        None => PointSpec::None,
+        Some(Point::Sequence(s)) => PointSpec::Sequence(*s),
+        Some(Point::Time(t)) => PointSpec::Time(*t),
+        Some(Point::Checkpoint(c)) => PointSpec::Checkpoint(c.clone()),
+    }
+}
+
+/// Restores through tlogd's playback into `output`; no file is left behind on failure.
+fn restore_remote(server: &str, token: &str, vdisk: &str, output: &std::path::Path, to: Option<Point>) -> tlog::Result<tlog::history::restore::RestoreStats> {
+    let req = PlaybackRequest { from: PointSpec::None, to: spec(to.as_ref()), follow: false };
+    let mut pb = tlog::client::remote::Playback::open(server, token, vdisk, req)?;
+    let first = pb.next_item()?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(output)
+        .map_err(|e| tlog::Error::io(format!("create {}", output.display()), e))?;
+    let r = (|| {
+        let mut w = tlog::history::restore::ImageWriter::new(&f, output, 64 << 40);
+        let mut item = first;
+        while let Some(i) = item {
+            match i {
+                tlog::client::remote::Item::Block(b) => w.apply(&b, vdisk)?,
+                tlog::client::remote::Item::End(_) => break,
+                tlog::client::remote::Item::Head(_) => {}
+            }
+            item = pb.next_item()?;
+        }
+        w.finish()?;
+        Ok(w.stats.clone())
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(output);
+    }
+    r
+}
+
+fn print_history(s: &serde_json::Value) {
+    let v = |k: &str| s.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    println!("vdisk {}", v("vdisk").as_str().unwrap_or("?"));
+    match (v("sequences").as_array(), v("times_rfc3339").as_array()) {
+        (Some(seq), Some(t)) => {
+            println!("  sequences {} .. {}", seq[0], seq[1]);
+            println!("  blocks stamped {} .. {}", t[0].as_str().unwrap_or("?"), t[1].as_str().unwrap_or("?"));
+        }
+        _ => println!("  no block"),
+    }
+    println!("  {} aggregations, {} blocks, {} bytes of data, epoch {}", v("aggregations"), v("blocks"), v("data_bytes"), v("epoch"));
+    let cps = v("checkpoints");
+    let cps = cps.as_array().cloned().unwrap_or_default();
+    if cps.is_empty() {
+        println!("  no checkpoint");
+    }
+    for c in cps {
+        let seq = c.get("sequence").map(|x| if x.is_null() { "-".to_string() } else { x.to_string() }).unwrap_or_default();
+        let t = c.get("time").and_then(|t| t.as_u64()).map(tlog::time::format_time).unwrap_or_default();
+        println!("  checkpoint {} at sequence {seq} ({t})", c.get("name").and_then(|n| n.as_str()).unwrap_or("?"));
     }
 }
 

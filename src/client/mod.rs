@@ -18,6 +18,9 @@
 //! for [`KEEPALIVE`], a `forceFlush` keeps it from the server's idle timeout. Server notices
 //! (why flushed acks wait, e.g. a full disk) go to `on_notice`.
 
+pub mod remote;
+pub mod replicate;
+
 use crate::error::{Error, IoContext, Refusal, Result};
 use crate::time::now_ns;
 use crate::wire::{
@@ -263,6 +266,7 @@ impl Client {
             token: cfg.token.clone(),
             reset_first_sequence: reset,
             resume_epoch,
+            kind: Default::default(),
         };
         s.write_all(&encode_handshake_request(&req)).ctx(|| format!("send handshake to {}", cfg.server))?;
         let mut dec = FrameDecoder::new(16 << 20);
@@ -643,6 +647,9 @@ fn handle_message(sh: &Shared, m: ServerMessage) {
             st.fatal = Some((Some(reason), format!("{what} {:?} at sequence {}: {}", e.code, e.sequence, e.message)));
             drop(st);
             sh.cond.notify_all();
+        }
+        ServerMessage::Block(_) | ServerMessage::PlaybackEnd(_) | ServerMessage::Head(_) | ServerMessage::Control(_) => {
+            tracing::warn!(vdisk = %sh.cfg.vdisk, "a writer got a playback or control message; ignored");
         }
         ServerMessage::Notice(n) => {
             tracing::info!(vdisk = %sh.cfg.vdisk, kind = ?n.kind, "server notice: {}", n.message);

@@ -15,8 +15,9 @@
 //! of the old epoch becomes durable after it. (Drain, not discard: the old writer's received
 //! blocks are kept.)
 
-use super::{lock, Ack, AckSink, AttachError, AttachRequest, AttachTicket, Attached, Shared, Vdisk};
+use super::{lock, Ack, AckSink, AttachError, AttachRequest, AttachTicket, Attached, Shared, Ticket, Vdisk};
 use crate::namespace::{BeginError, FirstSequence};
+use crate::wire::{CheckpointMark, ControlRequest, ControlResponse};
 use crossbeam_channel::Receiver;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,23 +26,114 @@ use std::time::{Duration, Instant};
 /// Attach worker threads.
 pub const WORKERS: usize = 4;
 
-/// One attach to do.
-pub struct Job {
-    /// The request.
-    pub req: AttachRequest,
-    /// The connection's ack sink.
-    pub sink: AckSink,
-    /// Where the answer goes.
-    pub ticket: AttachTicket<Arc<Vdisk>>,
+/// Work for the attach workers.
+pub enum Job {
+    /// Attach a connection.
+    Attach {
+        /// The request.
+        req: AttachRequest,
+        /// The connection's ack sink.
+        sink: AckSink,
+        /// Where the answer goes.
+        ticket: AttachTicket<Arc<Vdisk>>,
+    },
+    /// A control request (checkpoint, history summary).
+    Control {
+        /// The request.
+        req: ControlRequest,
+        /// Where the answer goes.
+        ticket: Ticket<ControlResponse>,
+    },
 }
 
 /// An attach worker's body (`None` stops it).
 pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<Option<Job>>) {
     while let Ok(Some(job)) = rx.recv() {
-        let r = attach(&sh, job.req, job.sink);
-        job.ticket.finish(r);
+        match job {
+            Job::Attach { req, sink, ticket } => ticket.finish(attach(&sh, req, sink)),
+            Job::Control { req, ticket } => ticket.finish(control(&sh, req)),
+        }
         sh.signal_space();
     }
+}
+
+fn control(sh: &Shared, req: ControlRequest) -> ControlResponse {
+    match req {
+        ControlRequest::Checkpoint { name, vdisks } => match checkpoint(sh, &name, &vdisks) {
+            Ok(marks) => ControlResponse::Checkpoint(marks),
+            Err(e) => ControlResponse::Error(e),
+        },
+        ControlRequest::History { vdisk } => {
+            match crate::history::History::load(sh.backends.clone(), sh.sealer.clone(), &vdisk)
+                .and_then(|h| serde_json::to_string(&h.summary()).map_err(|e| crate::Error::InvalidArgument(format!("json: {e}"))))
+            {
+                Ok(j) => ControlResponse::History(j),
+                Err(e) => ControlResponse::Error(e.to_string()),
+            }
+        }
+    }
+}
+
+/// A checkpoint of a consistency group: intake of every vdisk is held, everything received is
+/// made durable, the name is recorded at each vdisk's last flushed sequence on the backends
+/// (at least `write_quorum` of them), and intake resumes. Other vdisks are not held.
+fn checkpoint(sh: &Shared, name: &str, vdisks: &[String]) -> Result<Vec<CheckpointMark>, String> {
+    if !crate::history::checkpoint::valid_name(name) {
+        return Err(format!("checkpoint name {name:?} is invalid: 1 to 64 characters of A-Z a-z 0-9 . _ -"));
+    }
+    if vdisks.is_empty() {
+        return Err("a checkpoint needs at least one vdisk".into());
+    }
+    let mut group: Vec<Arc<Vdisk>> = Vec::new();
+    for v in vdisks {
+        if !super::valid_vdisk_id(v) {
+            return Err(format!("vdisk id {v:?} is invalid"));
+        }
+        let vd = sh.vdisk(v).map_err(|e| format!("cannot open vdisk {v}: {e}"))?;
+        if !group.iter().any(|g| g.name() == vd.name()) {
+            group.push(vd);
+        }
+    }
+    for vd in &group {
+        let mut ns = lock(&vd.ns);
+        ns.hold(true);
+        if ns.rotate() {
+            drop(ns);
+            sh.queue_flush(vd);
+        }
+    }
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_millis(sh.cfg.server.takeover_timeout_ms);
+        while !group.iter().all(|vd| lock(&vd.ns).idle()) {
+            if Instant::now() >= deadline {
+                return Err(format!("blocks of the group did not become durable within {} ms (server.takeover_timeout_ms)", sh.cfg.server.takeover_timeout_ms));
+            }
+            sh.wait_space(Duration::from_millis(20));
+        }
+        let time = sh.clock.wall_ns();
+        let mut marks = Vec::new();
+        for vd in &group {
+            let (sequence, epoch) = {
+                let ns = lock(&vd.ns);
+                (ns.last_flushed(), ns.epoch())
+            };
+            let c = crate::history::checkpoint::Checkpoint { name: name.to_string(), sequence, time, epoch };
+            let stored = crate::history::checkpoint::store(&sh.backends, &sh.codec, vd.name(), &c);
+            if stored < sh.write_quorum {
+                return Err(format!("checkpoint {name} of vdisk {} stored on {stored} backends, write_quorum is {}", vd.name(), sh.write_quorum));
+            }
+            marks.push(CheckpointMark { vdisk: vd.name().to_string(), sequence, time });
+        }
+        Ok(marks)
+    })();
+    for vd in &group {
+        lock(&vd.ns).hold(false);
+    }
+    sh.signal_space();
+    if let Ok(m) = &result {
+        tracing::info!(name, "checkpoint taken: {}", m.iter().map(|m| format!("{} at {:?}", m.vdisk, m.sequence)).collect::<Vec<_>>().join(", "));
+    }
+    result
 }
 
 fn attach(sh: &Shared, req: AttachRequest, sink: AckSink) -> Result<Attached<Arc<Vdisk>>, AttachError> {

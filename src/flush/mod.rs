@@ -39,7 +39,7 @@ use crate::history::index::{entry_name, page_name, page_of, Index, IndexCodec, I
 use crate::namespace::{Chain, Limits, Namespace};
 use crate::seal::Sealer;
 use crate::time::Clock;
-use crate::wire::Block;
+use crate::wire::{Block, ControlRequest, ControlResponse, PlaybackRequest};
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,6 +70,8 @@ pub enum Ack {
     },
     /// Durable writes go on again after [`Ack::Waiting`].
     Resumed,
+    /// Frames already encoded (a playback's blocks), sent as they are.
+    Frames(Vec<u8>),
 }
 
 /// Where a connection's asynchronous acks go.
@@ -142,37 +144,40 @@ impl std::fmt::Display for AttachError {
     }
 }
 
-/// An attach in progress: the session polls it ([`AttachTicket::poll`]) instead of blocking its
-/// front-end (a userspace stack's poll loop serves many connections).
-pub struct AttachTicket<H> {
-    slot: Arc<(Mutex<Option<AttachResult<H>>>, Condvar)>,
+/// Work in progress (an attach, a control request): the session polls it ([`Ticket::poll`])
+/// instead of blocking its front-end (a userspace stack's poll loop serves many connections).
+pub struct Ticket<T> {
+    slot: Arc<(Mutex<Option<T>>, Condvar)>,
 }
 
 /// The answer of an attach.
 pub type AttachResult<H> = std::result::Result<Attached<H>, AttachError>;
 
-impl<H> Clone for AttachTicket<H> {
+/// An attach in progress.
+pub type AttachTicket<H> = Ticket<AttachResult<H>>;
+
+impl<T> Clone for Ticket<T> {
     fn clone(&self) -> Self {
-        AttachTicket { slot: self.slot.clone() }
+        Ticket { slot: self.slot.clone() }
     }
 }
 
-impl<H> Default for AttachTicket<H> {
+impl<T> Default for Ticket<T> {
     fn default() -> Self {
-        AttachTicket { slot: Arc::new((Mutex::new(None), Condvar::new())) }
+        Ticket { slot: Arc::new((Mutex::new(None), Condvar::new())) }
     }
 }
 
-impl<H> AttachTicket<H> {
+impl<T> Ticket<T> {
     /// A ticket already answered.
-    pub fn ready(r: AttachResult<H>) -> Self {
-        let t = AttachTicket::default();
+    pub fn ready(r: T) -> Self {
+        let t = Ticket::default();
         t.finish(r);
         t
     }
 
     /// Answers the ticket.
-    pub fn finish(&self, r: AttachResult<H>) {
+    pub fn finish(&self, r: T) {
         if let Ok(mut g) = self.slot.0.lock() {
             *g = Some(r);
             self.slot.1.notify_all();
@@ -180,12 +185,12 @@ impl<H> AttachTicket<H> {
     }
 
     /// The answer, once there is one (taken: a second poll after `Some` gives `None`).
-    pub fn poll(&self) -> Option<AttachResult<H>> {
+    pub fn poll(&self) -> Option<T> {
         self.slot.0.lock().ok().and_then(|mut g| g.take())
     }
 
     /// Waits at most `timeout` for the answer.
-    pub fn wait(&self, timeout: Duration) -> Option<AttachResult<H>> {
+    pub fn wait(&self, timeout: Duration) -> Option<T> {
         let g = self.slot.0.lock().ok()?;
         let (mut g, _) = self.slot.1.wait_timeout_while(g, timeout, |v| v.is_none()).ok()?;
         g.take()
@@ -219,6 +224,13 @@ pub trait Core: Send + Sync + 'static {
 
     /// An owned copy of block data, in a reused buffer when one is free.
     fn copy_data(&self, data: &[u8]) -> Vec<u8>;
+
+    /// Starts a control request (a checkpoint, a history summary).
+    fn control(&self, req: ControlRequest) -> Ticket<ControlResponse>;
+
+    /// Starts streaming `vdisk`'s history as `req` asks: encoded frames go to `out` (a bounded
+    /// channel: a slow reader holds the stream back), until the end, an error, or `cancel`.
+    fn playback(&self, vdisk: &str, req: PlaybackRequest, out: Sender<Ack>, cancel: Arc<AtomicBool>);
 }
 
 /// One vdisk inside the engine: its namespace (state transitions), chain position, the sink of

@@ -8,7 +8,7 @@
 use super::attach::{self, Job};
 use super::completer::{self, Event};
 use super::flusher::{self, COMPLETIONS_PER_WORKER};
-use super::{lock, repair, timer, writer, AckSink, AttachRequest, AttachTicket, Core, Permits, Push, Shared, Stats, Vdisk};
+use super::{lock, repair, timer, writer, Ack, AckSink, AttachRequest, AttachTicket, Core, Permits, Push, Shared, Stats, Ticket, Vdisk};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
@@ -16,6 +16,8 @@ use crate::namespace::Limits;
 use crate::seal::Sealer;
 use crate::time::Clock;
 use crate::wire::Block;
+use crate::wire::{ControlRequest, ControlResponse, PlaybackRequest};
+use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -295,6 +297,31 @@ fn scrubber(sh: Arc<Shared>, every: Duration) {
     }
 }
 
+/// The engine as playbacks see it: the flushed head of a vdisk, and waiting for it to move.
+struct LiveEngine(Arc<Shared>);
+
+impl crate::history::playback::Live for LiveEngine {
+    fn last_flushed(&self, vdisk: &str) -> Option<u64> {
+        self.0.vdisk(vdisk).ok().and_then(|v| v.last_flushed())
+    }
+
+    fn wait_flushed(&self, vdisk: &str, past: Option<u64>, timeout: Duration) -> Option<u64> {
+        let end = Instant::now() + timeout;
+        let vd = self.0.vdisk(vdisk).ok()?;
+        loop {
+            let l = vd.last_flushed();
+            if l.is_some() && (past.is_none() || l > past) {
+                return l;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.0.closed.load(Ordering::SeqCst) {
+                return l;
+            }
+            self.0.wait_space(left.min(Duration::from_millis(100)));
+        }
+    }
+}
+
 /// Joins the threads whose name `which` selects, waiting until `deadline` at most; reports
 /// (and leaves running) those that do not stop in time. Returns true when all were joined.
 fn join(threads: &mut Vec<(String, JoinHandle<()>)>, which: impl Fn(&str) -> bool, deadline: Instant) -> bool {
@@ -327,12 +354,32 @@ impl Core for Engine {
             ticket.finish(Err(super::AttachError::ShuttingDown));
             return ticket;
         }
-        if let Err(e) = self.sh.attach_tx.send(Some(Job { req, sink, ticket: ticket.clone() })) {
-            if let Some(job) = e.into_inner() {
-                job.ticket.finish(Err(super::AttachError::ShuttingDown));
+        if let Err(e) = self.sh.attach_tx.send(Some(Job::Attach { req, sink, ticket: ticket.clone() })) {
+            if let Some(Job::Attach { ticket, .. }) = e.into_inner() {
+                ticket.finish(Err(super::AttachError::ShuttingDown));
             }
         }
         ticket
+    }
+
+    fn control(&self, req: ControlRequest) -> Ticket<ControlResponse> {
+        let ticket = Ticket::default();
+        if self.sh.stopping.load(Ordering::SeqCst) || self.sh.attach_tx.send(Some(Job::Control { req, ticket: ticket.clone() })).is_err() {
+            ticket.finish(ControlResponse::Error("server is shutting down".into()));
+        }
+        ticket
+    }
+
+    fn playback(&self, vdisk: &str, req: PlaybackRequest, out: Sender<Ack>, cancel: Arc<AtomicBool>) {
+        let (backends, sealer) = (self.sh.backends.clone(), self.sh.sealer.clone());
+        let live: Arc<dyn crate::history::playback::Live> = Arc::new(LiveEngine(self.sh.clone()));
+        let v = vdisk.to_string();
+        let r = std::thread::Builder::new()
+            .name(format!("playback-{vdisk}"))
+            .spawn(move || crate::history::playback::run(backends, sealer, &v, &req, out, cancel, Some(live)));
+        if let Err(e) = r {
+            tracing::error!(vdisk, "cannot start a playback thread: {e}");
+        }
     }
 
     fn push(&self, vd: &Arc<Vdisk>, epoch: u64, block: Block) -> Push {

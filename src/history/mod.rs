@@ -5,8 +5,10 @@
 //! time, checkpoint); [`checkpoint`] stores named marks; [`restore`] rebuilds an image at a
 //! point; [`scrub`] checks every shard and head and repairs what is bad.
 
+pub mod changed;
 pub mod checkpoint;
 pub mod index;
+pub mod playback;
 pub mod points;
 pub mod restore;
 pub mod scrub;
@@ -76,6 +78,67 @@ impl History {
             return Err(Error::ChainBroken { key: hex::encode(e.key), detail: "the aggregation does not match its index entry".into() });
         }
         Ok(agg)
+    }
+
+    /// Fetches and unseals the aggregations at index positions `range` with `parallel` workers
+    /// (0: twice the cores, at least 4), each fetching k of k+m shards from the backends at once,
+    /// and hands them to `f` in order, on the calling thread; at most two per worker are held
+    /// ahead of the one `f` takes. `f` returns false to stop early. Errors: the first
+    /// [`History::aggregation`] error in order, or `f`'s.
+    pub fn for_each_aggregation(&self, range: std::ops::Range<usize>, parallel: usize, mut f: impl FnMut(usize, Aggregation) -> Result<bool>) -> Result<()> {
+        let n = range.end.min(self.index.entries.len());
+        let begin = range.start.min(n);
+        if begin == n {
+            return Ok(());
+        }
+        let workers = if parallel > 0 { parallel } else { std::thread::available_parallelism().map(|p| p.get() * 2).unwrap_or(4).max(4) };
+        let workers = workers.min(n - begin);
+        if workers <= 1 {
+            for i in begin..n {
+                if !f(i, self.aggregation(i)?)? {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        std::thread::scope(|s| -> Result<()> {
+            let (work_tx, work_rx) = crossbeam_channel::unbounded::<usize>();
+            let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Result<Aggregation>)>();
+            for _ in 0..workers {
+                let (rx, tx) = (work_rx.clone(), done_tx.clone());
+                s.spawn(move || {
+                    while let Ok(i) = rx.recv() {
+                        if tx.send((i, self.aggregation(i))).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+            let mut next_send = begin;
+            while next_send < n && next_send - begin < workers * 2 {
+                let _ = work_tx.send(next_send);
+                next_send += 1;
+            }
+            let mut pending: std::collections::BTreeMap<usize, Aggregation> = std::collections::BTreeMap::new();
+            let mut next = begin;
+            while next < n {
+                let (i, agg) = done_rx.recv().map_err(|_| Error::Shutdown)?;
+                pending.insert(i, agg?);
+                while let Some(agg) = pending.remove(&next) {
+                    if !f(next, agg)? {
+                        // Dropping the work sender ends the workers after their current fetch.
+                        return Ok(());
+                    }
+                    next += 1;
+                    if next_send < n {
+                        let _ = work_tx.send(next_send);
+                        next_send += 1;
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// The summary of the history.

@@ -7,7 +7,7 @@
 
 use super::points::Point;
 use super::History;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::seal::Aggregation;
 use crate::wire::{Block, Operation, SECTOR};
 use std::collections::BTreeMap;
@@ -186,10 +186,9 @@ pub fn restore(h: &History, output: &Path, opts: &RestoreOptions) -> Result<Rest
 fn apply(h: &History, f: &std::fs::File, output: &Path, opts: &RestoreOptions, cut: Option<u64>, n: usize, first: Option<Aggregation>) -> Result<RestoreStats> {
     let total: u64 = h.index.entries[..n].iter().map(|e| e.data_bytes).sum();
     let progress = bar(opts, total);
-    let workers = if opts.parallel > 0 { opts.parallel } else { std::thread::available_parallelism().map(|p| p.get() * 2).unwrap_or(4).max(4) };
     let mut w = ImageWriter::new(f, output, opts.max_image_bytes);
     let mut aggregations = 0u64;
-    let mut take = |agg: &Aggregation, i: usize, w: &mut ImageWriter<'_>| -> Result<()> {
+    let mut take = |i: usize, agg: Aggregation| -> Result<bool> {
         for b in agg.blocks.iter().take_while(|b| cut.map(|c| b.sequence <= c).unwrap_or(false)) {
             w.apply(b, &h.vdisk)?;
         }
@@ -197,49 +196,12 @@ fn apply(h: &History, f: &std::fs::File, output: &Path, opts: &RestoreOptions, c
             p.inc(h.index.entries[i].data_bytes);
         }
         aggregations += 1;
-        Ok(())
+        Ok(true)
     };
-    if let Some(a) = &first {
-        take(a, 0, &mut w)?;
+    if let Some(a) = first {
+        take(0, a)?;
     }
-    if n > 1 {
-        std::thread::scope(|s| -> Result<()> {
-            let (work_tx, work_rx) = crossbeam_channel::unbounded::<usize>();
-            let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Result<Aggregation>)>();
-            for _ in 0..workers.min(n - 1) {
-                let (rx, tx) = (work_rx.clone(), done_tx.clone());
-                s.spawn(move || {
-                    while let Ok(i) = rx.recv() {
-                        if tx.send((i, h.aggregation(i))).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-            drop(done_tx);
-            // At most two aggregations per worker are fetched ahead of the one being applied.
-            let mut next_send = 1usize;
-            while next_send < n && next_send <= workers * 2 {
-                let _ = work_tx.send(next_send);
-                next_send += 1;
-            }
-            let mut pending: BTreeMap<usize, Aggregation> = BTreeMap::new();
-            let mut next_apply = 1usize;
-            while next_apply < n {
-                let (i, agg) = done_rx.recv().map_err(|_| Error::Shutdown)?;
-                pending.insert(i, agg?);
-                while let Some(agg) = pending.remove(&next_apply) {
-                    take(&agg, next_apply, &mut w)?;
-                    next_apply += 1;
-                    if next_send < n {
-                        let _ = work_tx.send(next_send);
-                        next_send += 1;
-                    }
-                }
-            }
-            Ok(())
-        })?;
-    }
+    h.for_each_aggregation(1..n, opts.parallel, &mut take)?;
     w.finish()?;
     if let Some(p) = progress {
         p.finish_and_clear();

@@ -132,6 +132,8 @@ pub struct Namespace {
     epoch: u64,
     /// Whether `epoch` takes blocks (false while fenced, until the next epoch begins).
     accepting: bool,
+    /// Intake held (a consistency-group checkpoint being taken): blocks get `Full`.
+    held: bool,
     /// Next sequence taken; `None` once the space is exhausted.
     expected: Option<u64>,
     /// The highest sequence taken (buffered or flushed), if any.
@@ -164,6 +166,7 @@ impl Namespace {
             vdisk: vdisk.to_string(),
             epoch,
             accepting: false,
+            held: false,
             expected: last_flushed.map(|l| l.checked_add(1)).unwrap_or(Some(0)),
             last_taken: last_flushed,
             current: Vec::with_capacity(flush_size),
@@ -230,6 +233,9 @@ impl Namespace {
         if !self.accepting || self.epoch != epoch {
             return Push::Fenced;
         }
+        if self.held {
+            return Push::Full(block);
+        }
         let Some(expected) = self.expected else {
             // 2^64 - 1 was taken: a resend of it is a duplicate, anything else would wrap.
             return if block.sequence == u64::MAX { Push::Duplicate { flushed: self.last_flushed == Some(u64::MAX) } } else { Push::Exhausted };
@@ -258,6 +264,12 @@ impl Namespace {
         self.current.push(block);
         let rotated = if self.current.len() >= limits.flush_size || self.current_data >= limits.max_aggregation_bytes { self.rotate() } else { false };
         Push::Received { rotated }
+    }
+
+    /// Holds (or releases) intake: while held, every block gets [`Push::Full`] (the writer
+    /// waits, as for backpressure), so a checkpoint of several vdisks marks one instant.
+    pub fn hold(&mut self, held: bool) {
+        self.held = held;
     }
 
     /// Queues the current buffer as full (forceFlush, flush_time, or full). Returns false when
@@ -475,6 +487,16 @@ mod tests {
         assert_eq!(ns.push(1, blk(0, 0), Duration::ZERO, &l, 0), Push::Exhausted);
         assert_eq!(ns.push(1, blk(1, 0), Duration::ZERO, &l, 0), Push::Exhausted);
         assert_eq!(ns.push(1, blk(u64::MAX, 0), Duration::ZERO, &l, 0), Push::Duplicate { flushed: false });
+    }
+
+    #[test]
+    fn a_held_namespace_hands_blocks_back() {
+        let mut ns = started(1);
+        let l = limits();
+        ns.hold(true);
+        assert!(matches!(ns.push(1, blk(1, 0), Duration::ZERO, &l, 0), Push::Full(_)));
+        ns.hold(false);
+        assert!(matches!(ns.push(1, blk(1, 0), Duration::ZERO, &l, 0), Push::Received { .. }));
     }
 
     #[test]

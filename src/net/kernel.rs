@@ -126,13 +126,16 @@ pub fn serve(listener: TcpListener, factory: Factory, rules: Rules, stop: Arc<At
 }
 
 /// Writes frames under the socket lock (the client reads them, or its socket fills and this
-/// waits: backpressure). A failed write shuts the socket down, which ends the reader too.
-fn send(out: &Mutex<TcpStream>, frames: &[u8], peer: &str) {
+/// waits: backpressure). A failed write shuts the socket down, which ends the reader too;
+/// returns false then.
+fn send(out: &Mutex<TcpStream>, frames: &[u8], peer: &str) -> bool {
     let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = w.write_all(frames) {
         tracing::debug!(%peer, "write: {e}");
         let _ = w.shutdown(Shutdown::Both);
+        return false;
     }
+    true
 }
 
 /// Starts the thread that drains the asynchronous acks of an attached connection.
@@ -152,7 +155,10 @@ fn start_writer(proto: &mut dyn Protocol, out: &Arc<Mutex<TcpStream>>, peer: &st
                         Err(_) => break,
                     }
                 }
-                send(&w, &buf, &p);
+                if !send(&w, &buf, &p) {
+                    // The client is gone: dropping the channel stops whoever feeds it.
+                    return;
+                }
             }
         })
         .ctx(|| "spawn connection writer".into())?;
@@ -182,7 +188,7 @@ fn handle(mut proto: Box<dyn Protocol>, stream: TcpStream, peer: String, rules: 
             break Ok(());
         }
         if let Some(idle) = rules.idle_timeout {
-            if is_attached && last_rx.elapsed() > idle {
+            if is_attached && proto.expects_input() && last_rx.elapsed() > idle {
                 tracing::warn!(%peer, "closing connection: nothing received for {idle:?} (server.idle_timeout_ms)");
                 break Ok(());
             }
@@ -198,7 +204,7 @@ fn handle(mut proto: Box<dyn Protocol>, stream: TcpStream, peer: String, rules: 
         let mut p = proto.on_received(n);
         loop {
             if proto.has_output() {
-                send(&out, &proto.take_output(), &peer);
+                let _ = send(&out, &proto.take_output(), &peer);
             }
             // The handshake may complete while blocked (an attach waits for a takeover's
             // drain): its acks must flow while the connection waits for buffer space.
@@ -222,7 +228,7 @@ fn handle(mut proto: Box<dyn Protocol>, stream: TcpStream, peer: String, rules: 
         }
     };
     if proto.has_output() {
-        send(&out, &proto.take_output(), &peer);
+        let _ = send(&out, &proto.take_output(), &peer);
     }
     proto.close();
     drop(proto);

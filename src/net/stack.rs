@@ -256,7 +256,10 @@ impl Stack {
         let expired = if !attached {
             (c.accepted.elapsed() > rules.handshake_timeout).then(|| format!("no handshake within {:?} (server.handshake_timeout_ms)", rules.handshake_timeout))
         } else {
-            rules.idle_timeout.filter(|d| c.last_rx.elapsed() > *d).map(|d| format!("nothing received for {d:?} (server.idle_timeout_ms)"))
+            rules
+                .idle_timeout
+                .filter(|d| proto.expects_input() && c.last_rx.elapsed() > *d)
+                .map(|d| format!("nothing received for {d:?} (server.idle_timeout_ms)"))
         };
         if let Some(why) = expired {
             tracing::warn!(peer = %c.peer, "closing connection: {why}");

@@ -80,8 +80,84 @@ impl Block {
     }
 }
 
-/// The first message of a connection.
+/// A point in a vdisk's history, as the protocol carries it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PointSpec {
+    /// None given: the start (as "from") or the head (as "to").
+    #[default]
+    None,
+    /// After the block with this sequence.
+    Sequence(u64),
+    /// After the last block stamped at or before this time (ns).
+    Time(u64),
+    /// At this checkpoint.
+    Checkpoint(String),
+}
+
+/// What a playback connection asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlaybackRequest {
+    /// Stream the blocks after this point.
+    pub from: PointSpec,
+    /// Up to and including the last block of this point.
+    pub to: PointSpec,
+    /// Then every newly flushed block, exactly once, until the client leaves.
+    pub follow: bool,
+}
+
+/// The one request of a control connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlRequest {
+    /// Checkpoint `name` on every vdisk of the group at one instant.
+    Checkpoint {
+        /// The checkpoint's name.
+        name: String,
+        /// The consistency group.
+        vdisks: Vec<String>,
+    },
+    /// The history summary of a vdisk.
+    History {
+        /// The vdisk.
+        vdisk: String,
+    },
+}
+
+/// What a connection is for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Write blocks of the vdisk.
+    #[default]
+    Write,
+    /// Stream the vdisk's history back.
+    Playback(PlaybackRequest),
+    /// One control request.
+    Control(ControlRequest),
+}
+
+/// A checkpoint taken: where it fell.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointMark {
+    /// The vdisk.
+    pub vdisk: String,
+    /// The last sequence it covers (`None`: the vdisk had no block).
+    pub sequence: Option<u64>,
+    /// When it was taken, ns.
+    pub time: u64,
+}
+
+/// The answer to a control request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlResponse {
+    /// The checkpoint's marks, one per vdisk.
+    Checkpoint(Vec<CheckpointMark>),
+    /// A history summary, JSON.
+    History(String),
+    /// Why it failed.
+    Error(String),
+}
+
+/// The first message of a connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HandshakeRequest {
     /// Protocol version.
     pub version: u32,
@@ -96,6 +172,8 @@ pub struct HandshakeRequest {
     /// A reconnecting writer's epoch (0 = a new writer): refused with `fenced` when a newer
     /// writer took the vdisk over since.
     pub resume_epoch: u64,
+    /// What the connection is for.
+    pub kind: RequestKind,
 }
 
 /// Handshake outcome.
@@ -216,6 +294,14 @@ pub enum ServerMessage {
     Error(ServerError),
     /// The state of the durable writes (why flushed acks are late).
     Notice(Notice),
+    /// Playback: the next block.
+    Block(Block),
+    /// Playback: nothing more; the last block streamed, if any.
+    PlaybackEnd(Option<u64>),
+    /// Playback, follow: the vdisk's newest flushed sequence, sent when caught up.
+    Head(u64),
+    /// Control: the answer.
+    Control(ControlResponse),
 }
 
 fn to_frame(b: &Builder<capnp::message::HeapAllocator>) -> Vec<u8> {
@@ -243,6 +329,31 @@ pub fn encode_handshake_request(r: &HandshakeRequest) -> Vec<u8> {
     b.set_token(r.token.as_str());
     b.set_reset_first_sequence(r.reset_first_sequence);
     b.set_resume_epoch(r.resume_epoch);
+    match &r.kind {
+        RequestKind::Write => b.set_kind(schema::ConnectionKind::Write),
+        RequestKind::Playback(p) => {
+            b.set_kind(schema::ConnectionKind::Playback);
+            let mut pb = b.reborrow().init_playback();
+            write_point(pb.reborrow().init_from(), &p.from);
+            write_point(pb.reborrow().init_to(), &p.to);
+            pb.set_follow(p.follow);
+        }
+        RequestKind::Control(c) => {
+            b.set_kind(schema::ConnectionKind::Control);
+            let mut cb = b.reborrow().init_control();
+            match c {
+                ControlRequest::Checkpoint { name, vdisks } => {
+                    let mut x = cb.reborrow().init_checkpoint();
+                    x.set_name(name.as_str());
+                    let mut l = x.init_vdisks(vdisks.len() as u32);
+                    for (i, v) in vdisks.iter().enumerate() {
+                        l.set(i as u32, v.as_str());
+                    }
+                }
+                ControlRequest::History { vdisk } => cb.set_history(vdisk.as_str()),
+            }
+        }
+    }
     to_frame(&m)
 }
 
@@ -261,6 +372,52 @@ pub fn decode_handshake_request<'a>(f: impl Into<FrameRef<'a>>) -> Result<Handsh
         },
         reset_first_sequence: r.get_reset_first_sequence(),
         resume_epoch: r.get_resume_epoch(),
+        kind: match r.get_kind().map_err(|e| Error::Protocol(format!("unknown connection kind {}", e.0)))? {
+            schema::ConnectionKind::Write => RequestKind::Write,
+            schema::ConnectionKind::Playback => {
+                let p = r.get_playback().map_err(capnp_err)?;
+                RequestKind::Playback(PlaybackRequest {
+                    from: read_point(p.get_from().map_err(capnp_err)?)?,
+                    to: read_point(p.get_to().map_err(capnp_err)?)?,
+                    follow: p.get_follow(),
+                })
+            }
+            schema::ConnectionKind::Control => {
+                use schema::control_request::Which;
+                let c = r.get_control().map_err(capnp_err)?;
+                RequestKind::Control(match c.which().map_err(|e| Error::Protocol(format!("unknown control request {}", e.0)))? {
+                    Which::Checkpoint(x) => {
+                        let x = x.map_err(capnp_err)?;
+                        let vdisks: Result<Vec<String>> = x.get_vdisks().map_err(capnp_err)?.iter().map(|v| text(v.map_err(capnp_err)?)).collect();
+                        ControlRequest::Checkpoint { name: text(x.get_name().map_err(capnp_err)?)?, vdisks: vdisks? }
+                    }
+                    Which::History(v) => ControlRequest::History { vdisk: text(v.map_err(capnp_err)?)? },
+                })
+            }
+        },
+    })
+}
+
+fn text(t: capnp::text::Reader<'_>) -> Result<String> {
+    t.to_string().map_err(|_| Error::Protocol("text is not UTF-8".into()))
+}
+
+fn write_point(mut b: schema::point::Builder, p: &PointSpec) {
+    match p {
+        PointSpec::None => b.set_none(()),
+        PointSpec::Sequence(s) => b.set_sequence(*s),
+        PointSpec::Time(t) => b.set_time(*t),
+        PointSpec::Checkpoint(c) => b.set_checkpoint(c.as_str()),
+    }
+}
+
+fn read_point(r: schema::point::Reader) -> Result<PointSpec> {
+    use schema::point::Which;
+    Ok(match r.which().map_err(|e| Error::Protocol(format!("unknown point kind {}", e.0)))? {
+        Which::None(()) => PointSpec::None,
+        Which::Sequence(s) => PointSpec::Sequence(s),
+        Which::Time(t) => PointSpec::Time(t),
+        Which::Checkpoint(c) => PointSpec::Checkpoint(text(c.map_err(capnp_err)?)?),
     })
 }
 
@@ -436,6 +593,30 @@ pub fn encode_server_message(msg: &ServerMessage) -> Vec<u8> {
             r.set_expected_sequence(e.expected_sequence);
             r.set_message(e.message.as_str());
         }
+        ServerMessage::Block(x) => write_block(b.init_block(), x),
+        ServerMessage::PlaybackEnd(last) => {
+            let mut r = b.init_playback_end();
+            r.set_last_sequence(last.unwrap_or(0));
+            r.set_has_blocks(last.is_some());
+        }
+        ServerMessage::Head(h) => b.set_head(*h),
+        ServerMessage::Control(c) => {
+            let mut r = b.init_control();
+            match c {
+                ControlResponse::Checkpoint(marks) => {
+                    let mut l = r.init_checkpoint(marks.len() as u32);
+                    for (i, m) in marks.iter().enumerate() {
+                        let mut x = l.reborrow().get(i as u32);
+                        x.set_vdisk(m.vdisk.as_str());
+                        x.set_sequence(m.sequence.unwrap_or(0));
+                        x.set_has_blocks(m.sequence.is_some());
+                        x.set_time(m.time);
+                    }
+                }
+                ControlResponse::History(j) => r.set_history(j.as_str()),
+                ControlResponse::Error(e) => r.set_error(e.as_str()),
+            }
+        }
         ServerMessage::Notice(n) => {
             let mut r = b.init_notice();
             r.set_kind(match n.kind {
@@ -472,6 +653,31 @@ pub fn decode_server_message<'a>(f: impl Into<FrameRef<'a>>) -> Result<ServerMes
                 message: x.get_message().map_err(capnp_err)?.to_string().unwrap_or_default(),
             })
         }
+        Which::Block(x) => ServerMessage::Block(read_block(x.map_err(capnp_err)?)?),
+        Which::PlaybackEnd(x) => {
+            let x = x.map_err(capnp_err)?;
+            ServerMessage::PlaybackEnd(x.get_has_blocks().then(|| x.get_last_sequence()))
+        }
+        Which::Head(h) => ServerMessage::Head(h),
+        Which::Control(x) => {
+            use schema::control_response::Which as W;
+            let x = x.map_err(capnp_err)?;
+            ServerMessage::Control(match x.which().map_err(|e| Error::Protocol(format!("unknown control response {}", e.0)))? {
+                W::Checkpoint(l) => {
+                    let mut marks = Vec::new();
+                    for m in l.map_err(capnp_err)?.iter() {
+                        marks.push(CheckpointMark {
+                            vdisk: text(m.get_vdisk().map_err(capnp_err)?)?,
+                            sequence: m.get_has_blocks().then(|| m.get_sequence()),
+                            time: m.get_time(),
+                        });
+                    }
+                    ControlResponse::Checkpoint(marks)
+                }
+                W::History(j) => ControlResponse::History(text(j.map_err(capnp_err)?)?),
+                W::Error(e) => ControlResponse::Error(text(e.map_err(capnp_err)?)?),
+            })
+        }
         Which::Notice(x) => {
             let x = x.map_err(capnp_err)?;
             ServerMessage::Notice(Notice {
@@ -502,8 +708,25 @@ mod tests {
 
     #[test]
     fn roundtrip_all_messages() {
-        let hs = HandshakeRequest { version: 1, vdisk_id: "vd-1".into(), first_sequence: 9, token: "t".into(), reset_first_sequence: true, resume_epoch: 4 };
+        let hs = HandshakeRequest {
+            version: 1,
+            vdisk_id: "vd-1".into(),
+            first_sequence: 9,
+            token: "t".into(),
+            reset_first_sequence: true,
+            resume_epoch: 4,
+            kind: RequestKind::Write,
+        };
         assert_eq!(decode_handshake_request(&one_frame(&encode_handshake_request(&hs))).unwrap(), hs);
+        for kind in [
+            RequestKind::Playback(PlaybackRequest { from: PointSpec::Checkpoint("a".into()), to: PointSpec::Time(5), follow: true }),
+            RequestKind::Playback(PlaybackRequest { from: PointSpec::None, to: PointSpec::Sequence(3), follow: false }),
+            RequestKind::Control(ControlRequest::Checkpoint { name: "n".into(), vdisks: vec!["a".into(), "b".into()] }),
+            RequestKind::Control(ControlRequest::History { vdisk: "a".into() }),
+        ] {
+            let hs = HandshakeRequest { kind, ..hs.clone() };
+            assert_eq!(decode_handshake_request(&one_frame(&encode_handshake_request(&hs))).unwrap(), hs);
+        }
         let resp =
             HandshakeResponse { version: 1, status: HandshakeStatus::Fenced, last_flushed_sequence: 7, has_flushed: true, message: "m".into(), epoch: 3 };
         assert_eq!(decode_handshake_response(&one_frame(&encode_handshake_response(&resp))).unwrap(), resp);
@@ -513,7 +736,21 @@ mod tests {
         }
         let e = ServerError { code: ErrorCode::OutOfOrder, sequence: 5, expected_sequence: 4, message: "gap".into() };
         let n = ServerMessage::Notice(Notice { kind: NoticeKind::Waiting, message: "disk full".into() });
-        for m in [ServerMessage::Received(1, 2), ServerMessage::Flushed(3, 4), ServerMessage::ForceFlushReceived, ServerMessage::Error(e), n] {
+        let marks = vec![CheckpointMark { vdisk: "a".into(), sequence: Some(4), time: 9 }, CheckpointMark { vdisk: "b".into(), sequence: None, time: 9 }];
+        for m in [
+            ServerMessage::Received(1, 2),
+            ServerMessage::Flushed(3, 4),
+            ServerMessage::ForceFlushReceived,
+            ServerMessage::Error(e),
+            n,
+            ServerMessage::Block(Block::new(3, 8, Operation::Write, vec![1, 2], 2, 7)),
+            ServerMessage::PlaybackEnd(Some(9)),
+            ServerMessage::PlaybackEnd(None),
+            ServerMessage::Head(12),
+            ServerMessage::Control(ControlResponse::Checkpoint(marks)),
+            ServerMessage::Control(ControlResponse::History("{}".into())),
+            ServerMessage::Control(ControlResponse::Error("no".into())),
+        ] {
             assert_eq!(decode_server_message(&one_frame(&encode_server_message(&m))).unwrap(), m);
         }
     }

@@ -99,6 +99,7 @@ fn the_epoch_write_fsyncs_its_directory() {
         token: String::new(),
         reset_first_sequence: false,
         resume_epoch: 0,
+        kind: Default::default(),
     }))
     .unwrap();
     let mut dec = tlog::wire::FrameDecoder::new(1 << 20);
