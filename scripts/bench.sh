@@ -15,8 +15,16 @@
 #   backends: local (embedded store), redis (six redis-server, appendfsync always)
 #   acks:     received, flushed
 #
+# Then history (DESIGN.md §12), on kernel loopback and the local store: restore of a vdisk of
+# TLOG_BENCH_RESTORE_MIB (1024) MiB of 4 KiB blocks from the backends and through tlogd, beside
+# `cp --sparse=always` + fsync of the same image on the same disk (MiB/s of image, CPU-seconds
+# per GiB, alternated); and ingest of the 8 vdisks alone and while 2 playbacks of 2 other
+# vdisks run (readers: `tlog changed --server`, at nice 19 as a reader on another host would
+# take no CPU from this one), alternated.
+#
 # Usage: scripts/bench.sh   (env: TLOG_BENCH_SECONDS=10, TLOG_BENCH_VDISKS=8,
-#        TLOG_BENCH_BLOCK=4096, TLOG_BENCH_R=0.5 (lz4 compressibility), TLOG_BENCH_DIR=/tmp)
+#        TLOG_BENCH_BLOCK=4096, TLOG_BENCH_R=0.5 (lz4 compressibility), TLOG_BENCH_DIR=/tmp,
+#        TLOG_BENCH_SECTIONS="ingest history" (either or both), TLOG_BENCH_RESTORE_MIB=1024)
 # The veth rows need root (ip netns); without root they are reported as skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +33,8 @@ DUR=${TLOG_BENCH_SECONDS:-10}
 VD=${TLOG_BENCH_VDISKS:-8}
 BS=${TLOG_BENCH_BLOCK:-4096}
 R=${TLOG_BENCH_R:-0.5}
+SECTIONS=${TLOG_BENCH_SECTIONS:-ingest history}
+RMIB=${TLOG_BENCH_RESTORE_MIB:-1024}
 features=""
 if pkg-config --exists libdpdk 2>/dev/null; then features="--features dpdk"; fi
 cargo build --release --locked --bins $features >&2
@@ -118,6 +128,7 @@ measure_path() { # name host client_ns server_ns
   done
 }
 
+if [[ " $SECTIONS " == *" ingest "* ]]; then
 measure_path "kernel loopback" 127.0.0.1 "" ""
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
   ip netns add "$ns_c"; ip netns add "$ns_s"
@@ -227,4 +238,106 @@ if [ "${#cmp_rows[@]}" -gt 0 ]; then
   echo "| path | ack | MiB/s | kernel veth MiB/s | ratio |"
   echo "|---|---|---|---|---|"
   printf '%s\n' "${cmp_rows[@]}"
+fi
+fi
+
+if [[ " $SECTIONS " == *" history "* ]]; then
+# timed CMD... -> "WALL_S CPU_S" (the command's own user+sys CPU, its children included)
+timed() {
+  python3 -c '
+import resource, subprocess, sys, time
+t = time.time()
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{time.time() - t:.3f} {r.ru_utime + r.ru_stime:.3f}")' "$@"
+}
+# CPU seconds a process used so far (all its threads).
+cpu_of() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
+hd="$work/history"; mkdir -p "$hd"
+# The image: 4 KiB blocks, one in ten all zero (a hole), the others half random, half a
+# repeated byte (about 2:1 for lz4).
+python3 - "$hd/image.raw" "$RMIB" <<'PY'
+import os, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+with open(path, "wb") as f:
+    for chunk in range(mib):
+        out = bytearray()
+        rnd = os.urandom(256 * 2048)
+        for i in range(256):
+            if (chunk * 256 + i) % 10 == 3:
+                out += bytes(4096)
+            else:
+                out += rnd[i * 2048:(i + 1) * 2048] + bytes([i]) * 2048
+        f.write(out)
+PY
+hp=$(port)
+"$B/tlogd" --data-dir "$hd/data" --listen "127.0.0.1:$hp" 2>"$hd/tlogd.log" &
+hpid=$!; pids+=($hpid)
+wait_port 127.0.0.1 "$hp" ""
+"$B/tlog" import --server "127.0.0.1:$hp" --vdisk restore0 "$hd/image.raw" >/dev/null
+hist_rows=()
+gib=$(python3 -c "print($RMIB / 1024)")
+for n in 1 2; do
+  for how in cp direct served; do
+    rm -f "$hd/out.img"
+    c0=$(cpu_of "$hpid")
+    case $how in
+      cp) r=$(timed bash -c "cp --sparse=always '$hd/image.raw' '$hd/out.img' && sync '$hd/out.img'") ;;
+      direct) r=$(timed "$B/tlog" restore --data-dir "$hd/data" --vdisk restore0 --output "$hd/out.img") ;;
+      served) r=$(timed "$B/tlog" restore --server "127.0.0.1:$hp" --vdisk restore0 --output "$hd/out.img") ;;
+    esac
+    c1=$(cpu_of "$hpid")
+    cmp -s "$hd/image.raw" "$hd/out.img" || { echo "bench.sh: $how restore differs from the image" >&2; exit 1; }
+    read -r wall cpu <<<"$r"
+    # Through tlogd: its CPU (playback) counts too.
+    if [ "$how" = served ]; then cpu=$(python3 -c "print($cpu + $c1 - $c0)"); fi
+    eval "w_$how=$wall; c_$how=$cpu"
+  done
+  hist_rows+=("| $n | $(python3 -c "
+g=$gib
+for w, c in (($w_cp, $c_cp), ($w_direct, $c_direct), ($w_served, $c_served)):
+    print(f'{$RMIB / w:.0f} / {c / g:.2f}', end=' | ')
+print(f'{$w_cp / $w_direct:.2f} | {$w_cp / $w_served:.2f} |', end='')") ")
+done
+rm -f "$hd/out.img"
+# Ingest alone and beside 2 playbacks of 2 other vdisks (filled first).
+"$B/tlog" bench --server "127.0.0.1:$hp" --vdisks 2 --block-size "$BS" --compressibility "$R" --blocks 16384 --prefix pb --json >/dev/null
+ingest_rows=()
+for n in 1 2; do
+  for mode in alone playback; do
+    ppids=()
+    rm -f "$hd"/played-*
+    if [ "$mode" = playback ]; then
+      for v in pb0 pb1; do
+        (for _ in $(seq 1 1000); do
+          [ -e "$hd/stop" ] && break
+          nice -n 19 "$B/tlog" changed --server "127.0.0.1:$hp" --vdisk "$v" --json >/dev/null || exit 1
+          [ -e "$hd/stop" ] || echo x >> "$hd/played-$v"
+        done) &
+        ppids+=($!)
+      done
+    fi
+    j=$("$B/tlog" bench --server "127.0.0.1:$hp" --vdisks "$VD" --block-size "$BS" --compressibility "$R" --duration "$DUR" --ack flushed --prefix "i$mode$n-" --json)
+    # The readers finish the playback they are in (counted only when it ended in the run).
+    touch "$hd/stop"
+    for p in "${ppids[@]}"; do wait "$p" || { echo "bench.sh: a playback failed" >&2; exit 1; }; done
+    rm -f "$hd/stop"
+    played=$(cat "$hd"/played-* 2>/dev/null | wc -l || true)
+    eval "i_$mode=$(field "$j" 'round(d["mib_per_sec"],1)'); p_$mode=$played"
+  done
+  ingest_rows+=("| $n | $i_alone | $i_playback | $(python3 -c "print(f'{$i_playback / $i_alone:.2f}')") | $p_playback x 64 MiB |")
+done
+stop_pid "$hpid"
+echo
+echo "History: restore of a $RMIB MiB vdisk (4 KiB blocks) on the local store, kernel loopback; MiB/s of image / CPU-seconds per GiB (tlogd's included through it); image and output on the same disk:"
+echo
+echo "| run | cp --sparse=always + fsync | tlog restore (backends) | tlog restore --server | restore / cp | --server / cp |"
+echo "|---|---|---|---|---|---|"
+printf '%s\n' "${hist_rows[@]}"
+echo
+echo "Ingest ($VD vdisks, flushed, $DUR s) alone and while 2 playbacks of 2 other vdisks (64 MiB each) run in a loop:"
+echo
+echo "| run | alone MiB/s | with 2 playbacks MiB/s | ratio | playbacks completed |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${ingest_rows[@]}"
 fi

@@ -630,16 +630,25 @@ fn restore_remote(server: &str, token: &str, vdisk: &str, output: &std::path::Pa
         .map_err(|e| tlog::Error::io(format!("create {}", output.display()), e))?;
     let r = (|| {
         let mut w = tlog::history::restore::ImageWriter::new(&f, output, 64 << 40);
+        let bar = tlog::history::restore::progress_bar(None, "restoring");
         let mut item = first;
         while let Some(i) = item {
             match i {
-                tlog::client::remote::Item::Block(b) => w.apply(&b, vdisk)?,
+                tlog::client::remote::Item::Block(b) => {
+                    w.apply(&b, vdisk)?;
+                    if let Some(p) = &bar {
+                        p.inc(b.size);
+                    }
+                }
                 tlog::client::remote::Item::End(_) => break,
                 tlog::client::remote::Item::Head(_) => {}
             }
             item = pb.next_item()?;
         }
         w.finish()?;
+        if let Some(p) = bar {
+            p.finish_and_clear();
+        }
         Ok(w.stats.clone())
     })();
     if r.is_err() {
@@ -672,6 +681,7 @@ fn print_history(s: &serde_json::Value) {
 }
 
 fn main() -> ExitCode {
+    tlog::sys::process::default_sigpipe();
     tlog::logging::init("warn");
     match run(Args::parse()) {
         Ok(c) => c,

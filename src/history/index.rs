@@ -25,7 +25,7 @@
 use crate::backend::{Backend, Key};
 use crate::bytes::{put_str16, Reader};
 use crate::error::{Error, Result};
-use crate::seal::{fetch_shards, HeadRecord, SealKey, Sealer};
+use crate::seal::{HeadRecord, SealKey, Sealer};
 use crate::wire::Block;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -293,7 +293,7 @@ pub fn collect(backends: &[Arc<dyn Backend>], codec: &IndexCodec, vdisk: &str) -
 
 /// Rebuilds the entry of the aggregation `key` at `height` from the chain (fetch, unseal).
 pub fn rebuild_entry(backends: &[Arc<dyn Backend>], sealer: &Sealer, vdisk: &str, key: &Key, height: u64) -> Result<IndexEntry> {
-    let agg = sealer.unseal(key, fetch_shards(backends, key))?;
+    let agg = crate::seal::fetch_aggregation(backends, sealer, key)?;
     if agg.vdisk_id != vdisk {
         return Err(Error::ChainBroken { key: hex::encode(key), detail: format!("aggregation belongs to vdisk {}", agg.vdisk_id) });
     }

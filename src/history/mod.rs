@@ -15,7 +15,7 @@ pub mod scrub;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::seal::{fetch_shards, find_head, Aggregation, HeadRecord, Sealer};
+use crate::seal::{find_head, Aggregation, HeadRecord, Sealer};
 use index::{Index, IndexCodec};
 use std::sync::Arc;
 
@@ -73,7 +73,7 @@ impl History {
     /// its entry. Errors: fewer than k good shards, the wrong key, a mismatch (chain broken).
     pub fn aggregation(&self, i: usize) -> Result<Aggregation> {
         let e = self.index.entries.get(i).ok_or_else(|| Error::NotFound(format!("aggregation {i} of vdisk {}", self.vdisk)))?;
-        let agg = self.sealer.unseal(&e.key, fetch_shards(&self.backends, &e.key))?;
+        let agg = crate::seal::fetch_aggregation(&self.backends, &self.sealer, &e.key)?;
         if agg.vdisk_id != self.vdisk || agg.first_sequence != e.first_sequence || agg.last_sequence != e.last_sequence || agg.prev != e.prev {
             return Err(Error::ChainBroken { key: hex::encode(e.key), detail: "the aggregation does not match its index entry".into() });
         }

@@ -202,7 +202,7 @@ fn stream(
             continue;
         }
         for e in entries_after(&h, last.as_ref(), now)? {
-            let agg = h.sealer.unseal(&e.key, crate::seal::fetch_shards(&h.backends, &e.key))?;
+            let agg = crate::seal::fetch_aggregation(&h.backends, &h.sealer, &e.key)?;
             if agg.prev != e.prev || agg.vdisk_id != vdisk {
                 return Err(Error::ChainBroken { key: hex::encode(e.key), detail: "the aggregation does not match its index entry".into() });
             }

@@ -72,7 +72,13 @@ impl Written {
     }
 }
 
-/// Applies blocks to a sparse raw image in order (restore and replicate).
+/// Bytes of contiguous writes gathered into one `pwrite`.
+const RUN_BYTES: usize = 1 << 20;
+
+/// Applies blocks to a sparse raw image in order (restore and replicate). Writes that follow
+/// each other on the image are gathered into one `pwrite` of up to 1 MiB (a restore of 4 KiB
+/// blocks made one system call per block otherwise); the run goes out before anything else
+/// touches the image, so order is kept.
 pub struct ImageWriter<'a> {
     f: &'a std::fs::File,
     path: &'a Path,
@@ -80,6 +86,8 @@ pub struct ImageWriter<'a> {
     extent: u64,
     zeros: Vec<u8>,
     max: u64,
+    run: Vec<u8>,
+    run_start: u64,
     /// Counts.
     pub stats: RestoreStats,
 }
@@ -87,7 +95,17 @@ pub struct ImageWriter<'a> {
 impl<'a> ImageWriter<'a> {
     /// A writer onto `f` (the image at `path`); blocks past `max` bytes are skipped.
     pub fn new(f: &'a std::fs::File, path: &'a Path, max: u64) -> ImageWriter<'a> {
-        ImageWriter { f, path, written: Written::default(), extent: 0, zeros: vec![0u8; 1 << 20], max, stats: RestoreStats::default() }
+        ImageWriter {
+            f,
+            path,
+            written: Written::default(),
+            extent: 0,
+            zeros: vec![0u8; 1 << 20],
+            max,
+            run: Vec::new(),
+            run_start: 0,
+            stats: RestoreStats::default(),
+        }
     }
 
     /// Treats the whole image as possibly written (an existing image being brought forward:
@@ -110,12 +128,22 @@ impl<'a> ImageWriter<'a> {
         };
         match Operation::from_ordinal(b.operation) {
             Some(Operation::Write) => {
-                self.f.write_all_at(&b.data, start).ctx(|| format!("write {}", self.path.display()))?;
+                let follows = !self.run.is_empty() && start == self.run_start + self.run.len() as u64;
+                if !follows || self.run.len() + b.data.len() > RUN_BYTES {
+                    self.write_run()?;
+                    self.run_start = start;
+                }
+                if b.data.len() >= RUN_BYTES {
+                    self.f.write_all_at(&b.data, start).ctx(|| format!("write {}", self.path.display()))?;
+                } else {
+                    self.run.extend_from_slice(&b.data);
+                }
                 self.written.insert(start, end);
                 self.stats.bytes += b.data.len() as u64;
             }
             Some(Operation::WriteZeroes) => {
                 if self.written.overlaps(start, end) {
+                    self.write_run()?;
                     let mut p = start;
                     while p < end {
                         let n = ((end - p) as usize).min(self.zeros.len());
@@ -137,8 +165,19 @@ impl<'a> ImageWriter<'a> {
         Ok(())
     }
 
-    /// Sets the image length to what was written (at least) and fsyncs it.
+    /// Writes the gathered run, if any.
+    fn write_run(&mut self) -> Result<()> {
+        if !self.run.is_empty() {
+            self.f.write_all_at(&self.run, self.run_start).ctx(|| format!("write {}", self.path.display()))?;
+            self.run.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what is gathered, sets the image length to what was written (at least) and
+    /// fsyncs it.
     pub fn finish(&mut self) -> Result<()> {
+        self.write_run()?;
         let len = self.extent.max(self.f.metadata().map(|m| m.len()).unwrap_or(0));
         self.f.set_len(len).ctx(|| format!("set length of {}", self.path.display()))?;
         self.f.sync_all().ctx(|| format!("fsync {}", self.path.display()))?;
@@ -147,16 +186,18 @@ impl<'a> ImageWriter<'a> {
     }
 }
 
-fn bar(opts: &RestoreOptions, total: u64) -> Option<indicatif::ProgressBar> {
-    if !opts.progress || !std::io::stderr().is_terminal() {
+/// A progress bar on stderr with MiB/s, when it is a terminal (`total`: bytes of block data
+/// to apply, or `None` when unknown: a counter).
+pub fn progress_bar(total: Option<u64>, message: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
         return None;
     }
-    let b = indicatif::ProgressBar::new(total);
-    b.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    b.set_message("restoring");
+    let (b, template) = match total {
+        Some(t) => (indicatif::ProgressBar::new(t), "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}"),
+        None => (indicatif::ProgressBar::no_length(), "{msg} {spinner} {bytes} {binary_bytes_per_sec} {elapsed}"),
+    };
+    b.set_style(indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    b.set_message(message.to_string());
     Some(b)
 }
 
@@ -185,7 +226,7 @@ pub fn restore(h: &History, output: &Path, opts: &RestoreOptions) -> Result<Rest
 
 fn apply(h: &History, f: &std::fs::File, output: &Path, opts: &RestoreOptions, cut: Option<u64>, n: usize, first: Option<Aggregation>) -> Result<RestoreStats> {
     let total: u64 = h.index.entries[..n].iter().map(|e| e.data_bytes).sum();
-    let progress = bar(opts, total);
+    let progress = if opts.progress { progress_bar(Some(total), "restoring") } else { None };
     let mut w = ImageWriter::new(f, output, opts.max_image_bytes);
     let mut aggregations = 0u64;
     let mut take = |i: usize, agg: Aggregation| -> Result<bool> {

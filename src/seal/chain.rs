@@ -77,6 +77,43 @@ pub fn fetch_shards(backends: &[std::sync::Arc<dyn crate::backend::Backend>], ke
     })
 }
 
+/// Fetches and unseals the aggregation `key` for reading: the k data shards first (in
+/// parallel, one backend each), and the m parity shards only when a data shard is missing or
+/// bad, so an intact aggregation costs k reads, not k+m. Errors: as [`Sealer::unseal`] with
+/// every shard fetched.
+pub fn fetch_aggregation(
+    backends: &[std::sync::Arc<dyn crate::backend::Backend>],
+    sealer: &crate::seal::Sealer,
+    key: &Key,
+) -> Result<crate::seal::Aggregation> {
+    let k = sealer.k().min(backends.len());
+    let get = |range: std::ops::Range<usize>| -> Vec<Option<Vec<u8>>> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = backends[range].iter().map(|b| s.spawn(move || (b.name(), b.get(key)))).collect();
+            hs.into_iter()
+                .map(|h| match h.join() {
+                    Ok((_, Ok(v))) => v,
+                    Ok((name, Err(e))) => {
+                        tracing::debug!("{name}: {e}");
+                        None
+                    }
+                    Err(_) => None,
+                })
+                .collect()
+        })
+    };
+    let mut shards = get(0..k);
+    shards.resize(backends.len(), None);
+    match sealer.unseal(key, shards) {
+        Ok(a) => Ok(a),
+        Err(e) if backends.len() > k => {
+            tracing::debug!("aggregation {}: {e}; reading the parity shards too", hex::encode(key));
+            sealer.unseal(key, get(0..backends.len()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Finds a vdisk's head: reads the head record from every reachable backend and returns the
 /// highest one whose aggregation can be rebuilt (at least k intact shards). A head that cannot
 /// be rebuilt was never acknowledged (the write quorum is above k), so the next lower one is

@@ -9,6 +9,6 @@ pub mod erasure;
 pub mod sealer;
 
 pub use aggregate::Aggregation;
-pub use chain::{fetch_shards, find_head, HeadRecord};
+pub use chain::{fetch_aggregation, fetch_shards, find_head, HeadRecord};
 pub use erasure::{ShardHeader, SHARD_MAGIC};
 pub use sealer::{SealContext, SealKey, SealScratch, Sealed, Sealer};

@@ -292,7 +292,8 @@ impl Sealer {
     /// fewer than k remain).
     pub fn reassemble(&self, key: &Key, shards: Vec<Option<Vec<u8>>>) -> Result<(ShardHeader, Vec<u8>)> {
         let mut header: Option<ShardHeader> = None;
-        let mut slots: Vec<Option<Vec<u8>>> = Vec::new();
+        // Each intact shard as fetched, with where its data starts (no copy yet).
+        let mut slots: Vec<Option<(Vec<u8>, usize)>> = Vec::new();
         let mut problems = Vec::new();
         for (i, s) in shards.into_iter().enumerate() {
             let Some(s) = s else { continue };
@@ -301,8 +302,9 @@ impl Sealer {
                     if slots.is_empty() {
                         slots = vec![None; h.k as usize + h.m as usize];
                     }
+                    let start = s.len() - d.len();
                     if (h.index as usize) < slots.len() {
-                        slots[h.index as usize] = Some(d.to_vec());
+                        slots[h.index as usize] = Some((s, start));
                     }
                     header.get_or_insert(h);
                 }
@@ -314,18 +316,44 @@ impl Sealer {
             key: hex::encode(key),
             detail: format!("no intact shard found ({})", if problems.is_empty() { "all missing".into() } else { problems.join("; ") }),
         })?;
-        let rs = if h.k as usize == self.k && h.m as usize == self.m && self.m > 0 {
-            None
+        let k = h.k as usize;
+        let sealed = if slots.len() >= k && slots[..k].iter().all(Option::is_some) {
+            // Every data shard intact: the sealed bytes are their data, in order.
+            let mut out = Vec::with_capacity(h.sealed_len as usize);
+            for (s, start) in slots[..k].iter().flatten() {
+                out.extend_from_slice(&s[*start..]);
+            }
+            if (out.len() as u64) < h.sealed_len {
+                return Err(Error::ChainBroken {
+                    key: hex::encode(key),
+                    detail: format!("shards hold {} bytes, sealed length is {}", out.len(), h.sealed_len),
+                });
+            }
+            out.truncate(h.sealed_len as usize);
+            out
         } else {
-            Some(ReedSolomon::new(h.k as usize, (h.m as usize).max(1)).map_err(|e| Error::Seal(format!("{e:?}")))?)
+            let rs = if k == self.k && h.m as usize == self.m && self.m > 0 {
+                None
+            } else {
+                Some(ReedSolomon::new(k, (h.m as usize).max(1)).map_err(|e| Error::Seal(format!("{e:?}")))?)
+            };
+            let mut owned: Vec<Option<Vec<u8>>> = slots
+                .into_iter()
+                .map(|x| {
+                    x.map(|(mut s, start)| {
+                        s.drain(..start);
+                        s
+                    })
+                })
+                .collect();
+            if h.m == 0 {
+                owned.push(None);
+            }
+            erasure::reconstruct(rs.as_ref().unwrap_or(&self.rs), owned, h.sealed_len).map_err(|e| Error::ChainBroken {
+                key: hex::encode(key),
+                detail: format!("{e}{}", if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) }),
+            })?
         };
-        if h.m == 0 {
-            slots.push(None);
-        }
-        let sealed = erasure::reconstruct(rs.as_ref().unwrap_or(&self.rs), slots, h.sealed_len).map_err(|e| Error::ChainBroken {
-            key: hex::encode(key),
-            detail: format!("{e}{}", if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) }),
-        })?;
         if blake3::hash(&sealed).as_bytes() != key {
             return Err(Error::ChainBroken { key: hex::encode(key), detail: "rebuilt bytes do not hash to the key".into() });
         }
