@@ -85,6 +85,7 @@ fn scans(c: &mut Criterion) {
     let size = 256usize << 10;
     let n = if full_run() { 512 } else { 16 };
     let d = bench_dir();
+    std::fs::create_dir_all(d.path().join("log")).unwrap();
     let log = BigLog::open(d.path().join("log"), BigLogOptions::default()).unwrap();
     let data = vec![0x5au8; size];
     let mut raw = std::fs::File::create(d.path().join("raw")).unwrap();
