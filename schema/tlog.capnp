@@ -47,10 +47,31 @@ struct CheckpointRequest {
   vdisks @1 :List(Text);    # a consistency group: intake of all of them is held for the instant
 }
 
+struct ForkRequest {
+  vdisk @0 :Text;           # the parent
+  new @1 :Text;             # the fork to create
+  at @2 :Point;             # the fork point on the parent (none: its newest flushed block)
+}
+
+struct RebaseRequest {
+  vdisk @0 :Text;           # the fork
+  onto @1 :Text;            # its parent
+  at @2 :Point;             # the parent's point to rebase onto (none: its newest flushed block)
+}
+
+struct DeleteRequest {
+  vdisk @0 :Text;
+  force @1 :Bool;           # delete a vdisk that has forks (they keep what they stand on)
+}
+
 struct ControlRequest {
   union {
     checkpoint @0 :CheckpointRequest;
     history @1 :Text;       # the vdisk whose history summary to return
+    fork @2 :ForkRequest;
+    rebase @3 :RebaseRequest;
+    delete @4 :DeleteRequest;
+    tree @5 :Void;          # every vdisk as a tree
   }
 }
 
@@ -66,6 +87,7 @@ struct ControlResponse {
     checkpoint @0 :List(CheckpointMark);
     history @1 :Text;       # the summary as JSON (tlog history --json prints it)
     error @2 :Text;         # why the request failed
+    done @3 :Text;          # fork, rebase, delete, tree: what was done, as JSON
   }
 }
 

@@ -27,6 +27,8 @@ pub struct Config {
     pub backend: BackendConfig,
     /// `[upkeep]`: repair and scrub.
     pub upkeep: UpkeepConfig,
+    /// `[history]`: retention of history (the cleaner).
+    pub history: HistoryConfig,
     /// `[dpdk]` (used when `net.mode = "dpdk"`).
     pub dpdk: DpdkConfig,
 }
@@ -278,6 +280,24 @@ pub struct UpkeepConfig {
     pub scrub_rate_mib: u64,
 }
 
+/// `[history]`: how much history tlogd keeps (DESIGN.md §12). What falls out of the window is
+/// folded into a base per vdisk (the newest version of every block written before it) and the
+/// space is given back.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// How far back every point stays restorable, a humantime duration such as "7d" or "12h";
+    /// "" = keep everything. Default "".
+    pub retention: String,
+    /// Cap on a vdisk's own history, data bytes (0 = no cap): past it the oldest history is
+    /// folded first, with a warning in the log from 90% on. Default 0.
+    pub max_bytes: u64,
+    /// How often the cleaner runs, a humantime duration. It is also the grace a fold's
+    /// replaced aggregations get before they are deleted (readers that loaded the index
+    /// finish). Default "1m".
+    pub clean_interval: String,
+}
+
 /// `[dpdk]`: EAL arguments, port, queues and mempool sizing of the DPDK front-end.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -390,6 +410,12 @@ impl Default for RedisConfig {
 impl Default for UpkeepConfig {
     fn default() -> Self {
         UpkeepConfig { repair_rate_mib: 64, reopen_interval_ms: 5000, scrub_interval: String::new(), scrub_rate_mib: 32 }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { retention: String::new(), max_bytes: 0, clean_interval: "1m".into() }
     }
 }
 
@@ -583,11 +609,41 @@ impl UpkeepConfig {
         if self.scrub_interval.trim().is_empty() {
             return Ok(None);
         }
-        match humantime::parse_duration(self.scrub_interval.trim()) {
-            Ok(d) if d >= Duration::from_secs(1) => Ok(Some(d)),
-            Ok(_) => bad("upkeep.scrub_interval", format!("{:?}: at least 1s", self.scrub_interval)),
-            Err(e) => bad("upkeep.scrub_interval", format!("{:?} is not a duration like \"12h\" or \"1d\": {e}", self.scrub_interval)),
+        duration("upkeep.scrub_interval", &self.scrub_interval, Duration::from_secs(1)).map(Some)
+    }
+}
+
+fn duration(key: &str, text: &str, min: Duration) -> Result<Duration> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d >= min => Ok(d),
+        Ok(_) => bad(key, format!("{text:?}: at least {}", humantime::format_duration(min))),
+        Err(e) => bad(key, format!("{text:?} is not a duration like \"30s\", \"12h\" or \"7d\": {e}")),
+    }
+}
+
+impl HistoryConfig {
+    fn validate(&self) -> Result<()> {
+        self.retention()?;
+        self.clean_interval()?;
+        Ok(())
+    }
+
+    /// The retention window (`None` = keep everything). Errors name the key.
+    pub fn retention(&self) -> Result<Option<Duration>> {
+        if self.retention.trim().is_empty() {
+            return Ok(None);
         }
+        duration("history.retention", &self.retention, Duration::from_secs(1)).map(Some)
+    }
+
+    /// How often the cleaner runs (at least 100 ms). Errors name the key.
+    pub fn clean_interval(&self) -> Result<Duration> {
+        duration("history.clean_interval", &self.clean_interval, Duration::from_millis(100))
+    }
+
+    /// Whether the cleaner has anything to do.
+    pub fn enabled(&self) -> Result<bool> {
+        Ok(self.retention()?.is_some() || self.max_bytes > 0)
     }
 }
 
@@ -641,6 +697,7 @@ impl Config {
         self.flush.validate(&self.server)?;
         self.backend.validate(&self.flush)?;
         self.upkeep.validate()?;
+        self.history.validate()?;
         if self.net.mode == NetMode::Dpdk {
             self.dpdk.validate()?;
         }
@@ -741,6 +798,12 @@ mod tests {
         let e = Config::parse("[upkeep]\nscrub_interval = \"often\"\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("upkeep.scrub_interval") && e.contains("often"), "{e}");
         assert_eq!(Config::parse("[upkeep]\nscrub_interval = \"12h\"\n", "t.toml").unwrap().upkeep.scrub_interval().unwrap(), Some(Duration::from_secs(43200)));
+        let e = Config::parse("[history]\nretention = \"a week\"\n", "t.toml").unwrap_err().to_string();
+        assert!(e.contains("history.retention") && e.contains("a week"), "{e}");
+        let c = Config::parse("[history]\nretention = \"7d\"\n", "t.toml").unwrap();
+        assert_eq!(c.history.retention().unwrap(), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(c.history.clean_interval().unwrap(), Duration::from_secs(60));
+        assert!(Config::default().history.retention().unwrap().is_none() && !Config::default().history.enabled().unwrap());
     }
 
     #[test]

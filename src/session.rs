@@ -12,9 +12,8 @@
 use crate::error::Error;
 use crate::flush::{Ack, AckSink, AttachError, AttachRequest, AttachTicket, Core, Push, Ticket};
 use crate::wire::{
-    decode_client_message_with, decode_handshake_request, encode_handshake_response, encode_server_message, Block, ClientMessage, ControlRequest,
-    ControlResponse, ErrorCode, FrameDecoder, HandshakeResponse, HandshakeStatus, Notice, NoticeKind, Operation, RequestKind, ServerError, ServerMessage,
-    PROTOCOL_VERSION, SECTOR,
+    decode_client_message_with, decode_handshake_request, encode_handshake_response, encode_server_message, Block, ClientMessage, ControlResponse, ErrorCode,
+    FrameDecoder, HandshakeResponse, HandshakeStatus, Notice, NoticeKind, Operation, RequestKind, ServerError, ServerMessage, PROTOCOL_VERSION, SECTOR,
 };
 use crossbeam_channel::Receiver;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -273,10 +272,8 @@ impl<C: Core> Session<C> {
         }
         let kind = std::mem::take(&mut req.kind);
         if let RequestKind::Control(c) = kind {
-            if let ControlRequest::History { vdisk } = &c {
-                if !crate::flush::valid_vdisk_id(vdisk) {
-                    return self.handshake_fail(HandshakeStatus::BadVdisk, format!("vdisk id {vdisk:?} is invalid: 1 to 128 characters of A-Z a-z 0-9 . _ -"));
-                }
+            if let Some(vdisk) = c.vdisks().into_iter().find(|v| !crate::flush::valid_vdisk_id(v)) {
+                return self.handshake_fail(HandshakeStatus::BadVdisk, format!("vdisk id {vdisk:?} is invalid: 1 to 128 characters of A-Z a-z 0-9 . _ -"));
             }
             self.state = State::Control { ticket: self.core.control(c) };
             return self.poll_control();
@@ -546,7 +543,7 @@ impl<C: Core> Drop for Session<C> {
 mod tests {
     use super::*;
     use crate::flush::Attached;
-    use crate::wire::{decode_handshake_response, decode_server_message, encode_client_message, encode_handshake_request, HandshakeRequest};
+    use crate::wire::{decode_handshake_response, decode_server_message, encode_client_message, encode_handshake_request, ControlRequest, HandshakeRequest};
     use std::sync::Mutex;
 
     /// A core that takes every block in order (or refuses as told) and records calls.
@@ -603,7 +600,7 @@ mod tests {
         fn control(&self, req: ControlRequest) -> Ticket<ControlResponse> {
             Ticket::ready(match req {
                 ControlRequest::History { vdisk } => ControlResponse::History(format!("{{\"vdisk\":\"{vdisk}\"}}")),
-                ControlRequest::Checkpoint { .. } => ControlResponse::Error("not here".into()),
+                _ => ControlResponse::Error("not here".into()),
             })
         }
         fn playback(&self, _vdisk: &str, _req: crate::wire::PlaybackRequest, out: crossbeam_channel::Sender<Ack>, _cancel: Arc<AtomicBool>) {

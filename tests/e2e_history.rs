@@ -42,37 +42,6 @@ fn restore_both(t: &Tlogd, dir: &Path, vdisk: &str, point: &[&str], tag: &str) -
     [direct, served]
 }
 
-/// A directory of pseudo-random files (B's content differs from A's in every file block).
-fn random_tree(dir: &Path, files: usize, kib: usize, seed: u64) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut x = seed | 1;
-    for i in 0..files {
-        let mut v = vec![0u8; kib << 10];
-        for b in v.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
-        }
-        std::fs::write(dir.join(format!("f{i:03}.bin")), v).unwrap();
-    }
-}
-
-fn ext4_from(out: &Path, mib: u64, src: Option<&Path>) -> bool {
-    if !have("mkfs.ext4") || !have("e2fsck") {
-        skip("mkfs.ext4/e2fsck missing (apt-get install e2fsprogs)");
-        return false;
-    }
-    let mut c = Command::new("bash");
-    c.arg(repo().join("scripts/make-test-image.sh")).arg(out).arg(mib.to_string());
-    if let Some(s) = src {
-        c.arg(s);
-    }
-    let o = run(&mut c);
-    assert_ok(&o, "make-test-image.sh");
-    true
-}
-
 fn checkpoint_sequence(out: &std::process::Output, vdisk: &str) -> u64 {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains(&format!("vdisk {vdisk} at sequence "))).unwrap_or_else(|| panic!("no mark for {vdisk} in {text}"));

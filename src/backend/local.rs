@@ -17,6 +17,7 @@
 //! | 4    | head: vdisk (u16 length + UTF-8), epoch u64, height u64, record           |
 //! | 5    | metadata set: vdisk (u16 length + UTF-8), name (u16 length + UTF-8), value |
 //! | 6    | metadata delete: vdisk (u16 length + UTF-8), name (u16 length + UTF-8)     |
+//! | 7    | forget: vdisk (u16 length + UTF-8): its head and every metadata record go   |
 //!
 //! Per vdisk the head with the greatest (epoch, height) wins (at an equal order, the later
 //! record: the same head written again by a repair). A kind-2 head counts as epoch 0
@@ -31,8 +32,18 @@
 //! unreadable, or covers more than the log holds (stale), it is rebuilt by a full scan. Version
 //! 1 maps (heads without epoch) are read as epoch 0; versions 1 and 2 hold no metadata. Readers ([`LocalBackend::open_read_only`])
 //! build the map in memory and write nothing, so they can run beside a writing tlogd.
+//!
+//! Space ([`Backend::reclaim`]): a record is *live* while the key map points to it; deletes,
+//! forgets and superseded heads and metadata leave the rest obsolete. The oldest sealed segment
+//! goes when its live records take less than [`COMPACT_LIVE_FRACTION`] of its data: they are
+//! first written again into the hot segment (synced, the key map pointed at the copies and
+//! saved), then the segment's files are deleted. A crash between the steps leaves either the old
+//! segment (compacted again next time) or copies that the scan past the saved key map picks up
+//! in order, so nothing live is lost and nothing obsolete comes back. Only the oldest segment is
+//! ever freed (a log has no holes), which suits a history whose oldest part is what retention
+//! deletes. Readers that looked up an offset in a segment freed meanwhile look it up again.
 
-use super::{Backend, Batch, Key};
+use super::{Backend, Batch, Key, Reclaimed};
 #[cfg(test)]
 use super::{HeadWrite, MetaWrite, ShardWrite};
 use crate::bytes::{put_str16, Reader};
@@ -56,6 +67,15 @@ const KIND_DELETE: u8 = 3;
 const KIND_HEAD: u8 = 4;
 const KIND_META_SET: u8 = 5;
 const KIND_META_DELETE: u8 = 6;
+const KIND_FORGET: u8 = 7;
+
+/// A sealed segment is compacted when its live records take less than this share of its data.
+pub const COMPACT_LIVE_FRACTION: f64 = 0.5;
+
+/// The hot segment is sealed early (so that it can be compacted) once it holds at least
+/// `segment_bytes / HOT_SPLIT_DIVISOR` of data of which less than [`COMPACT_LIVE_FRACTION`] is
+/// live and no older segment remains: with 512 MiB segments, space comes back from 64 MiB on.
+pub const HOT_SPLIT_DIVISOR: u64 = 8;
 
 const KEYMAP_VERSION: u32 = 3;
 
@@ -76,6 +96,8 @@ pub struct LocalBackend {
     log: BigLog,
     map: Mutex<KeyMap>,
     writable: bool,
+    /// The hot segment is sealed early for compaction from this many data bytes on.
+    split_floor: u64,
 }
 
 /// What a directory is, as a store.
@@ -156,8 +178,9 @@ impl LocalBackend {
             }
             s => return Err(not_a_store(&dir, s)),
         }
+        let segment_bytes = opts.segment_bytes;
         let log = BigLog::open(&dir, opts)?;
-        Self::with_log(dir, log, true)
+        Self::with_log(dir, log, true, segment_bytes)
     }
 
     /// Opens the store in `dir` for reading only: takes no lock, writes nothing (the key map is
@@ -169,10 +192,10 @@ impl LocalBackend {
             s => return Err(not_a_store(&dir, s)),
         }
         let log = BigLog::open_read_only(&dir)?;
-        Self::with_log(dir, log, false)
+        Self::with_log(dir, log, false, u64::MAX)
     }
 
-    fn with_log(dir: PathBuf, log: BigLog, writable: bool) -> Result<LocalBackend> {
+    fn with_log(dir: PathBuf, log: BigLog, writable: bool, segment_bytes: u64) -> Result<LocalBackend> {
         let next = log.next_offset()?;
         let first = log.first_offset()?;
         let mut map = match load_keymap(&dir.join("keymap")) {
@@ -209,7 +232,8 @@ impl LocalBackend {
         if scanned > 0 && writable {
             tracing::info!(dir = %dir.display(), "indexed {scanned} records past the saved key map");
         }
-        let b = LocalBackend { dir, log, map: Mutex::new(map), writable };
+        let split_floor = (segment_bytes / HOT_SPLIT_DIVISOR).max(1 << 20);
+        let b = LocalBackend { dir, log, map: Mutex::new(map), writable, split_floor };
         if scanned > 0 && writable {
             b.save_keymap()?;
         }
@@ -243,10 +267,116 @@ impl LocalBackend {
 }
 
 impl LocalBackend {
-    fn read_meta(&self, off: u64, vdisk: &str, name: &str) -> Result<Vec<u8>> {
+    /// Frees the oldest sealed segments whose live records are few (see the module doc);
+    /// returns what it gave back. A read-only store frees nothing. Errors: I/O; what was freed
+    /// before the error stays freed.
+    pub fn compact(&self) -> Result<Reclaimed> {
+        let mut out = Reclaimed::default();
+        if !self.writable {
+            return Ok(out);
+        }
+        let mut split = false;
+        loop {
+            let segs = self.log.segments()?;
+            if segs.len() < 2 {
+                // Only the hot segment is left: seal it early when it is big and mostly obsolete.
+                match segs.first() {
+                    Some(hot)
+                        if !split && hot.data_bytes >= self.split_floor && self.live_estimate(hot.base)? < COMPACT_LIVE_FRACTION * hot.data_bytes as f64 =>
+                    {
+                        self.log.split().map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
+                        split = true;
+                        continue;
+                    }
+                    _ => return Ok(out),
+                }
+            }
+            let (base, end, data_bytes, index_bytes) = (segs[0].base, segs[1].base, segs[0].data_bytes, segs[0].index_bytes);
+            // The map's lock is held throughout: no write may change what is live meanwhile.
+            let mut m = self.lock()?;
+            let mut live: Vec<u64> = m.shards.values().copied().filter(|o| (base..end).contains(o)).collect();
+            live.extend(m.heads.values().map(|(o, _, _)| *o).filter(|o| (base..end).contains(o)));
+            live.extend(m.metas.values().flat_map(|n| n.values().copied()).filter(|o| (base..end).contains(o)));
+            live.sort_unstable();
+            live.dedup();
+            let mut recs: Vec<Vec<u8>> = Vec::with_capacity(live.len());
+            let mut live_bytes = 0u64;
+            for off in &live {
+                let (_, d) = self.log.read_at(*off)?.ok_or_else(|| Error::Corrupt {
+                    location: format!("{} offset {off}", self.name()),
+                    detail: "live record past the end of the log".into(),
+                })?;
+                live_bytes += d.len() as u64;
+                recs.push(d);
+                if live_bytes as f64 >= COMPACT_LIVE_FRACTION * data_bytes as f64 {
+                    return Ok(out);
+                }
+            }
+            for chunk in recs.chunks(256) {
+                let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+                let first = self.log.write_n(&refs).map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
+                self.log.sync().map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
+                for (i, d) in chunk.iter().enumerate() {
+                    apply(&mut m, first + i as u64, d);
+                }
+                m.covered = m.covered.max(first + chunk.len() as u64);
+            }
+            // The saved map must not point into the segment once its files go.
+            save_keymap(&self.dir, &m)?;
+            m.since_save = 0;
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("store::compact", crate::failpoint_action);
+            self.log.trim()?;
+            out.segments += 1;
+            out.bytes += data_bytes + index_bytes;
+            out.records_copied += recs.len() as u64;
+            tracing::info!(dir = %self.dir.display(), segment = base, live = recs.len(), "store segment freed ({data_bytes} data bytes, {} live records copied forward)", recs.len());
+        }
+    }
+
+    /// Data bytes of the live records at offsets from `from` on, estimated from their index
+    /// entries (an entry of several records counts each as an equal share).
+    fn live_estimate(&self, from: u64) -> Result<f64> {
+        let m = self.lock()?;
+        let live = m
+            .shards
+            .values()
+            .copied()
+            .chain(m.heads.values().map(|(o, _, _)| *o))
+            .chain(m.metas.values().flat_map(|n| n.values().copied()))
+            .filter(|o| *o >= from);
+        let mut bytes = 0f64;
+        for off in live {
+            if let Some(e) = self.log.entry_info(off)? {
+                bytes += e.data_len as f64 / e.count.max(1) as f64;
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Reads the record at the offset `lookup` gives, looking it up again once when its segment
+    /// was freed between the lookup and the read (a compaction moved it).
+    fn read_live(&self, lookup: impl Fn(&KeyMap) -> Option<u64>) -> Result<Option<(u64, Vec<u8>)>> {
+        for attempt in 0..2 {
+            let Some(off) = lookup(&*self.lock()?) else { return Ok(None) };
+            match self.log.read_at(off) {
+                Ok(Some((_, d))) => return Ok(Some((off, d))),
+                Ok(None) => {
+                    return Err(Error::Corrupt {
+                        location: format!("{} offset {off}", self.name()),
+                        detail: "indexed record is past the end of the log".into(),
+                    })
+                }
+                Err(Error::NotFound(_)) if attempt == 0 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    fn meta_value(&self, off: u64, d: &[u8], vdisk: &str, name: &str) -> Result<Vec<u8>> {
         let corrupt = || Error::Corrupt { location: format!("{} offset {off}", self.name()), detail: format!("record is not metadata {name} of {vdisk}") };
-        let Some((_, d)) = self.log.read_at(off)? else { return Err(corrupt()) };
-        let mut r = Reader::new(&d);
+        let mut r = Reader::new(d);
         match (r.u8(), r.str16(), r.str16()) {
             (Some(KIND_META_SET), Some(v), Some(n)) if v == vdisk && n == name => Ok(r.rest().to_vec()),
             _ => Err(corrupt()),
@@ -309,6 +439,12 @@ fn apply(map: &mut KeyMap, offset: u64, data: &[u8]) {
                 if let Some(m) = map.metas.get_mut(v) {
                     m.remove(n);
                 }
+            }
+        }
+        Some(KIND_FORGET) => {
+            if let Some(v) = r.str16() {
+                map.heads.remove(v);
+                map.metas.remove(v);
             }
         }
         _ => {}
@@ -482,6 +618,22 @@ impl Backend for LocalBackend {
         for (p, m) in meta_prefixes.iter().zip(metas.iter()) {
             recs.push([p.as_slice(), &[], m.value.unwrap_or(&[])]);
         }
+        let deletes: Vec<&Key> = {
+            let m = self.lock()?;
+            batch.deletes.iter().copied().filter(|k| m.shards.contains_key(*k)).collect()
+        };
+        for k in &deletes {
+            recs.push([&[KIND_DELETE], &k[..], &[]]);
+        }
+        let mut forget_recs: Vec<Vec<u8>> = Vec::with_capacity(batch.forget.len());
+        for v in &batch.forget {
+            let mut p = vec![KIND_FORGET];
+            put_str16(&mut p, v);
+            forget_recs.push(p);
+        }
+        for p in &forget_recs {
+            recs.push([p.as_slice(), &[], &[]]);
+        }
         if recs.is_empty() {
             return Ok(());
         }
@@ -508,6 +660,13 @@ impl Backend for LocalBackend {
                 }
             }
         }
+        for k in &deletes {
+            m.shards.remove(*k);
+        }
+        for v in &batch.forget {
+            m.heads.remove(*v);
+            m.metas.remove(*v);
+        }
         m.covered = first + recs.len() as u64;
         m.since_save += recs.len() as u64;
         if m.since_save >= KEYMAP_SAVE_EVERY {
@@ -518,12 +677,8 @@ impl Backend for LocalBackend {
     }
 
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
-        let off = match self.lock()?.shards.get(key) {
-            Some(o) => *o,
-            None => return Ok(None),
-        };
+        let Some((off, d)) = self.read_live(|m| m.shards.get(key).copied())? else { return Ok(None) };
         let corrupt = |d: &str| Error::Corrupt { location: format!("{} offset {off}", self.name()), detail: d.into() };
-        let Some((_, d)) = self.log.read_at(off)? else { return Err(corrupt("indexed record is past the end of the log")) };
         let mut r = Reader::new(&d);
         match (r.u8(), r.array::<32>()) {
             (Some(KIND_SHARD), Some(k)) if &k == key => Ok(Some(r.rest().to_vec())),
@@ -547,12 +702,8 @@ impl Backend for LocalBackend {
     }
 
     fn get_head(&self, vdisk: &str) -> Result<Option<Vec<u8>>> {
-        let off = match self.lock()?.heads.get(vdisk) {
-            Some((o, _, _)) => *o,
-            None => return Ok(None),
-        };
+        let Some((off, d)) = self.read_live(|m| m.heads.get(vdisk).map(|(o, _, _)| *o))? else { return Ok(None) };
         let corrupt = || Error::Corrupt { location: format!("{} offset {off}", self.name()), detail: "record is not a head record".into() };
-        let Some((_, d)) = self.log.read_at(off)? else { return Err(corrupt()) };
         let mut r = Reader::new(&d);
         match r.u8() {
             Some(KIND_HEAD_V1) => {
@@ -569,19 +720,26 @@ impl Backend for LocalBackend {
     }
 
     fn get_meta(&self, vdisk: &str, name: &str) -> Result<Option<Vec<u8>>> {
-        let off = match self.lock()?.metas.get(vdisk).and_then(|m| m.get(name)) {
-            Some(o) => *o,
-            None => return Ok(None),
-        };
-        self.read_meta(off, vdisk, name).map(Some)
+        let Some((off, d)) = self.read_live(|m| m.metas.get(vdisk).and_then(|m| m.get(name)).copied())? else { return Ok(None) };
+        self.meta_value(off, &d, vdisk, name).map(Some)
     }
 
     fn list_meta(&self, vdisk: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let offs: Vec<(String, u64)> = match self.lock()?.metas.get(vdisk) {
-            Some(m) => m.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, o)| (k.clone(), *o)).collect(),
+        let names: Vec<String> = match self.lock()?.metas.get(vdisk) {
+            Some(m) => m.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect(),
             None => return Ok(Vec::new()),
         };
-        offs.into_iter().map(|(n, o)| Ok((n.clone(), self.read_meta(o, vdisk, &n)?))).collect()
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            if let Some(v) = self.get_meta(vdisk, &n)? {
+                out.push((n, v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn reclaim(&self) -> Result<Reclaimed> {
+        self.compact()
     }
 
     fn vdisks(&self) -> Result<Vec<String>> {
@@ -713,6 +871,71 @@ mod tests {
         for bad in [&b"TLOGKMAP\x02\x00\x00\x00"[..], &[0u8; 40][..]] {
             assert!(decode_keymap(Path::new("k"), bad).is_err());
         }
+    }
+
+    #[test]
+    fn compaction_frees_old_segments_and_keeps_every_live_record() {
+        let d = store();
+        let opts = BigLogOptions { segment_bytes: 64 << 10, index_capacity: 1024, ..Default::default() };
+        let keys: Vec<Key> = (0..40u8).map(|i| [i; 32]).collect();
+        let data = vec![0x5au8; 8 << 10];
+        {
+            let b = LocalBackend::open(d.path(), opts.clone()).unwrap();
+            for (i, k) in keys.iter().enumerate() {
+                let mw = MetaWrite { vdisk: "vd", name: "c/x", value: Some(&data[..i + 1]) };
+                b.write(&Batch {
+                    shards: vec![sw(k, &data)],
+                    heads: vec![hw("vd", 1, i as u64 + 1, &head(i as u64 + 1))],
+                    metas: vec![mw],
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+            assert!(b.log.segments().unwrap().len() > 3, "several segments written");
+            // Everything but the first and the last 3 shards deleted: the old segments hold
+            // obsolete records (superseded heads and metadata, deleted shards) and, in the
+            // oldest, one live shard that must move.
+            let dels: Vec<&Key> = keys[1..37].iter().collect();
+            b.write(&Batch { deletes: dels, ..Default::default() }).unwrap();
+            let before: u64 = b.log.segments().unwrap().iter().map(|s| s.data_bytes).sum();
+            let r = b.compact().unwrap();
+            let after: u64 = b.log.segments().unwrap().iter().map(|s| s.data_bytes).sum();
+            assert!(r.segments >= 3 && r.records_copied >= 1 && after < before / 2, "{r:?}: {before} -> {after} bytes");
+            for k in keys[37..].iter().chain([&keys[0]]) {
+                assert_eq!(b.get(k).unwrap().unwrap(), data);
+            }
+            assert_eq!(b.get(&keys[1]).unwrap(), None);
+            assert_eq!(b.get_head("vd").unwrap().unwrap(), head(40));
+            assert_eq!(b.get_meta("vd", "c/x").unwrap().unwrap(), &data[..40]);
+        }
+        // Reopened with the saved map and with a full scan: the same.
+        for remove_map in [false, true] {
+            if remove_map {
+                std::fs::remove_file(d.path().join("keymap")).unwrap();
+            }
+            let b = LocalBackend::open(d.path(), opts.clone()).unwrap();
+            for k in keys[37..].iter().chain([&keys[0]]) {
+                assert_eq!(b.get(k).unwrap().unwrap(), data);
+            }
+            assert_eq!(b.get(&keys[1]).unwrap(), None);
+            assert_eq!(b.get_head("vd").unwrap().unwrap(), head(40));
+            assert_eq!(b.get_meta("vd", "c/x").unwrap().unwrap(), &data[..40]);
+        }
+    }
+
+    #[test]
+    fn forget_removes_a_vdisks_head_and_metadata() {
+        let d = store();
+        let b = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
+        let mw = MetaWrite { vdisk: "gone", name: "c/x", value: Some(b"1") };
+        b.write(&Batch { heads: vec![hw("gone", 1, 1, &head(1)), hw("kept", 1, 1, &head(1))], metas: vec![mw], ..Default::default() }).unwrap();
+        b.write(&Batch { forget: vec!["gone"], ..Default::default() }).unwrap();
+        assert_eq!(b.vdisks().unwrap(), vec!["kept".to_string()]);
+        assert_eq!(b.get_meta("gone", "c/x").unwrap(), None);
+        drop(b);
+        std::fs::remove_file(d.path().join("keymap")).unwrap();
+        let b = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
+        assert_eq!(b.vdisks().unwrap(), vec!["kept".to_string()]);
     }
 
     /// The key map's bytes, pinned.

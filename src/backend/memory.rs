@@ -169,6 +169,14 @@ impl Backend for MemoryBackend {
                 }
             }
         }
+        drop(mm);
+        for k in &b.deletes {
+            m.remove(*k);
+        }
+        for v in &b.forget {
+            hm.remove(*v);
+            self.metas.lock().map_err(|_| self.err("lock poisoned"))?.remove(*v);
+        }
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

@@ -74,13 +74,28 @@ pub struct Batch<'a> {
     pub heads: Vec<HeadWrite<'a>>,
     /// Metadata records (set or delete), applied in order.
     pub metas: Vec<MetaWrite<'a>>,
+    /// Shards removed (no error when absent), after the writes above.
+    pub deletes: Vec<&'a Key>,
+    /// Vdisks whose head record and every metadata record go (`tlog delete`), last.
+    pub forget: Vec<&'a str>,
 }
 
 impl Batch<'_> {
     /// Whether the batch holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.shards.is_empty() && self.heads.is_empty() && self.metas.is_empty()
+        self.shards.is_empty() && self.heads.is_empty() && self.metas.is_empty() && self.deletes.is_empty() && self.forget.is_empty()
     }
+}
+
+/// What [`Backend::reclaim`] gave back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reclaimed {
+    /// Store segments freed.
+    pub segments: u64,
+    /// Bytes of files freed (data and index), before the bytes the live records took anew.
+    pub bytes: u64,
+    /// Live records rewritten into the hot segment so their old segment could go.
+    pub records_copied: u64,
 }
 
 /// A store for one shard index.
@@ -93,7 +108,7 @@ pub trait Backend: Send + Sync {
 
     /// Stores shards and head records durably ([`Backend::write`] without metadata).
     fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
-        self.write(&Batch { shards: shards.to_vec(), heads: heads.to_vec(), metas: Vec::new() })
+        self.write(&Batch { shards: shards.to_vec(), heads: heads.to_vec(), ..Default::default() })
     }
 
     /// The metadata record `name` of `vdisk`, if any.
@@ -113,6 +128,13 @@ pub trait Backend: Send + Sync {
 
     /// Every vdisk with a head record here.
     fn vdisks(&self) -> Result<Vec<String>>;
+
+    /// Gives back the space of what was deleted, where the backend does not by itself (a local
+    /// store frees or compacts old segments; Redis frees memory at `DEL`). Default: nothing to
+    /// do.
+    fn reclaim(&self) -> Result<Reclaimed> {
+        Ok(Reclaimed::default())
+    }
 }
 
 /// A backend that cannot be used (a store directory missing or damaged, a bad address):
@@ -250,6 +272,10 @@ impl Backend for Reopening {
     }
     fn vdisks(&self) -> Result<Vec<String>> {
         self.backend()?.vdisks()
+    }
+
+    fn reclaim(&self) -> Result<Reclaimed> {
+        self.backend()?.reclaim()
     }
 }
 

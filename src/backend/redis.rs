@@ -184,6 +184,12 @@ impl Backend for RedisBackend {
                     None => p.cmd("HDEL").arg(format!("tlog:m:{}", m.vdisk)).arg(m.name).ignore(),
                 };
             }
+            for k in &b.deletes {
+                p.cmd("DEL").arg(shard_key(k)).ignore();
+            }
+            for v in &b.forget {
+                p.cmd("DEL").arg(format!("tlog:h:{v}")).arg(format!("tlog:hh:{v}")).arg(format!("tlog:m:{v}")).ignore();
+            }
             if durability == Durability::Waitaof {
                 p.cmd("WAITAOF").arg(1).arg(0).arg(timeout_ms);
                 let r: (Vec<i64>,) = p.query(c)?;

@@ -164,7 +164,8 @@ enum Cmd {
         /// The checkpoint's name (1 to 64 of A-Z a-z 0-9 . _ -).
         name: String,
     },
-    /// A vdisk's history: sequence and time range, aggregations, bytes, checkpoints.
+    /// A vdisk's history: sequence and time range, aggregations, bytes, checkpoints, its parent,
+    /// fork point and forks, the retention window and base; with --tree, every vdisk as a tree.
     History {
         #[command(flatten)]
         store: Store,
@@ -175,11 +176,96 @@ enum Cmd {
         #[arg(long, default_value = "")]
         token: String,
         /// The vdisk.
+        #[arg(long, required_unless_present = "tree", conflicts_with = "tree")]
+        vdisk: Option<String>,
+        /// List every vdisk as a tree of forks instead.
         #[arg(long)]
-        vdisk: String,
+        tree: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Every vdisk as a tree of forks (the same as `tlog history --tree`).
+    Vdisks {
+        #[command(flatten)]
+        store: Store,
+        /// Ask this tlogd instead of reading the backends.
+        #[arg(long)]
+        server: Option<String>,
+        /// Auth token (with --server).
+        #[arg(long, default_value = "")]
+        token: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fork a vdisk at a point into a new vdisk, in O(1): only a fork record is written. The
+    /// fork is readable and writable at once (its sequences continue after the cut); the parent
+    /// goes on unaffected. No point: the parent's newest flushed block.
+    Fork {
+        /// tlogd address.
+        #[arg(long)]
+        server: String,
+        /// Auth token.
+        #[arg(long, default_value = "")]
+        token: String,
+        /// The parent vdisk.
+        #[arg(long)]
+        vdisk: String,
+        /// The new vdisk.
+        #[arg(long)]
+        new: String,
+        /// Fork after the block with this sequence (it may fall inside an aggregation).
+        #[arg(long)]
+        to_sequence: Option<u64>,
+        /// Fork after the last block stamped at or before this time (RFC 3339 or ns).
+        #[arg(long)]
+        to_time: Option<String>,
+        /// Fork at this checkpoint.
+        #[arg(long)]
+        checkpoint: Option<String>,
+    },
+    /// Replay a fork's own writes on top of its parent at a newer point (default: the parent's
+    /// head). The fork's state before stays restorable as the checkpoint printed
+    /// (pre-rebase-N). Refused while a writer is attached to the fork.
+    Rebase {
+        /// tlogd address.
+        #[arg(long)]
+        server: String,
+        /// Auth token.
+        #[arg(long, default_value = "")]
+        token: String,
+        /// The fork.
+        #[arg(long)]
+        vdisk: String,
+        /// Its parent.
+        #[arg(long)]
+        onto: String,
+        /// The parent's point: after the block with this sequence.
+        #[arg(long)]
+        to_sequence: Option<u64>,
+        /// The parent's point: the last block stamped at or before this time.
+        #[arg(long)]
+        to_time: Option<String>,
+        /// The parent's point: this checkpoint.
+        #[arg(long)]
+        checkpoint: Option<String>,
+    },
+    /// Delete a vdisk's history and give its space back. A vdisk with forks is refused unless
+    /// --force; its forks keep the prefix they stand on.
+    Delete {
+        /// tlogd address.
+        #[arg(long)]
+        server: String,
+        /// Auth token.
+        #[arg(long, default_value = "")]
+        token: String,
+        /// The vdisk.
+        #[arg(long)]
+        vdisk: String,
+        /// Delete even when the vdisk has forks.
+        #[arg(long)]
+        force: bool,
     },
     /// The byte extents written or zeroed between two points (what an incremental backup needs).
     Changed {
@@ -419,7 +505,33 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
                 other => Err(tlog::Error::Protocol(format!("unexpected answer {other:?}"))),
             }
         }
-        Cmd::History { store, server, token, vdisk, json } => {
+        Cmd::History { store, server, token, vdisk: None, tree: _, json } | Cmd::Vdisks { store, server, token, json } => {
+            let forest: serde_json::Value = match server {
+                Some(server) => match tlog::client::remote::control(&server, &token, ControlRequest::Tree)? {
+                    ControlResponse::Done(j) => serde_json::from_str(&j).map_err(|e| tlog::Error::Protocol(format!("tree JSON: {e}")))?,
+                    other => return Err(tlog::Error::Protocol(format!("unexpected answer {other:?}"))),
+                },
+                None => {
+                    let cfg = store.load()?;
+                    let sealer = Store::sealer(&cfg)?;
+                    let t = tlog::history::tree::tree(&tlog::server::open_backends_read_only(&cfg), &tlog::history::index::IndexCodec::new(sealer.key()))?;
+                    serde_json::to_value(t).map_err(|e| tlog::Error::InvalidArgument(format!("json: {e}")))?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&forest).unwrap_or_default());
+            } else {
+                let roots = forest.as_array().cloned().unwrap_or_default();
+                if roots.is_empty() {
+                    println!("no vdisk");
+                }
+                for r in &roots {
+                    print_tree(r, 0);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::History { store, server, token, vdisk: Some(vdisk), tree: _, json } => {
             let summary: serde_json::Value = match server {
                 Some(server) => match tlog::client::remote::control(&server, &token, ControlRequest::History { vdisk: vdisk.clone() })? {
                     ControlResponse::History(j) => serde_json::from_str(&j).map_err(|e| tlog::Error::Protocol(format!("history JSON: {e}")))?,
@@ -436,6 +548,47 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
             } else {
                 print_history(&summary);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fork { server, token, vdisk, new, to_sequence, to_time, checkpoint } => {
+            let at = spec(Point::from_args(to_sequence, to_time.as_deref(), checkpoint.as_deref())?.as_ref());
+            let j = done(tlog::client::remote::control(&server, &token, ControlRequest::Fork { vdisk, new, at })?)?;
+            println!(
+                "fork {}: of vdisk {} at sequence {} ({})",
+                j["vdisk"].as_str().unwrap_or("?"),
+                j["parent"].as_str().unwrap_or("?"),
+                j["cut"],
+                j["cut_time"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rebase { server, token, vdisk, onto, to_sequence, to_time, checkpoint } => {
+            let at = spec(Point::from_args(to_sequence, to_time.as_deref(), checkpoint.as_deref())?.as_ref());
+            let start = Instant::now();
+            let j = done(tlog::client::remote::control(&server, &token, ControlRequest::Rebase { vdisk, onto, at })?)?;
+            println!(
+                "rebased {} onto {} at sequence {}: {} blocks of the parent, {} own blocks replayed, head at sequence {} ({:.3} s); the state before is checkpoint {}",
+                j["vdisk"].as_str().unwrap_or("?"),
+                j["onto"].as_str().unwrap_or("?"),
+                j["onto_point"],
+                j["parent_blocks"],
+                j["own_blocks"],
+                j["head"],
+                start.elapsed().as_secs_f64(),
+                j["checkpoint"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Delete { server, token, vdisk, force } => {
+            let j = done(tlog::client::remote::control(&server, &token, ControlRequest::Delete { vdisk, force })?)?;
+            let kept = &j["kept_for_forks"];
+            println!(
+                "deleted vdisk {}: {} aggregations, {} bytes given back{}",
+                j["vdisk"].as_str().unwrap_or("?"),
+                j["deleted_aggregations"],
+                j["bytes_freed"],
+                if kept.is_null() { String::new() } else { format!("; kept up to sequence {kept} for its forks") }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Changed { store, server, token, vdisk, from_sequence, from_time, from_checkpoint, to_sequence, to_time, to_checkpoint, json } => {
@@ -657,6 +810,30 @@ fn restore_remote(server: &str, token: &str, vdisk: &str, output: &std::path::Pa
     r
 }
 
+/// The JSON of a fork, rebase, delete or tree answer.
+fn done(r: ControlResponse) -> tlog::Result<serde_json::Value> {
+    match r {
+        ControlResponse::Done(j) => serde_json::from_str(&j).map_err(|e| tlog::Error::Protocol(format!("answer JSON: {e}"))),
+        ControlResponse::Error(e) => Err(tlog::Error::InvalidArgument(e)),
+        other => Err(tlog::Error::Protocol(format!("unexpected answer {other:?}"))),
+    }
+}
+
+fn print_tree(n: &serde_json::Value, depth: usize) {
+    let name = n["vdisk"].as_str().unwrap_or("?");
+    let mut line = format!("{}{name}", "  ".repeat(depth));
+    if let Some(p) = n["parent"].as_array() {
+        line += &format!("  (fork of {} at sequence {})", p.first().and_then(|x| x.as_str()).unwrap_or("?"), p.get(1).cloned().unwrap_or_default());
+    }
+    if n["deleted"].as_bool().unwrap_or(false) {
+        line += "  [deleted, kept for its forks]";
+    }
+    println!("{line}");
+    for c in n["children"].as_array().cloned().unwrap_or_default() {
+        print_tree(&c, depth + 1);
+    }
+}
+
 fn print_history(s: &serde_json::Value) {
     let v = |k: &str| s.get(k).cloned().unwrap_or(serde_json::Value::Null);
     println!("vdisk {}", v("vdisk").as_str().unwrap_or("?"));
@@ -677,6 +854,27 @@ fn print_history(s: &serde_json::Value) {
         let seq = c.get("sequence").map(|x| if x.is_null() { "-".to_string() } else { x.to_string() }).unwrap_or_default();
         let t = c.get("time").and_then(|t| t.as_u64()).map(tlog::time::format_time).unwrap_or_default();
         println!("  checkpoint {} at sequence {seq} ({t})", c.get("name").and_then(|n| n.as_str()).unwrap_or("?"));
+    }
+    if let Some(p) = v("parent").as_str() {
+        println!("  fork of {p} at sequence {}", v("fork_point"));
+    }
+    if let Some(r) = v("rebase").as_object() {
+        println!(
+            "  rebased {} times onto {} at sequence {}; the state before the last is checkpoint {}",
+            r.get("rebases").cloned().unwrap_or_default(),
+            r.get("onto").and_then(|x| x.as_str()).unwrap_or("?"),
+            r.get("onto_point").cloned().unwrap_or_default(),
+            r.get("checkpoint").and_then(|x| x.as_str()).unwrap_or("?")
+        );
+    }
+    for c in v("children").as_array().cloned().unwrap_or_default() {
+        println!("  forked into {} at sequence {}", c.get("vdisk").and_then(|x| x.as_str()).unwrap_or("?"), c.get("cut").cloned().unwrap_or_default());
+    }
+    match v("window_start").as_array() {
+        Some(w) if w.len() == 2 => {
+            println!("  restorable from sequence {} ({}); the base holds {} chunks", w[0], w[1].as_str().unwrap_or("?"), v("base_chunks"))
+        }
+        _ => println!("  restorable from its first block (nothing folded)"),
     }
 }
 

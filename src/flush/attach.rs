@@ -63,6 +63,13 @@ fn control(sh: &Shared, req: ControlRequest) -> ControlResponse {
             Ok(marks) => ControlResponse::Checkpoint(marks),
             Err(e) => ControlResponse::Error(e),
         },
+        ControlRequest::Fork { vdisk, new, at } => done(super::branch::fork(sh, &vdisk, &new, &at)),
+        ControlRequest::Rebase { vdisk, onto, at } => done(super::branch::rebase(sh, &vdisk, &onto, &at)),
+        ControlRequest::Delete { vdisk, force } => done(super::branch::delete(sh, &vdisk, force)),
+        ControlRequest::Tree => done(
+            crate::history::tree::tree(&sh.backends, &sh.codec)
+                .and_then(|t| serde_json::to_string(&t).map_err(|e| crate::Error::InvalidArgument(format!("json: {e}")))),
+        ),
         ControlRequest::History { vdisk } => {
             match crate::history::History::load(sh.backends.clone(), sh.sealer.clone(), &vdisk)
                 .and_then(|h| serde_json::to_string(&h.summary()).map_err(|e| crate::Error::InvalidArgument(format!("json: {e}"))))
@@ -71,6 +78,13 @@ fn control(sh: &Shared, req: ControlRequest) -> ControlResponse {
                 Err(e) => ControlResponse::Error(e.to_string()),
             }
         }
+    }
+}
+
+fn done(r: crate::Result<String>) -> ControlResponse {
+    match r {
+        Ok(j) => ControlResponse::Done(j),
+        Err(e) => ControlResponse::Error(e.to_string()),
     }
 }
 
@@ -142,6 +156,9 @@ fn attach(sh: &Shared, req: AttachRequest, sink: AckSink) -> Result<Attached<Arc
     }
     let vd = sh.vdisk(&req.vdisk).map_err(|e| AttachError::Storage(format!("cannot open vdisk {}: {e}", req.vdisk)))?;
     let _one_at_a_time = lock(&vd.attach_lock);
+    if let Some(why) = lock(&vd.busy).clone() {
+        return Err(AttachError::Busy(format!("vdisk {} is {why}; try again when it is done", vd.name())));
+    }
     if req.reset_first_sequence {
         if let Some(last) = lock(&vd.ns).last_received() {
             if req.first_sequence <= last {
@@ -202,12 +219,12 @@ fn attach(sh: &Shared, req: AttachRequest, sink: AckSink) -> Result<Attached<Arc
     Ok(Attached { handle: vd, epoch, last_flushed, next_sequence: next })
 }
 
-fn epoch_path(sh: &Shared, vd: &Vdisk) -> std::path::PathBuf {
+pub(crate) fn epoch_path(sh: &Shared, vd: &Vdisk) -> std::path::PathBuf {
     sh.cfg.server.data_dir.join("vdisks").join(format!("{}.epoch", vd.name()))
 }
 
 /// The newest epoch seen: the persisted one, and the newest in the backends' head.
-fn current_epoch(sh: &Shared, vd: &Vdisk) -> Result<u64, AttachError> {
+pub(crate) fn current_epoch(sh: &Shared, vd: &Vdisk) -> Result<u64, AttachError> {
     let p = epoch_path(sh, vd);
     let stored: u64 = match std::fs::read_to_string(&p) {
         Ok(s) => s.trim().parse().map_err(|_| AttachError::Storage(format!("epoch file {} does not hold a number", p.display())))?,
@@ -217,7 +234,7 @@ fn current_epoch(sh: &Shared, vd: &Vdisk) -> Result<u64, AttachError> {
     Ok(stored.max(lock(&vd.ns).epoch()))
 }
 
-fn persist_epoch(sh: &Shared, vd: &Vdisk, epoch: u64) -> Result<(), AttachError> {
+pub(crate) fn persist_epoch(sh: &Shared, vd: &Vdisk, epoch: u64) -> Result<(), AttachError> {
     #[cfg(feature = "failpoints")]
     fail::fail_point!("flush::persist_epoch", |arg| crate::failpoint_action(arg).map_err(|e| AttachError::Storage(e.to_string())));
     let p = epoch_path(sh, vd);

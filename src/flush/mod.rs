@@ -24,6 +24,7 @@
 //! an epoch and reach only that epoch's connection.
 
 pub mod attach;
+pub(crate) mod branch;
 pub mod completer;
 pub mod flusher;
 pub mod pipeline;
@@ -250,6 +251,11 @@ pub struct Vdisk {
     pending_index: Mutex<std::collections::BTreeMap<u64, IndexEntry>>,
     /// Index entries of the current (incomplete) index page, acked, in chain order.
     tail: Mutex<Vec<IndexEntry>>,
+    /// What keeps writers out meanwhile (a rebase or a delete), if anything: an attach is
+    /// answered busy (the client retries).
+    busy: Mutex<Option<String>>,
+    /// Serialises the history operations on this vdisk (fold, rebase, delete).
+    upkeep: Mutex<()>,
 }
 
 impl Vdisk {
@@ -380,6 +386,24 @@ impl Shared {
         lock(&self.vdisks).values().filter_map(|s| s.vdisk.get().cloned()).collect()
     }
 
+    /// Offers a block to `vd`'s namespace in `epoch` (a connection's, or a rebase's).
+    fn push(&self, vd: &Arc<Vdisk>, epoch: u64, block: Block) -> Push {
+        if self.stopping.load(Ordering::SeqCst) {
+            // Nothing more is taken once the drain began (the client resends after restart).
+            return Push::Full(block);
+        }
+        let size = block.mem_size();
+        let now = self.clock.monotonic();
+        let p = lock(&vd.ns).push(epoch, block, now, &self.limits, self.total.load(Ordering::SeqCst));
+        if let Push::Received { rotated } = p {
+            self.total.fetch_add(size, Ordering::SeqCst);
+            if rotated {
+                self.queue_flush(vd);
+            }
+        }
+        p
+    }
+
     fn queue_flush(&self, vd: &Arc<Vdisk>) {
         let _ = self.flush_tx.send(flusher::Msg::Vdisk(vd.clone()));
     }
@@ -395,13 +419,25 @@ impl Shared {
         if let Some(v) = slot.vdisk.get() {
             return Ok(v.clone());
         }
+        if let Some(d) = crate::history::tree::deleted(&self.backends, &self.codec, name)? {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "vdisk {name} was deleted at {}; its name stays taken while its forks stand on its history",
+                crate::time::format_time(d.time)
+            )));
+        }
         let head = crate::seal::find_head(&self.backends, &self.sealer, name)?;
-        let (prev, height, last_flushed, epoch) = match &head {
+        let fork = crate::history::tree::fork_of(&self.backends, &self.codec, name)?;
+        let (prev, height, mut last_flushed, epoch) = match &head {
             Some(h) => (h.key, h.height, Some(h.last_sequence), h.epoch),
             None => ([0u8; 32], 0, None, 0),
         };
         let mut tail = Vec::new();
         let mut last_ts = 0;
+        if let (None, Some(f)) = (&head, &fork) {
+            // A fork with no block of its own: its sequences continue after the cut.
+            last_flushed = Some(f.cut);
+            last_ts = f.cut_timestamp;
+        }
         if let Some(h) = &head {
             tracing::info!(vdisk = name, height = h.height, last_sequence = h.last_sequence, "recovered vdisk head from the backends");
             let index = Index::load(&self.backends, &self.sealer, &self.codec, name, h)?;
@@ -410,7 +446,7 @@ impl Shared {
                 self.persist_rebuilt(name, &index);
             }
             if h.height % PAGE != 0 {
-                tail = index.entries.iter().filter(|e| page_of(e.height) == page_of(h.height)).copied().collect();
+                tail = index.entries.iter().filter(|e| e.height > 0 && page_of(e.height) == page_of(h.height)).copied().collect();
             }
         }
         let mut namespace = Namespace::new(name, height, last_flushed, epoch, self.cfg.flush.flush_size);
@@ -425,6 +461,8 @@ impl Shared {
             waiting: AtomicBool::new(false),
             pending_index: Mutex::new(Default::default()),
             tail: Mutex::new(tail),
+            busy: Mutex::new(None),
+            upkeep: Mutex::new(()),
         });
         let _ = slot.vdisk.set(vd.clone());
         Ok(vd)

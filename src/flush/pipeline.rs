@@ -154,6 +154,18 @@ impl Engine {
                 repair::run(backends, sealer, queue, rate, Box::new(move |i| !s1.writers[i].degraded()), Box::new(move || s2.closed.load(Ordering::SeqCst)))
             })?;
         }
+        if sh.cfg.history.enabled()? {
+            let every = sh.cfg.history.clean_interval()?;
+            let policy = crate::history::retention::Policy {
+                retention_ns: sh.cfg.history.retention()?.map(|d| d.as_nanos() as u64),
+                max_bytes: sh.cfg.history.max_bytes,
+                grace_ns: every.as_nanos() as u64,
+                chunk_bytes: sh.cfg.flush.max_aggregation_bytes as u64,
+                chunk_blocks: sh.cfg.flush.flush_size,
+            };
+            let s = sh.clone();
+            spawn(&mut threads, "cleaner".into(), move || super::branch::cleaner(s, policy, every))?;
+        }
         if let Some(every) = sh.cfg.upkeep.scrub_interval()? {
             let s = sh.clone();
             spawn(&mut threads, "scrubber".into(), move || scrubber(s, every))?;
@@ -383,21 +395,7 @@ impl Core for Engine {
     }
 
     fn push(&self, vd: &Arc<Vdisk>, epoch: u64, block: Block) -> Push {
-        let sh = &self.sh;
-        if sh.stopping.load(Ordering::SeqCst) {
-            // Nothing more is taken once the drain began (the client resends after restart).
-            return Push::Full(block);
-        }
-        let size = block.mem_size();
-        let now = sh.clock.monotonic();
-        let p = lock(&vd.ns).push(epoch, block, now, &sh.limits, sh.total.load(Ordering::SeqCst));
-        if let Push::Received { rotated } = p {
-            sh.total.fetch_add(size, Ordering::SeqCst);
-            if rotated {
-                sh.queue_flush(vd);
-            }
-        }
-        p
+        self.sh.push(vd, epoch, block)
     }
 
     fn force_flush(&self, vd: &Arc<Vdisk>) {

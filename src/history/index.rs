@@ -308,10 +308,12 @@ impl Index {
     /// rebuildable, a wrong link), or more than m backends are unreachable for a rebuild.
     pub fn load(backends: &[Arc<dyn Backend>], sealer: &Sealer, codec: &IndexCodec, vdisk: &str, head: &HeadRecord) -> Result<Index> {
         let mut by_height = collect(backends, codec, vdisk);
-        let mut entries = Vec::with_capacity(head.height as usize);
+        let base = super::retention::base_of(backends, codec, vdisk);
+        let stop = base.as_ref().map(|b| b.covers).unwrap_or(0);
+        let mut entries = Vec::with_capacity(head.height.saturating_sub(stop) as usize);
         let mut rebuilt = Vec::new();
         let (mut h, mut key) = (head.height, head.key);
-        while h >= 1 {
+        while h > stop {
             let found = by_height.get_mut(&h).and_then(|v| v.iter().position(|e| e.key == key).map(|i| v.swap_remove(i)));
             let e = match found {
                 Some(e) => e,
@@ -320,18 +322,32 @@ impl Index {
                     rebuild_entry(backends, sealer, vdisk, &key, h)?
                 }
             };
-            if h == 1 && e.prev != [0u8; 32] {
+            if h == 1 && stop == 0 && e.prev != [0u8; 32] {
                 return Err(Error::ChainBroken { key: hex::encode(key), detail: "the first aggregation names a predecessor".into() });
             }
             key = e.prev;
             entries.push(e);
             h -= 1;
         }
-        if key != [0u8; 32] {
-            return Err(Error::ChainBroken { key: hex::encode(key), detail: format!("chain longer than the head's height {}", head.height) });
+        match &base {
+            Some(b) if key != b.chain_prev => {
+                return Err(Error::ChainBroken {
+                    key: hex::encode(key),
+                    detail: format!("the chain does not reach its base (folded up to height {})", b.covers),
+                })
+            }
+            None if key != [0u8; 32] => {
+                return Err(Error::ChainBroken { key: hex::encode(key), detail: format!("chain longer than the head's height {}", head.height) })
+            }
+            _ => {}
         }
         entries.reverse();
         rebuilt.reverse();
+        if let Some(b) = &base {
+            let mut all = b.entries();
+            all.extend(entries);
+            entries = all;
+        }
         if !rebuilt.is_empty() {
             tracing::info!(vdisk, "index: {} of {} entries rebuilt from the chain", rebuilt.len(), entries.len());
         }

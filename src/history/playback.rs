@@ -187,8 +187,10 @@ fn stream(
         out.push(&ServerMessage::PlaybackEnd(last_sent));
         return Ok(());
     };
-    // Follow: from the last aggregation of the history on.
-    let mut last = h.index.entries.last().copied();
+    // Follow: from the last aggregation of the vdisk's own chain on (none yet: a fork that has
+    // no block of its own follows its own chain from its first aggregation).
+    let own = h.own_start();
+    let mut last = h.index.entries[own.min(h.index.entries.len())..].iter().rev().find(|e| e.height > 0).copied();
     loop {
         if let Some(l) = live.last_flushed(vdisk) {
             out.push(&ServerMessage::Head(l));

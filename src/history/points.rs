@@ -61,6 +61,19 @@ impl History {
         }
     }
 
+    fn before_text(&self, point: &Point) -> String {
+        match &self.base {
+            Some(b) => format!(
+                "{point} is older than the history of vdisk {} keeps (older history was folded by retention): the oldest restorable point is sequence {} ({}); it holds {}",
+                self.vdisk,
+                b.last_sequence,
+                format_time(b.last_timestamp),
+                self.range_text()
+            ),
+            None => format!("{point} is before the history of vdisk {}, which holds {}", self.vdisk, self.range_text()),
+        }
+    }
+
     /// The last sequence at `point` (`None`: no block, the empty prefix, e.g. a checkpoint taken
     /// before the first flush).
     ///
@@ -74,9 +87,7 @@ impl History {
             };
         };
         match point {
-            Point::Sequence(s) if *s < first => {
-                Err(Error::InvalidArgument(format!("{point} is before the history of vdisk {}, which holds {}", self.vdisk, self.range_text())))
-            }
+            Point::Sequence(s) if *s < first => Err(Error::InvalidArgument(self.before_text(point))),
             Point::Sequence(s) if *s > last => {
                 Err(Error::InvalidArgument(format!("{point} is after the head of vdisk {}, which holds {}", self.vdisk, self.range_text())))
             }
@@ -84,7 +95,7 @@ impl History {
             Point::Time(t) => {
                 let (t0, t1) = self.index.times().unwrap_or((0, 0));
                 if *t < t0 {
-                    return Err(Error::InvalidArgument(format!("{point} is before the history of vdisk {}, which holds {}", self.vdisk, self.range_text())));
+                    return Err(Error::InvalidArgument(self.before_text(point)));
                 }
                 if *t >= t1 {
                     if *t > now_ns().saturating_add(FUTURE_SLACK_NS) {
@@ -106,7 +117,21 @@ impl History {
                 let b = agg.blocks.iter().take_while(|b| b.timestamp <= *t).last();
                 Ok(b.map(|b| b.sequence).or_else(|| i.checked_sub(1).map(|j| self.index.entries[j].last_sequence)))
             }
-            Point::Checkpoint(name) => checkpoint::find(self, name).map(|c| c.sequence),
+            Point::Checkpoint(name) => {
+                let c = checkpoint::find(self, name)?;
+                match c.sequence {
+                    Some(s) if s < first => Err(Error::InvalidArgument(format!(
+                        "{point} (sequence {s}) is older than the history of vdisk {} keeps: the oldest restorable point is sequence {first} ({})",
+                        self.vdisk,
+                        self.range_text()
+                    ))),
+                    None if first > 1 && self.base.is_some() => Err(Error::InvalidArgument(format!(
+                        "{point} (before the first block) is older than the history of vdisk {} keeps: the oldest restorable point is sequence {first}",
+                        self.vdisk
+                    ))),
+                    s => Ok(s),
+                }
+            }
         }
     }
 }

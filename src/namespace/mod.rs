@@ -196,6 +196,11 @@ impl Namespace {
         self.last_timestamp = self.last_timestamp.max(ns);
     }
 
+    /// The timestamp of the newest block taken (ns).
+    pub fn last_timestamp(&self) -> u64 {
+        self.last_timestamp
+    }
+
     /// The newest epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch

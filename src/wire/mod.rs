@@ -120,6 +120,46 @@ pub enum ControlRequest {
         /// The vdisk.
         vdisk: String,
     },
+    /// Fork `vdisk` at `at` into the new vdisk `new`.
+    Fork {
+        /// The parent.
+        vdisk: String,
+        /// The fork to create.
+        new: String,
+        /// The fork point (`None`: the parent's newest flushed block).
+        at: PointSpec,
+    },
+    /// Rebase the fork `vdisk` onto its parent `onto` at `at`.
+    Rebase {
+        /// The fork.
+        vdisk: String,
+        /// Its parent.
+        onto: String,
+        /// The parent's point (`None`: its newest flushed block).
+        at: PointSpec,
+    },
+    /// Delete `vdisk` (`force`: even with forks, which keep what they stand on).
+    Delete {
+        /// The vdisk.
+        vdisk: String,
+        /// Delete a vdisk that has forks.
+        force: bool,
+    },
+    /// Every vdisk as a tree.
+    Tree,
+}
+
+impl ControlRequest {
+    /// The vdisk ids the request names.
+    pub fn vdisks(&self) -> Vec<&str> {
+        match self {
+            ControlRequest::Checkpoint { vdisks, .. } => vdisks.iter().map(String::as_str).collect(),
+            ControlRequest::History { vdisk } | ControlRequest::Delete { vdisk, .. } => vec![vdisk],
+            ControlRequest::Fork { vdisk, new, .. } => vec![vdisk, new],
+            ControlRequest::Rebase { vdisk, onto, .. } => vec![vdisk, onto],
+            ControlRequest::Tree => Vec::new(),
+        }
+    }
 }
 
 /// What a connection is for.
@@ -154,6 +194,8 @@ pub enum ControlResponse {
     History(String),
     /// Why it failed.
     Error(String),
+    /// What a fork, rebase, delete or tree request did, JSON.
+    Done(String),
 }
 
 /// The first message of a connection.
@@ -351,6 +393,24 @@ pub fn encode_handshake_request(r: &HandshakeRequest) -> Vec<u8> {
                     }
                 }
                 ControlRequest::History { vdisk } => cb.set_history(vdisk.as_str()),
+                ControlRequest::Fork { vdisk, new, at } => {
+                    let mut x = cb.reborrow().init_fork();
+                    x.set_vdisk(vdisk.as_str());
+                    x.set_new(new.as_str());
+                    write_point(x.init_at(), at);
+                }
+                ControlRequest::Rebase { vdisk, onto, at } => {
+                    let mut x = cb.reborrow().init_rebase();
+                    x.set_vdisk(vdisk.as_str());
+                    x.set_onto(onto.as_str());
+                    write_point(x.init_at(), at);
+                }
+                ControlRequest::Delete { vdisk, force } => {
+                    let mut x = cb.reborrow().init_delete();
+                    x.set_vdisk(vdisk.as_str());
+                    x.set_force(*force);
+                }
+                ControlRequest::Tree => cb.set_tree(()),
             }
         }
     }
@@ -392,6 +452,27 @@ pub fn decode_handshake_request<'a>(f: impl Into<FrameRef<'a>>) -> Result<Handsh
                         ControlRequest::Checkpoint { name: text(x.get_name().map_err(capnp_err)?)?, vdisks: vdisks? }
                     }
                     Which::History(v) => ControlRequest::History { vdisk: text(v.map_err(capnp_err)?)? },
+                    Which::Fork(x) => {
+                        let x = x.map_err(capnp_err)?;
+                        ControlRequest::Fork {
+                            vdisk: text(x.get_vdisk().map_err(capnp_err)?)?,
+                            new: text(x.get_new().map_err(capnp_err)?)?,
+                            at: read_point(x.get_at().map_err(capnp_err)?)?,
+                        }
+                    }
+                    Which::Rebase(x) => {
+                        let x = x.map_err(capnp_err)?;
+                        ControlRequest::Rebase {
+                            vdisk: text(x.get_vdisk().map_err(capnp_err)?)?,
+                            onto: text(x.get_onto().map_err(capnp_err)?)?,
+                            at: read_point(x.get_at().map_err(capnp_err)?)?,
+                        }
+                    }
+                    Which::Delete(x) => {
+                        let x = x.map_err(capnp_err)?;
+                        ControlRequest::Delete { vdisk: text(x.get_vdisk().map_err(capnp_err)?)?, force: x.get_force() }
+                    }
+                    Which::Tree(()) => ControlRequest::Tree,
                 })
             }
         },
@@ -615,6 +696,7 @@ pub fn encode_server_message(msg: &ServerMessage) -> Vec<u8> {
                 }
                 ControlResponse::History(j) => r.set_history(j.as_str()),
                 ControlResponse::Error(e) => r.set_error(e.as_str()),
+                ControlResponse::Done(j) => r.set_done(j.as_str()),
             }
         }
         ServerMessage::Notice(n) => {
@@ -676,6 +758,7 @@ pub fn decode_server_message<'a>(f: impl Into<FrameRef<'a>>) -> Result<ServerMes
                 }
                 W::History(j) => ControlResponse::History(text(j.map_err(capnp_err)?)?),
                 W::Error(e) => ControlResponse::Error(text(e.map_err(capnp_err)?)?),
+                W::Done(j) => ControlResponse::Done(text(j.map_err(capnp_err)?)?),
             })
         }
         Which::Notice(x) => {
@@ -723,6 +806,10 @@ mod tests {
             RequestKind::Playback(PlaybackRequest { from: PointSpec::None, to: PointSpec::Sequence(3), follow: false }),
             RequestKind::Control(ControlRequest::Checkpoint { name: "n".into(), vdisks: vec!["a".into(), "b".into()] }),
             RequestKind::Control(ControlRequest::History { vdisk: "a".into() }),
+            RequestKind::Control(ControlRequest::Fork { vdisk: "a".into(), new: "b".into(), at: PointSpec::Sequence(4) }),
+            RequestKind::Control(ControlRequest::Rebase { vdisk: "b".into(), onto: "a".into(), at: PointSpec::None }),
+            RequestKind::Control(ControlRequest::Delete { vdisk: "b".into(), force: true }),
+            RequestKind::Control(ControlRequest::Tree),
         ] {
             let hs = HandshakeRequest { kind, ..hs.clone() };
             assert_eq!(decode_handshake_request(&one_frame(&encode_handshake_request(&hs))).unwrap(), hs);
@@ -750,6 +837,7 @@ mod tests {
             ServerMessage::Control(ControlResponse::Checkpoint(marks)),
             ServerMessage::Control(ControlResponse::History("{}".into())),
             ServerMessage::Control(ControlResponse::Error("no".into())),
+            ServerMessage::Control(ControlResponse::Done("{}".into())),
         ] {
             assert_eq!(decode_server_message(&one_frame(&encode_server_message(&m))).unwrap(), m);
         }

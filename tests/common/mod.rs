@@ -305,3 +305,37 @@ pub fn assert_fsck(img: &Path) {
     let o = run(Command::new(if Path::new("/usr/sbin/e2fsck").exists() { "/usr/sbin/e2fsck" } else { "e2fsck" }).arg("-fn").arg(img));
     assert!(o.status.success(), "e2fsck -fn failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
+
+/// A directory of `files` pseudo-random files of `kib` KiB each (seeded: different seeds give
+/// different content in every file block).
+pub fn random_tree(dir: &Path, files: usize, kib: usize, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut x = seed | 1;
+    for i in 0..files {
+        let mut v = vec![0u8; kib << 10];
+        for b in v.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        std::fs::write(dir.join(format!("f{i:03}.bin")), v).unwrap();
+    }
+}
+
+/// An ext4 image of `mib` MiB at `out` (scripts/make-test-image.sh), holding a copy of `src`
+/// when given; false (after skip) when the tools are missing.
+pub fn ext4_from(out: &Path, mib: u64, src: Option<&Path>) -> bool {
+    if !have("mkfs.ext4") || !have("e2fsck") {
+        skip("mkfs.ext4/e2fsck missing (apt-get install e2fsprogs)");
+        return false;
+    }
+    let mut c = Command::new("bash");
+    c.arg(repo().join("scripts/make-test-image.sh")).arg(out).arg(mib.to_string());
+    if let Some(s) = src {
+        c.arg(s);
+    }
+    let o = run(&mut c);
+    assert_ok(&o, "make-test-image.sh");
+    true
+}
