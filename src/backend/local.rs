@@ -321,6 +321,8 @@ impl LocalBackend {
                 }
                 m.covered = m.covered.max(first + chunk.len() as u64);
             }
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("store::compact_copied", crate::failpoint_action);
             // The saved map must not point into the segment once its files go.
             save_keymap(&self.dir, &m)?;
             m.since_save = 0;
@@ -921,6 +923,32 @@ mod tests {
             assert_eq!(b.get_head("vd").unwrap().unwrap(), head(40));
             assert_eq!(b.get_meta("vd", "c/x").unwrap().unwrap(), &data[..40]);
         }
+    }
+
+    #[test]
+    fn a_mostly_obsolete_hot_segment_is_sealed_and_freed() {
+        let d = store();
+        // 8 MiB segments: the hot one is sealed early from 1 MiB on.
+        let opts = BigLogOptions { segment_bytes: 8 << 20, index_capacity: 1024, ..Default::default() };
+        let b = LocalBackend::open(d.path(), opts).unwrap();
+        let keys: Vec<Key> = (0..40u8).map(|i| [i; 32]).collect();
+        let data = vec![0x33u8; 64 << 10];
+        for k in &keys {
+            b.write(&Batch { shards: vec![sw(k, &data)], ..Default::default() }).unwrap();
+        }
+        assert_eq!(b.log.segments().unwrap().len(), 1, "everything in the hot segment");
+        // Too live: nothing happens.
+        assert_eq!(b.compact().unwrap().segments, 0);
+        assert_eq!(b.log.segments().unwrap().len(), 1);
+        b.write(&Batch { deletes: keys[..36].iter().collect(), ..Default::default() }).unwrap();
+        let r = b.compact().unwrap();
+        assert_eq!((r.segments, r.records_copied), (1, 4), "{r:?}");
+        let left: u64 = b.log.segments().unwrap().iter().map(|s| s.data_bytes).sum();
+        assert!(left < 8 * data.len() as u64, "{left} bytes left");
+        for k in &keys[36..] {
+            assert_eq!(b.get(k).unwrap().unwrap(), data);
+        }
+        assert_eq!(b.get(&keys[0]).unwrap(), None);
     }
 
     #[test]

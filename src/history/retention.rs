@@ -497,6 +497,8 @@ impl Cleaner<'_> {
         let metas: Vec<MetaWrite<'_>> = names.iter().map(|n| MetaWrite { vdisk, name: n, value: None }).collect();
         let batch = Batch { deletes: keys.iter().collect(), metas, ..Default::default() };
         self.write("garbage of a fold", &batch)?;
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("history::gc", crate::failpoint_action);
         let done = Base { gc_pending: false, garbage_chunks: Vec::new(), ..b.clone() };
         let rec = self.codec.encode_base(vdisk, &done);
         self.write("base record", &Batch { metas: vec![MetaWrite { vdisk, name: BASE, value: Some(&rec) }], ..Default::default() })?;
