@@ -22,9 +22,16 @@
 # vdisks run (readers: `tlog changed --server`, at nice 19 as a reader on another host would
 # take no CPU from this one), alternated.
 #
+# Then the tree (DESIGN.md §12): restore of the newest point of a vdisk of TLOG_BENCH_FOLD_MIB
+# (256) MiB with 10x its size written over it (10 imports), with retention folding the old
+# history (a tlogd with retention = "1s") and without, beside the restore of a single fresh
+# import of the same image, alternated; and fork and rebase latency (ms, the tlog command
+# included) against the history size (the parent written 1x and 10x).
+#
 # Usage: scripts/bench.sh   (env: TLOG_BENCH_SECONDS=10, TLOG_BENCH_VDISKS=8,
 #        TLOG_BENCH_BLOCK=4096, TLOG_BENCH_R=0.5 (lz4 compressibility), TLOG_BENCH_DIR=/tmp,
-#        TLOG_BENCH_SECTIONS="ingest history" (either or both), TLOG_BENCH_RESTORE_MIB=1024)
+#        TLOG_BENCH_SECTIONS="ingest history tree" (any of them), TLOG_BENCH_RESTORE_MIB=1024,
+#        TLOG_BENCH_FOLD_MIB=256)
 # The veth rows need root (ip netns); without root they are reported as skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +40,8 @@ DUR=${TLOG_BENCH_SECONDS:-10}
 VD=${TLOG_BENCH_VDISKS:-8}
 BS=${TLOG_BENCH_BLOCK:-4096}
 R=${TLOG_BENCH_R:-0.5}
-SECTIONS=${TLOG_BENCH_SECTIONS:-ingest history}
+SECTIONS=${TLOG_BENCH_SECTIONS:-ingest history tree}
+FMIB=${TLOG_BENCH_FOLD_MIB:-256}
 RMIB=${TLOG_BENCH_RESTORE_MIB:-1024}
 features=""
 if pkg-config --exists libdpdk 2>/dev/null; then features="--features dpdk"; fi
@@ -241,7 +249,6 @@ if [ "${#cmp_rows[@]}" -gt 0 ]; then
 fi
 fi
 
-if [[ " $SECTIONS " == *" history "* ]]; then
 # timed CMD... -> "WALL_S CPU_S" (the command's own user+sys CPU, its children included)
 timed() {
   python3 -c '
@@ -253,6 +260,8 @@ print(f"{time.time() - t:.3f} {r.ru_utime + r.ru_stime:.3f}")' "$@"
 }
 # CPU seconds a process used so far (all its threads).
 cpu_of() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
+
+if [[ " $SECTIONS " == *" history "* ]]; then
 hd="$work/history"; mkdir -p "$hd"
 # The image: 4 KiB blocks, one in ten all zero (a hole), the others half random, half a
 # repeated byte (about 2:1 for lz4).
@@ -340,4 +349,92 @@ echo
 echo "| run | alone MiB/s | with 2 playbacks MiB/s | ratio | playbacks completed |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${ingest_rows[@]}"
+fi
+
+if [[ " $SECTIONS " == *" tree "* ]]; then
+td="$work/tree"; mkdir -p "$td"
+python3 - "$td/image.raw" "$FMIB" <<'PY'
+import os, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+with open(path, "wb") as f:
+    for chunk in range(mib):
+        rnd = os.urandom(256 * 2048)
+        f.write(b"".join(rnd[i * 2048:(i + 1) * 2048] + bytes([i]) * 2048 for i in range(256)))
+PY
+head -c 4M "$td/image.raw" > "$td/small.raw"
+tp=$(port); fp=$(port)
+"$B/tlogd" --data-dir "$td/plain" --listen "127.0.0.1:$tp" 2>"$td/plain.log" &
+tpid=$!; pids+=($tpid)
+printf '[history]\nretention = "1s"\nclean_interval = "1s"\n' > "$td/fold.toml"
+"$B/tlogd" --config "$td/fold.toml" --data-dir "$td/fold" --listen "127.0.0.1:$fp" 2>"$td/fold.log" &
+fpid=$!; pids+=($fpid)
+wait_port 127.0.0.1 "$tp" ""; wait_port 127.0.0.1 "$fp" ""
+"$B/tlog" import --server "127.0.0.1:$tp" --vdisk fresh "$td/image.raw" >/dev/null
+for _ in $(seq 1 10); do
+  "$B/tlog" import --server "127.0.0.1:$tp" --vdisk long "$td/image.raw" >/dev/null
+  "$B/tlog" import --server "127.0.0.1:$fp" --vdisk long "$td/image.raw" >/dev/null
+done
+# The cleaner folds all but the newest aggregation: wait until the base reaches the last import.
+last=$((FMIB * 256 * 10))
+for _ in $(seq 1 600); do
+  ws=$("$B/tlog" history --server "127.0.0.1:$fp" --vdisk long --json | python3 -c 'import json,sys; w=json.load(sys.stdin)["window_start"]; print(w[0] if w else 0)')
+  [ "$ws" -ge $((last - 2048)) ] && break
+  sleep 1
+done
+# Then the grace, the deletion of what was folded and the compaction: wait until the store
+# stops shrinking (the cleaner idle), so that it does not run during the restores.
+prev=0
+for _ in $(seq 1 120); do
+  sleep 2
+  now=$(du -sm "$td/fold/store" | cut -f1)
+  [ "$now" = "$prev" ] && break
+  prev=$now
+done
+fold_rows=()
+for n in 1 2; do
+  for how in fresh plain folded; do
+    rm -f "$td/out.img"
+    case $how in
+      fresh) r=$(timed "$B/tlog" restore --server "127.0.0.1:$tp" --vdisk fresh --output "$td/out.img") ;;
+      plain) r=$(timed "$B/tlog" restore --server "127.0.0.1:$tp" --vdisk long --output "$td/out.img") ;;
+      folded) r=$(timed "$B/tlog" restore --server "127.0.0.1:$fp" --vdisk long --output "$td/out.img") ;;
+    esac
+    cmp -s "$td/image.raw" "$td/out.img" || { echo "bench.sh: $how restore differs from the image" >&2; exit 1; }
+    read -r wall _ <<<"$r"
+    eval "w_$how=$wall"
+  done
+  fold_rows+=("| $n | $w_fresh | $w_plain | $w_folded | $(python3 -c "print(f'{$w_plain / $w_fresh:.2f} | {$w_folded / $w_fresh:.2f}')") |")
+done
+rm -f "$td/out.img"
+store_plain=$(du -sm "$td/plain/store" | cut -f1); store_fold=$(du -sm "$td/fold/store" | cut -f1)
+stop_pid "$fpid"
+# Fork and rebase latency against the history size (parents written 1x and 10x; "long" is
+# the 10x one).
+ms() { python3 -c 'import subprocess, sys, time
+t = time.time(); subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); print(f"{(time.time() - t) * 1000:.0f}")' "$@"; }
+tree_rows=()
+for p in fresh long; do
+  size=$("$B/tlog" history --server "127.0.0.1:$tp" --vdisk "$p" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["data_bytes"] >> 20)')
+  for n in 1 2; do
+    f1=$(ms "$B/tlog" fork --server "127.0.0.1:$tp" --vdisk "$p" --new "f-$p-$n")
+    f2=$(ms "$B/tlog" fork --server "127.0.0.1:$tp" --vdisk "$p" --new "g-$p-$n" --to-sequence 1000)
+    "$B/tlog" import --server "127.0.0.1:$tp" --vdisk "f-$p-$n" "$td/small.raw" >/dev/null
+    "$B/tlog" import --server "127.0.0.1:$tp" --vdisk "$p" "$td/small.raw" >/dev/null
+    rb=$(ms "$B/tlog" rebase --server "127.0.0.1:$tp" --vdisk "f-$p-$n" --onto "$p")
+    tree_rows+=("| $size | $n | $f1 | $f2 | $rb |")
+  done
+done
+stop_pid "$tpid"
+echo
+echo "Tree: restore (through tlogd, seconds) of the newest point of a $FMIB MiB vdisk with 10x its size written over it, without and with retention folding, beside a single fresh import; store ${store_plain} MiB without folding, ${store_fold} MiB with:"
+echo
+echo "| run | fresh import s | 10x, not folded s | 10x, folded s | not folded / fresh | folded / fresh |"
+echo "|---|---|---|---|---|---|"
+printf '%s\n' "${fold_rows[@]}"
+echo
+echo "Fork (at the head; at sequence 1000) and rebase (4 MiB of the fork's own writes onto 4 MiB of the parent's) latency, ms, the tlog command included, against the parent's history:"
+echo
+echo "| history MiB of data | run | fork at head ms | fork at a sequence ms | rebase ms |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${tree_rows[@]}"
 fi

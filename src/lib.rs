@@ -8,7 +8,8 @@
 //! [`wire`]) → [`namespace`] → [`flush`] (the engine) → [`seal`] → [`backend`] → [`store`],
 //! with leaves below everything ([`error`], [`time`], [`bytes`], [`fs`]). [`history`] reads
 //! [`backend`] and [`seal`]. [`sys`] holds every `unsafe` block. [`server`] builds the parts from
-//! [`config`]; [`client`] is the client library; [`bench`] the load generator and sink.
+//! [`config`]; [`client`] is the client library; [`nbd`] the NBD gateway built on it; [`bench`] the load
+//! generator and sink.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -25,6 +26,7 @@ pub mod fs;
 pub mod history;
 pub mod logging;
 pub mod namespace;
+pub mod nbd;
 pub mod net;
 pub mod seal;
 pub mod server;

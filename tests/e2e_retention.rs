@@ -201,3 +201,57 @@ fn retention_on_redis_frees_memory() {
     let t = Tlogd::start(&data, Some(&cfg), free_port());
     scenario(d.path(), &t, || redis_used_memory(&redis), false);
 }
+
+/// Folds that come one after another append to the base instead of rewriting it (while it
+/// stays within `APPEND_FACTOR` of its last rewrite): a 16 MiB image, then 1 MiB writes at
+/// scattered offsets over several cleaner passes. The head and a checkpoint inside the window
+/// restore to the model; the log shows appending folds.
+#[test]
+fn repeated_folds_append_to_the_base() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let cfg = d.path().join("t.toml");
+    std::fs::write(&cfg, "[history]\nretention = \"2s\"\nclean_interval = \"300ms\"\n").unwrap();
+    let t = Tlogd::start(&data, Some(&cfg), free_port());
+    let img = d.path().join("base.raw");
+    mixed_image(&img, 16, 77);
+    assert_ok(&import(&t.addr(), "v", &img), "import the image");
+    let mut model = std::fs::read(&img).unwrap();
+    let client = tlog::client::Client::connect(tlog::client::ClientConfig::new(&t.addr(), "v")).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut checkpoint_model = Vec::new();
+    for i in 0..12 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x % 15) << 20;
+        let chunk: Vec<u8> = (0..1 << 20).map(|j| (j as u64 ^ x ^ i) as u8).collect();
+        model[off as usize..off as usize + chunk.len()].copy_from_slice(&chunk);
+        client.write(off / 512, chunk).unwrap();
+        client.flush().unwrap();
+        if i == 10 {
+            assert_ok(&tlog(&["checkpoint", "--server", &t.addr(), "--vdisk", "v", "late"]), "checkpoint");
+            checkpoint_model = model.clone();
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    client.close().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !t.log_text().contains("append=true") {
+        assert!(Instant::now() < deadline, "no appending fold: {}", t.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (o, r) = restore(&t, d.path(), &[], "head");
+    assert_ok(&o, "restore the head");
+    let mp = d.path().join("model.img");
+    std::fs::write(&mp, &model).unwrap();
+    assert_same(&r, &mp);
+    let (o, r) = restore(&t, d.path(), &["--checkpoint", "late"], "late");
+    if o.status.success() {
+        let cp = d.path().join("model-late.img");
+        std::fs::write(&cp, &checkpoint_model).unwrap();
+        assert_same(&r, &cp);
+    } else {
+        assert!(text(&o).contains("oldest restorable point"), "{}", text(&o));
+    }
+}

@@ -251,6 +251,37 @@ enum Cmd {
         #[arg(long)]
         checkpoint: Option<String>,
     },
+    /// An NBD server whose every write, trim and zero is logged through tlogd and applied to a
+    /// local image (the primary copy reads are served from). A flush is answered once tlogd
+    /// flushed everything before it and the image is fdatasync'd. On start the image is brought
+    /// up to tlogd's history (built from it when missing). Stops on SIGINT/SIGTERM after a
+    /// final flush.
+    Nbd {
+        /// tlogd address(es), comma-separated: the first that answers is used.
+        #[arg(long, value_delimiter = ',', required = true)]
+        server: Vec<String>,
+        /// Auth token.
+        #[arg(long, default_value = "")]
+        token: String,
+        /// The vdisk.
+        #[arg(long)]
+        vdisk: String,
+        /// The local image (created when missing).
+        #[arg(long)]
+        image: PathBuf,
+        /// Export size in bytes for a new image (a multiple of 512); a larger one grows it.
+        #[arg(long)]
+        size: Option<u64>,
+        /// Listen on this TCP address (port 0: any free port, printed).
+        #[arg(long, conflicts_with = "socket")]
+        listen: Option<String>,
+        /// Listen on this Unix socket instead.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Seconds to keep reconnecting to tlogd before writes fail.
+        #[arg(long, default_value_t = 600)]
+        reconnect_timeout: u64,
+    },
     /// Delete a vdisk's history and give its space back. A vdisk with forks is refused unless
     /// --force; its forks keep the prefix they stand on.
     Delete {
@@ -577,6 +608,47 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
                 start.elapsed().as_secs_f64(),
                 j["checkpoint"].as_str().unwrap_or("?")
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Nbd { server, token, vdisk, image, size, listen, socket, reconnect_timeout } => {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
+            }
+            let listen = match (listen, socket) {
+                (_, Some(p)) => tlog::nbd::Listen::Unix(p),
+                (Some(a), None) => tlog::nbd::Listen::Tcp(a),
+                (None, None) => tlog::nbd::Listen::Tcp("127.0.0.1:10809".into()),
+            };
+            let name = vdisk.clone();
+            let cfg = tlog::nbd::GatewayConfig {
+                servers: server,
+                vdisk,
+                token,
+                image,
+                size,
+                listen,
+                reconnect_timeout: std::time::Duration::from_secs(reconnect_timeout),
+            };
+            tlog::nbd::run(cfg, stop, |r| {
+                println!(
+                    "tlog nbd: vdisk {} ({} bytes) at sequence {}{}; serving on {} (ready in {:.3} s)",
+                    name,
+                    r.size,
+                    r.head,
+                    if r.built {
+                        format!(", image built from tlogd ({} blocks)", r.caught_up_blocks)
+                    } else if r.caught_up_blocks > 0 {
+                        format!(", image caught up by {} blocks", r.caught_up_blocks)
+                    } else {
+                        String::new()
+                    },
+                    r.address,
+                    r.elapsed.as_secs_f64()
+                );
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Delete { server, token, vdisk, force } => {

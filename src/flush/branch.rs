@@ -137,7 +137,7 @@ pub(crate) fn fork(sh: &Shared, parent: &str, new: &str, at: &PointSpec) -> Resu
         Some(p) => {
             let h = flushed_history(sh, parent)?;
             let cut = h.resolve(&p)?.ok_or_else(|| Error::InvalidArgument(format!("{p} of vdisk {parent} is before its first block: nothing to fork")))?;
-            fork_at(sh, parent, cut, now)?
+            fork_in(&h, parent, cut, now)?
         }
     };
     let stored = tree::store_fork(&sh.backends, &sh.codec, new, &f);
@@ -153,7 +153,11 @@ pub(crate) fn fork(sh: &Shared, parent: &str, new: &str, at: &PointSpec) -> Resu
 
 /// The fork record of a fork of `parent` at sequence `cut` (found through its index).
 fn fork_at(sh: &Shared, parent: &str, cut: u64, now: u64) -> Result<Fork> {
-    let h = flushed_history(sh, parent)?;
+    fork_in(&flushed_history(sh, parent)?, parent, cut, now)
+}
+
+/// The fork record of a fork at sequence `cut` of the history `h` of `parent`.
+fn fork_in(h: &History, parent: &str, cut: u64, now: u64) -> Result<Fork> {
     let i = h.index.find_sequence(cut).ok_or_else(|| Error::InvalidArgument(format!("sequence {cut} is not in the history of vdisk {parent}")))?;
     let e = h.index.entries[i];
     let ts = if e.last_sequence == cut {
@@ -374,8 +378,12 @@ pub(crate) fn delete(sh: &Shared, vdisk: &str, force: bool) -> Result<String> {
 }
 
 /// The cleaner: every `clean_interval`, one retention pass over every vdisk, then each backend
-/// gives the space back. Runs until the engine closes.
+/// gives the space back. Runs at nice 19 until the engine closes.
 pub(crate) fn cleaner(sh: Arc<Shared>, policy: Policy, interval: Duration) {
+    // Background upkeep takes the CPU ingest leaves, as playback does.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), crate::history::playback::NICE) {
+        tracing::debug!("cannot lower the cleaner thread's priority: {e}");
+    }
     let cleaner = Cleaner { backends: &sh.backends, sealer: &sh.sealer, codec: &sh.codec, write_quorum: sh.write_quorum };
     let mut next = Instant::now() + interval;
     while !sh.closed.load(Ordering::SeqCst) {

@@ -307,14 +307,30 @@ impl Index {
     /// Errors: the chain cannot be followed (an aggregation that is neither indexed nor
     /// rebuildable, a wrong link), or more than m backends are unreachable for a rebuild.
     pub fn load(backends: &[Arc<dyn Backend>], sealer: &Sealer, codec: &IndexCodec, vdisk: &str, head: &HeadRecord) -> Result<Index> {
-        let mut by_height = collect(backends, codec, vdisk);
+        // Two backends first (every record went to at least write_quorum of them); the others
+        // only when an entry is missing there.
+        let first = backends.len().min(2);
+        let mut by_height = collect(&backends[..first], codec, vdisk);
+        let mut all_read = first == backends.len();
         let base = super::retention::base_of(backends, codec, vdisk);
         let stop = base.as_ref().map(|b| b.covers).unwrap_or(0);
         let mut entries = Vec::with_capacity(head.height.saturating_sub(stop) as usize);
         let mut rebuilt = Vec::new();
         let (mut h, mut key) = (head.height, head.key);
         while h > stop {
-            let found = by_height.get_mut(&h).and_then(|v| v.iter().position(|e| e.key == key).map(|i| v.swap_remove(i)));
+            let mut found = by_height.get_mut(&h).and_then(|v| v.iter().position(|e| e.key == key).map(|i| v.swap_remove(i)));
+            if found.is_none() && !all_read {
+                for (height, es) in collect(&backends[first..], codec, vdisk) {
+                    let v = by_height.entry(height).or_default();
+                    for e in es {
+                        if !v.contains(&e) {
+                            v.push(e);
+                        }
+                    }
+                }
+                all_read = true;
+                found = by_height.get_mut(&h).and_then(|v| v.iter().position(|e| e.key == key).map(|i| v.swap_remove(i)));
+            }
             let e = match found {
                 Some(e) => e,
                 None => {

@@ -44,6 +44,10 @@ pub struct History {
     pub fork: Option<tree::Fork>,
     /// Its base, where its own history was folded.
     pub base: Option<retention::Base>,
+    /// The oldest restorable point of the path (sequence, timestamp): the newest base's last
+    /// folded block among this vdisk and the parents it stands on; `None` with nothing folded.
+    /// Base chunks below it hold older folds, complete only together.
+    pub floor: Option<(u64, u64)>,
 }
 
 /// A summary of a vdisk's history (`tlog history`).
@@ -114,6 +118,7 @@ impl History {
         };
         let mut entries = Vec::new();
         let mut parts = Vec::new();
+        let mut floor: Option<(u64, u64)> = None;
         if let Some(f) = &fork {
             let p = Self::load_path(backends.clone(), sealer.clone(), &f.parent, depth + 1)?;
             let n = p.index.entries.partition_point(|e| e.first_sequence <= f.cut);
@@ -130,10 +135,14 @@ impl History {
                 last.last_timestamp = last.last_timestamp.min(f.cut_timestamp.max(last.first_timestamp));
             }
             parts = p.parts.into_iter().filter(|(s, _)| *s < n).collect();
+            floor = p.floor.filter(|(s, _)| *s <= f.cut);
         }
         parts.push((entries.len(), vdisk.to_string()));
         entries.extend(own.entries);
         let base = retention::base_of(&backends, &codec, vdisk);
+        if let Some(b) = &base {
+            floor = floor.max(Some((b.last_sequence, b.last_timestamp)));
+        }
         Ok(History {
             backends,
             sealer,
@@ -144,7 +153,18 @@ impl History {
             parts,
             fork,
             base,
+            floor,
         })
+    }
+
+    /// The restorable sequence range (first, last): the index's, from the floor on.
+    pub fn sequences(&self) -> Option<(u64, u64)> {
+        self.index.sequences().map(|(f, l)| (self.floor.map(|(s, _)| f.max(s)).unwrap_or(f), l))
+    }
+
+    /// The restorable time range (ns): the index's, from the floor on.
+    pub fn times(&self) -> Option<(u64, u64)> {
+        self.index.times().map(|(f, l)| (self.floor.map(|(_, t)| f.max(t)).unwrap_or(f), l))
     }
 
     /// The vdisk whose aggregation is at position `i` of the path.
@@ -238,10 +258,10 @@ impl History {
     pub fn summary(&self) -> Summary {
         let mut cps: Vec<checkpoint::Checkpoint> = checkpoint::list(&self.backends, &self.codec, &self.vdisk).into_values().collect();
         cps.sort_by_key(|c| (c.sequence, c.time));
-        let times = self.index.times();
+        let times = self.times();
         Summary {
             vdisk: self.vdisk.clone(),
-            sequences: self.index.sequences(),
+            sequences: self.sequences(),
             times,
             times_rfc3339: times.map(|(a, b)| (crate::time::format_time(a), crate::time::format_time(b))),
             aggregations: self.index.entries.len() as u64,
@@ -253,7 +273,7 @@ impl History {
             fork_point: self.fork.as_ref().map(|f| f.cut),
             children: tree::children(&self.backends, &self.codec, &self.vdisk).into_values().collect(),
             rebase: tree::rebase_of(&self.backends, &self.codec, &self.vdisk).ok().flatten(),
-            window_start: self.base.as_ref().map(|b| (b.last_sequence, crate::time::format_time(b.last_timestamp))),
+            window_start: self.floor.map(|(s, t)| (s, crate::time::format_time(t))),
             base_chunks: self.base.as_ref().map(|b| b.chunks.len() as u64).unwrap_or(0),
         }
     }

@@ -55,19 +55,19 @@ const FUTURE_SLACK_NS: u64 = 60_000_000_000;
 
 impl History {
     fn range_text(&self) -> String {
-        match (self.index.sequences(), self.index.times()) {
+        match (self.sequences(), self.times()) {
             (Some((a, b)), Some((t0, t1))) => format!("sequences {a}..{b}, blocks stamped {} .. {}", format_time(t0), format_time(t1)),
             _ => "no block".into(),
         }
     }
 
     fn before_text(&self, point: &Point) -> String {
-        match &self.base {
-            Some(b) => format!(
+        match self.floor {
+            Some((seq, ts)) => format!(
                 "{point} is older than the history of vdisk {} keeps (older history was folded by retention): the oldest restorable point is sequence {} ({}); it holds {}",
                 self.vdisk,
-                b.last_sequence,
-                format_time(b.last_timestamp),
+                seq,
+                format_time(ts),
                 self.range_text()
             ),
             None => format!("{point} is before the history of vdisk {}, which holds {}", self.vdisk, self.range_text()),
@@ -80,7 +80,7 @@ impl History {
     /// Errors: a point before the history's first block, after its head, in the future, or an
     /// unknown checkpoint; each message says which range exists or which checkpoints do.
     pub fn resolve(&self, point: &Point) -> Result<Option<u64>> {
-        let Some((first, last)) = self.index.sequences() else {
+        let Some((first, last)) = self.sequences() else {
             return match point {
                 Point::Checkpoint(name) => checkpoint::find(self, name).map(|c| c.sequence),
                 p => Err(Error::InvalidArgument(format!("{p}: vdisk {} has no block yet", self.vdisk))),
@@ -93,7 +93,7 @@ impl History {
             }
             Point::Sequence(s) => Ok(Some(*s)),
             Point::Time(t) => {
-                let (t0, t1) = self.index.times().unwrap_or((0, 0));
+                let (t0, t1) = self.times().unwrap_or((0, 0));
                 if *t < t0 {
                     return Err(Error::InvalidArgument(self.before_text(point)));
                 }

@@ -36,6 +36,11 @@ use crate::wire::{Block, Operation, SECTOR};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A fold appends chunks to the base while it then holds at most this many times the data of
+/// its last full rewrite (so a restore reads at most about this much more than the image);
+/// past it the base is rewritten whole.
+pub const APPEND_FACTOR: f64 = 1.25;
+
 /// Name of the base record.
 pub const BASE: &str = "base";
 /// Name of the record of a fold in progress.
@@ -50,6 +55,11 @@ pub struct Chunk {
     pub data_bytes: u64,
     /// Blocks.
     pub blocks: u32,
+    /// The sequence its blocks are stamped with: the last folded block of the fold that wrote
+    /// it.
+    pub sequence: u64,
+    /// Their timestamp, ns.
+    pub timestamp: u64,
 }
 
 /// A vdisk's base.
@@ -73,6 +83,10 @@ pub struct Base {
     pub garbage_from: u64,
     /// The chunks of the base before it.
     pub garbage_chunks: Vec<Key>,
+    /// Data bytes of the chunks right after the last full rewrite: a fold only appends chunks
+    /// of what it folds while the chunks then hold at most [`APPEND_FACTOR`] times this (older
+    /// chunks are applied first, so newer ones win); past it, it rewrites the base whole.
+    pub full_bytes: u64,
 }
 
 impl Base {
@@ -84,10 +98,10 @@ impl Base {
                 height: 0,
                 key: c.key,
                 prev: [0u8; 32],
-                first_sequence: self.last_sequence,
-                last_sequence: self.last_sequence,
-                first_timestamp: self.last_timestamp,
-                last_timestamp: self.last_timestamp,
+                first_sequence: c.sequence,
+                last_sequence: c.sequence,
+                first_timestamp: c.timestamp,
+                last_timestamp: c.timestamp,
                 epoch: 0,
                 blocks: c.blocks,
                 data_bytes: c.data_bytes,
@@ -104,7 +118,7 @@ fn bad(what: &str, vdisk: &str) -> Error {
 impl IndexCodec {
     /// A base record of `vdisk`.
     pub fn encode_base(&self, vdisk: &str, b: &Base) -> Vec<u8> {
-        let mut v = vec![1];
+        let mut v = vec![2];
         v.extend_from_slice(&b.covers.to_le_bytes());
         v.extend_from_slice(&b.chain_prev);
         for x in [b.last_sequence, b.last_timestamp, b.folded_at] {
@@ -117,11 +131,14 @@ impl IndexCodec {
             v.extend_from_slice(&c.key);
             v.extend_from_slice(&c.data_bytes.to_le_bytes());
             v.extend_from_slice(&c.blocks.to_le_bytes());
+            v.extend_from_slice(&c.sequence.to_le_bytes());
+            v.extend_from_slice(&c.timestamp.to_le_bytes());
         }
         v.extend_from_slice(&(b.garbage_chunks.len() as u32).to_le_bytes());
         for k in &b.garbage_chunks {
             v.extend_from_slice(k);
         }
+        v.extend_from_slice(&b.full_bytes.to_le_bytes());
         self.sign_record(vdisk, v)
     }
 
@@ -129,7 +146,7 @@ impl IndexCodec {
     pub fn decode_base(&self, vdisk: &str, b: &[u8]) -> Result<Base> {
         let mut r = Reader::new(self.verify_record(vdisk, b, "base")?);
         let x = (|| {
-            if r.u8()? != 1 {
+            if r.u8()? != 2 {
                 return None;
             }
             let covers = r.u64()?;
@@ -138,19 +155,31 @@ impl IndexCodec {
             let gc_pending = r.u8()? == 1;
             let garbage_from = r.u64()?;
             let n = r.u32()? as usize;
-            if n > r.remaining() / 44 {
+            if n > r.remaining() / 60 {
                 return None;
             }
             let mut chunks = Vec::with_capacity(n);
             for _ in 0..n {
-                chunks.push(Chunk { key: r.array::<32>()?, data_bytes: r.u64()?, blocks: r.u32()? });
+                chunks.push(Chunk { key: r.array::<32>()?, data_bytes: r.u64()?, blocks: r.u32()?, sequence: r.u64()?, timestamp: r.u64()? });
             }
             let g = r.u32()? as usize;
             if g > r.remaining() / 32 {
                 return None;
             }
             let garbage_chunks: Option<Vec<Key>> = (0..g).map(|_| r.array::<32>()).collect();
-            let b = Base { covers, chain_prev, last_sequence, last_timestamp, folded_at, chunks, gc_pending, garbage_from, garbage_chunks: garbage_chunks? };
+            let full_bytes = r.u64()?;
+            let b = Base {
+                covers,
+                chain_prev,
+                last_sequence,
+                last_timestamp,
+                folded_at,
+                chunks,
+                gc_pending,
+                garbage_from,
+                garbage_chunks: garbage_chunks?,
+                full_bytes,
+            };
             (r.remaining() == 0).then_some(b)
         })();
         x.ok_or_else(|| bad("base", vdisk))
@@ -337,9 +366,14 @@ impl Cleaner<'_> {
         let base = base_of(self.backends, self.codec, vdisk);
         let mut rolled = 0;
         for (covers, keys) in intents {
+            // Committed: the base covers the fold's height and ends with its chunks (a full
+            // rewrite holds only them, an appending fold put them after the older ones).
             let committed = base
                 .as_ref()
-                .map(|b| b.covers == covers && b.chunks.iter().map(|c| c.key).collect::<Vec<_>>() == keys.iter().rev().copied().collect::<Vec<_>>())
+                .map(|b| {
+                    let tail: Vec<Key> = b.chunks.iter().rev().take(keys.len()).map(|c| c.key).collect();
+                    b.covers == covers && !keys.is_empty() && tail == keys
+                })
                 .unwrap_or(false);
             if committed {
                 // The switch reached some backends: complete it everywhere.
@@ -369,6 +403,16 @@ impl Cleaner<'_> {
     fn fold(&self, vdisk: &str, entries: &[IndexEntry], old: Option<&Base>, policy: &Policy, now: u64) -> Result<(u64, u64)> {
         let last = *entries.last().ok_or_else(|| Error::InvalidArgument("nothing to fold".into()))?;
         let (s, t) = (last.last_sequence, last.last_timestamp);
+        // Append the newly folded part after the old chunks while the base then holds at most
+        // APPEND_FACTOR times what its last full rewrite held (the new part's data bytes bound
+        // its chunks); rewrite the whole base past it.
+        let new_bytes: u64 = entries.iter().filter(|e| e.height > 0).map(|e| e.data_bytes).sum();
+        let append = old
+            .map(|b| {
+                !b.chunks.is_empty() && (b.chunks.iter().map(|c| c.data_bytes).sum::<u64>() + new_bytes) as f64 <= APPEND_FACTOR * b.full_bytes.max(1) as f64
+            })
+            .unwrap_or(false);
+        let entries: Vec<IndexEntry> = if append { entries.iter().filter(|e| e.height > 0).copied().collect() } else { entries.to_vec() };
         let mut covered = Sectors::default();
         let mut chunk: Vec<Block> = Vec::new();
         let mut chunk_bytes = 0u64;
@@ -417,7 +461,7 @@ impl Cleaner<'_> {
             }
             #[cfg(feature = "failpoints")]
             fail::fail_point!("history::fold_chunk", crate::failpoint_action);
-            written.push(Chunk { key: sealed.key, data_bytes: *bytes, blocks: blocks.len() as u32 });
+            written.push(Chunk { key: sealed.key, data_bytes: *bytes, blocks: blocks.len() as u32, sequence: s, timestamp: t });
             blocks.clear();
             *bytes = 0;
             Ok(())
@@ -452,25 +496,45 @@ impl Cleaner<'_> {
             seal_chunk(&mut chunk, &mut chunk_bytes, &mut written)?;
         }
         written.reverse();
+        let new_chunks = written.len() as u64;
         #[cfg(feature = "failpoints")]
         fail::fail_point!("history::fold_commit", crate::failpoint_action);
+        let (chunks, garbage_chunks, full_bytes) = match old {
+            Some(b) if append => {
+                let full = b.full_bytes;
+                (b.chunks.iter().copied().chain(written).collect::<Vec<Chunk>>(), b.garbage_chunks.clone(), full)
+            }
+            _ => {
+                let full = written.iter().map(|c| c.data_bytes).sum();
+                (written, old.map(|b| b.chunks.iter().map(|c| c.key).chain(b.garbage_chunks.iter().copied()).collect()).unwrap_or_default(), full)
+            }
+        };
         let base = Base {
             covers: last.height,
             chain_prev: last.key,
             last_sequence: s,
             last_timestamp: t,
             folded_at: now,
-            chunks: written.clone(),
+            chunks,
             gc_pending: true,
             garbage_from: old.map(|b| b.covers + 1).unwrap_or(1),
-            garbage_chunks: old.map(|b| b.chunks.iter().map(|c| c.key).chain(b.garbage_chunks.iter().copied()).collect()).unwrap_or_default(),
+            garbage_chunks,
+            full_bytes,
         };
         let rec = self.codec.encode_base(vdisk, &base);
         let batch =
             Batch { metas: vec![MetaWrite { vdisk, name: BASE, value: Some(&rec) }, MetaWrite { vdisk, name: FOLD, value: None }], ..Default::default() };
         self.write("base record", &batch)?;
-        tracing::info!(vdisk, covers = last.height, sequence = s, chunks = written.len(), "history folded into a base: {folded} aggregations");
-        Ok((written.len() as u64, folded))
+        tracing::info!(
+            vdisk,
+            covers = last.height,
+            sequence = s,
+            new_chunks,
+            chunks = base.chunks.len(),
+            append,
+            "history folded into a base: {folded} aggregations"
+        );
+        Ok((new_chunks, folded))
     }
 
     /// Deletes the folded aggregations, their index records and the old base's chunks; marks
@@ -629,10 +693,14 @@ mod tests {
             last_sequence: 900,
             last_timestamp: 5,
             folded_at: 6,
-            chunks: vec![Chunk { key: [2; 32], data_bytes: 10, blocks: 2 }],
+            chunks: vec![
+                Chunk { key: [2; 32], data_bytes: 10, blocks: 2, sequence: 800, timestamp: 4 },
+                Chunk { key: [7; 32], data_bytes: 3, blocks: 1, sequence: 900, timestamp: 5 },
+            ],
             gc_pending: true,
             garbage_from: 3,
             garbage_chunks: vec![[3; 32]],
+            full_bytes: 10,
         };
         assert_eq!(c.decode_base("v", &c.encode_base("v", &b)).unwrap(), b);
         assert!(c.decode_base("w", &c.encode_base("v", &b)).is_err());

@@ -1,0 +1,767 @@
+//! The NBD gateway (DESIGN.md §13): an NBD server (the NetworkBlockDevice project's
+//! `doc/proto.md`, see [`proto`]) whose every write, trim and zero is streamed to tlogd through
+//! the client library and applied to a local image, the gateway's primary copy, from which
+//! reads are served.
+//!
+//! Durability contract:
+//!
+//! - a plain write (or trim, or zero) is answered once tlogd has *received* it, and after it
+//!   reached the image (page cache);
+//! - a `FLUSH` is answered once every block sent before it is flushed by tlogd (its flushed
+//!   acks) and the image is fdatasync'd; a command with `FUA` is answered only so;
+//! - one client connection to tlogd carries the writes of every NBD connection, and a flush
+//!   waits for all of them, so `CAN_MULTI_CONN` holds: a flush on one connection covers what was
+//!   answered on all;
+//! - the log's order is the image's order: sending a block to tlogd and writing it to the image
+//!   happen under one lock, so overlapping writes from two connections land in the same order
+//!   in both;
+//! - tlogd unreachable: writes wait (the client library's bounded window: backpressure) and
+//!   flushes wait; the library reconnects and resends; nothing is answered that tlogd has not
+//!   received.
+//!
+//! Restart and recovery: after each flush the gateway records, in `IMAGE.tlog-state`
+//! (written atomically), the vdisk and the last sequence its image holds durably. On start it
+//! attaches to tlogd (which answers the vdisk's last flushed sequence), and when the image is
+//! behind (a crash between logging and writing, or an image copied from elsewhere) it replays
+//! the missing range through playback before serving. With the image missing and the vdisk
+//! known, it builds the image from tlogd first.
+
+pub mod proto;
+
+use crate::client::remote::{Item, Playback};
+use crate::client::{Client, ClientConfig};
+use crate::error::{Error, IoContext, Result};
+use crate::wire::{PlaybackRequest, PointSpec};
+use proto::{chunk, cmd, cmd_flag, errno, info, opt, rep, tx, Request, REQUEST_BYTES};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Largest block the gateway sends to tlogd (bytes): longer writes and zeroes are split.
+pub const MAX_BLOCK: usize = 1 << 20;
+/// Largest read or write payload a client may send (bytes), advertised as the maximum
+/// payload.
+pub const MAX_PAYLOAD: u32 = 32 << 20;
+/// Minimum block size advertised: tlog addresses 512-byte sectors.
+pub const MIN_BLOCK: u32 = 512;
+/// Preferred block size advertised.
+pub const PREFERRED_BLOCK: u32 = 4096;
+/// NBD connections served at once; more are closed at once (logged).
+pub const MAX_CONNECTIONS: usize = 64;
+/// The metadata context id of `base:allocation`.
+const CONTEXT_ALLOCATION: u32 = 1;
+
+/// Where the gateway listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// TCP, `host:port` (port 0: any free port, printed).
+    Tcp(String),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+/// What `tlog nbd` was asked for.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// tlogd addresses (`host:port`); the first that answers is used.
+    pub servers: Vec<String>,
+    /// The vdisk.
+    pub vdisk: String,
+    /// Auth token.
+    pub token: String,
+    /// The local image.
+    pub image: PathBuf,
+    /// Export size for a new image (bytes, a multiple of 512); an existing image keeps its
+    /// length unless this is larger (it grows).
+    pub size: Option<u64>,
+    /// Where to listen.
+    pub listen: Listen,
+    /// How long the client library keeps reconnecting to tlogd before writes fail.
+    pub reconnect_timeout: Duration,
+}
+
+/// What the gateway holds durably, in `IMAGE.tlog-state`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageState {
+    /// The vdisk the image belongs to.
+    pub vdisk: String,
+    /// The last sequence the image holds durably (0: none).
+    pub sequence: u64,
+}
+
+/// Path of the state file of `image`.
+pub fn state_path(image: &Path) -> PathBuf {
+    let mut p = image.as_os_str().to_owned();
+    p.push(".tlog-state");
+    PathBuf::from(p)
+}
+
+/// Reads the state of `image`; `None` when there is none. Errors: unreadable or malformed.
+pub fn read_state(image: &Path) -> Result<Option<ImageState>> {
+    let p = state_path(image);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Format { path: p.clone(), detail: format!("gateway state: {e}") }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read {}", p.display()), e)),
+    }
+}
+
+fn write_state(image: &Path, s: &ImageState) -> Result<()> {
+    let b = serde_json::to_vec(s).map_err(|e| Error::InvalidArgument(format!("state json: {e}")))?;
+    crate::fs::write_atomic(&state_path(image), &b)
+}
+
+/// How the gateway came up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// The address it listens on (TCP `host:port` or the socket path).
+    pub address: String,
+    /// Export size, bytes.
+    pub size: u64,
+    /// The vdisk's last flushed sequence at start.
+    pub head: u64,
+    /// Blocks replayed from tlogd before serving (the image was behind).
+    pub caught_up_blocks: u64,
+    /// Whether the image was built from tlogd (it was missing).
+    pub built: bool,
+    /// From start to serving.
+    pub elapsed: Duration,
+}
+
+/// The gateway: one tlog client for the vdisk, the image, and the order lock.
+struct Gateway {
+    client: Client,
+    image: File,
+    path: PathBuf,
+    vdisk: String,
+    size: u64,
+    /// Held while a block is sent to tlogd and written to the image.
+    order: Mutex<()>,
+    /// The last sequence recorded in the state file.
+    durable: Mutex<u64>,
+    stop: Arc<AtomicBool>,
+    connections: AtomicUsize,
+}
+
+fn bad(what: String) -> Error {
+    Error::InvalidArgument(what)
+}
+
+impl Gateway {
+    /// Sends `data` at byte `offset` to tlogd (in blocks of at most [`MAX_BLOCK`], all-zero
+    /// ones as write_zeroes) and writes it to the image; waits until tlogd received it.
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        {
+            let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, piece) in data.chunks(MAX_BLOCK).enumerate() {
+                let lba = (offset + (i * MAX_BLOCK) as u64) / 512;
+                if piece.iter().all(|b| *b == 0) {
+                    self.client.write_zeroes(lba, piece.len() as u64)?;
+                } else {
+                    self.client.write(lba, piece.to_vec())?;
+                }
+            }
+            self.image.write_all_at(data, offset).ctx(|| format!("write {}", self.path.display()))?;
+        }
+        self.client.wait_received(Duration::from_secs(3600))?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes `len` bytes at `offset` in tlogd and in the image (a hole when `punch`).
+    fn zero(&self, offset: u64, len: u64, punch: bool, fua: bool) -> Result<()> {
+        {
+            let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            let mut p = offset;
+            while p < offset + len {
+                let n = (offset + len - p).min(MAX_BLOCK as u64);
+                self.client.write_zeroes(p / 512, n)?;
+                p += n;
+            }
+            self.zero_image(offset, len, punch)?;
+        }
+        self.client.wait_received(Duration::from_secs(3600))?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn zero_image(&self, offset: u64, len: u64, punch: bool) -> Result<()> {
+        use rustix::fs::FallocateFlags as F;
+        let mode = if punch { F::PUNCH_HOLE | F::KEEP_SIZE } else { F::ZERO_RANGE | F::KEEP_SIZE };
+        if rustix::fs::fallocate(&self.image, mode, offset, len).is_ok() {
+            return Ok(());
+        }
+        // A file system without hole punching: write the zeroes.
+        let z = vec![0u8; MAX_BLOCK];
+        let mut p = offset;
+        while p < offset + len {
+            let n = (offset + len - p).min(z.len() as u64) as usize;
+            self.image.write_all_at(&z[..n], p).ctx(|| format!("zero {}", self.path.display()))?;
+            p += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Every block sent so far flushed by tlogd, the image fdatasync'd, the state recorded.
+    fn flush(&self) -> Result<()> {
+        let seq = {
+            let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            self.client.next_sequence().saturating_sub(1)
+        };
+        self.client.flush()?;
+        rustix::fs::fdatasync(&self.image).map_err(|e| Error::io(format!("fdatasync {}", self.path.display()), e.into()))?;
+        let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        if seq > *d {
+            write_state(&self.path, &ImageState { vdisk: self.vdisk.clone(), sequence: seq })?;
+            *d = seq;
+        }
+        Ok(())
+    }
+
+    /// `base:allocation` extents of `[offset, offset + len)`: (length, flags), from the image's
+    /// holes (`SEEK_DATA`/`SEEK_HOLE`).
+    fn allocation(&self, offset: u64, len: u64, one: bool) -> Vec<(u32, u32)> {
+        use rustix::fs::SeekFrom;
+        let end = (offset + len).min(self.size);
+        let mut out = Vec::new();
+        let mut p = offset;
+        while p < end && out.len() < 1024 {
+            let data = rustix::fs::seek(&self.image, SeekFrom::Data(p)).unwrap_or(end).min(end);
+            if data > p {
+                out.push(((data - p).min(u32::MAX as u64 & !511) as u32, proto::state::HOLE | proto::state::ZERO));
+                p += out.last().map(|e| e.0 as u64).unwrap_or(0);
+            } else {
+                let hole = rustix::fs::seek(&self.image, SeekFrom::Hole(p)).unwrap_or(end).min(end).max(p + 1);
+                out.push(((hole - p).min(u32::MAX as u64 & !511) as u32, 0));
+                p += out.last().map(|e| e.0 as u64).unwrap_or(0);
+            }
+            if one {
+                break;
+            }
+        }
+        if out.is_empty() {
+            out.push((len.clamp(1, u32::MAX as u64) as u32, 0));
+        }
+        out
+    }
+}
+
+/// A client connection of either kind.
+trait Conn: Read + Write + Send {
+    fn set_timeout(&self, d: Option<Duration>) -> std::io::Result<()>;
+    fn peer(&self) -> String;
+}
+
+impl Conn for std::net::TcpStream {
+    fn set_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(d)
+    }
+    fn peer(&self) -> String {
+        self.peer_addr().map(|a| a.to_string()).unwrap_or_default()
+    }
+}
+
+impl Conn for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(d)
+    }
+    fn peer(&self) -> String {
+        "unix socket".into()
+    }
+}
+
+/// Reads exactly `buf.len()` bytes; between requests (`idle`) a timeout checks `stop`.
+/// `Ok(false)`: the client closed (or we stop) before the first byte.
+fn read_full(c: &mut dyn Conn, buf: &mut [u8], stop: &AtomicBool, idle: bool) -> Result<bool> {
+    let mut n = 0;
+    let mut quiet = Instant::now();
+    while n < buf.len() {
+        match c.read(&mut buf[n..]) {
+            Ok(0) if n == 0 => return Ok(false),
+            Ok(0) => return Err(Error::Protocol("nbd: connection closed inside a message".into())),
+            Ok(k) => {
+                n += k;
+                quiet = Instant::now();
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {
+                if n == 0 && idle && stop.load(Ordering::SeqCst) {
+                    return Ok(false);
+                }
+                if n > 0 && quiet.elapsed() > Duration::from_secs(60) {
+                    return Err(Error::Timeout("nbd: a message stalled for 60 s".into()));
+                }
+            }
+            Err(e) => return Err(Error::io("nbd: read", e)),
+        }
+    }
+    Ok(true)
+}
+
+/// Negotiated state of one connection.
+#[derive(Default)]
+struct Session {
+    structured: bool,
+    allocation: bool,
+}
+
+fn transmission_flags(structured: bool) -> u16 {
+    let _ = structured;
+    tx::HAS_FLAGS | tx::SEND_FLUSH | tx::SEND_FUA | tx::SEND_TRIM | tx::SEND_WRITE_ZEROES | tx::CAN_MULTI_CONN | tx::SEND_CACHE | tx::SEND_FAST_ZERO
+}
+
+/// The handshake; `Ok(Some(session))` when transmission begins.
+fn handshake(g: &Gateway, c: &mut dyn Conn) -> Result<Option<Session>> {
+    proto::send(c, &proto::greeting(), "send greeting")?;
+    let mut f = [0u8; 4];
+    if !read_full(c, &mut f, &g.stop, false)? {
+        return Ok(None);
+    }
+    let flags = u32::from_be_bytes(f);
+    if flags & !(proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES) != 0 {
+        return Err(Error::Protocol(format!("nbd: unknown client flags {flags:#x}")));
+    }
+    let no_zeroes = flags & proto::FLAG_C_NO_ZEROES != 0;
+    let mut s = Session::default();
+    let name_ok = |n: &str| n.is_empty() || n == g.vdisk;
+    loop {
+        let o = proto::read_option(c)?;
+        let reply = |c: &mut dyn Conn, kind: u32, data: &[u8]| proto::send(c, &proto::option_reply(o.kind, kind, data), "send option reply");
+        match o.kind {
+            opt::EXPORT_NAME => {
+                let name = String::from_utf8_lossy(&o.data).into_owned();
+                if !name_ok(&name) {
+                    // The old style has no error reply: the session ends.
+                    return Err(Error::NotFound(format!("nbd: export {name:?} (this gateway exports {:?})", g.vdisk)));
+                }
+                proto::send(c, &proto::export_name_reply(g.size, transmission_flags(s.structured), no_zeroes), "send export")?;
+                return Ok(Some(s));
+            }
+            opt::ABORT => {
+                let _ = reply(c, rep::ACK, &[]);
+                return Ok(None);
+            }
+            opt::LIST => {
+                if !o.data.is_empty() {
+                    proto::send(c, &proto::option_error(o.kind, rep::ERR_INVALID, "NBD_OPT_LIST takes no data"), "send option reply")?;
+                    continue;
+                }
+                reply(c, rep::SERVER, &proto::server_entry(&g.vdisk))?;
+                reply(c, rep::ACK, &[])?;
+            }
+            opt::INFO | opt::GO => {
+                let Some((name, reqs)) = proto::parse_info_request(&o.data) else {
+                    proto::send(c, &proto::option_error(o.kind, rep::ERR_INVALID, "malformed NBD_OPT_INFO/GO"), "send option reply")?;
+                    continue;
+                };
+                if !name_ok(&name) {
+                    proto::send(
+                        c,
+                        &proto::option_error(o.kind, rep::ERR_UNKNOWN, &format!("no export {name:?}; this gateway exports {:?}", g.vdisk)),
+                        "send option reply",
+                    )?;
+                    continue;
+                }
+                reply(c, rep::INFO, &proto::info_export(g.size, transmission_flags(s.structured)))?;
+                reply(c, rep::INFO, &proto::info_block_size(MIN_BLOCK, PREFERRED_BLOCK, MAX_PAYLOAD))?;
+                if reqs.contains(&info::NAME) {
+                    reply(c, rep::INFO, &proto::info_text(info::NAME, &g.vdisk))?;
+                }
+                if reqs.contains(&info::DESCRIPTION) {
+                    reply(c, rep::INFO, &proto::info_text(info::DESCRIPTION, &format!("tlog vdisk {}", g.vdisk)))?;
+                }
+                reply(c, rep::ACK, &[])?;
+                if o.kind == opt::GO {
+                    return Ok(Some(s));
+                }
+            }
+            opt::STRUCTURED_REPLY => {
+                if !o.data.is_empty() {
+                    proto::send(c, &proto::option_error(o.kind, rep::ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data"), "send option reply")?;
+                    continue;
+                }
+                s.structured = true;
+                reply(c, rep::ACK, &[])?;
+            }
+            opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
+                if !s.structured {
+                    proto::send(c, &proto::option_error(o.kind, rep::ERR_INVALID, "negotiate structured replies first"), "send option reply")?;
+                    continue;
+                }
+                let Some((name, queries)) = proto::parse_meta_request(&o.data) else {
+                    proto::send(c, &proto::option_error(o.kind, rep::ERR_INVALID, "malformed meta context request"), "send option reply")?;
+                    continue;
+                };
+                if !name_ok(&name) {
+                    proto::send(c, &proto::option_error(o.kind, rep::ERR_UNKNOWN, &format!("no export {name:?}")), "send option reply")?;
+                    continue;
+                }
+                let listing = o.kind == opt::LIST_META_CONTEXT;
+                let wants = (listing && queries.is_empty()) || queries.iter().any(|q| q == "base:allocation" || (listing && q == "base:"));
+                if o.kind == opt::SET_META_CONTEXT {
+                    s.allocation = wants;
+                }
+                if wants {
+                    reply(c, rep::META_CONTEXT, &proto::meta_context(if listing { 0 } else { CONTEXT_ALLOCATION }, "base:allocation"))?;
+                }
+                reply(c, rep::ACK, &[])?;
+            }
+            other => {
+                proto::send(c, &proto::option_error(other, rep::ERR_UNSUP, &format!("option {other} is not supported")), "send option reply")?;
+            }
+        }
+    }
+}
+
+/// Answers `error` to `r`.
+fn fail(c: &mut dyn Conn, s: &Session, r: &Request, error: u32, message: &str) -> Result<()> {
+    if s.structured {
+        proto::send(c, &proto::error_chunk(r.cookie, error, message), "send reply")
+    } else {
+        proto::send(c, &proto::simple_reply(error, r.cookie), "send reply")
+    }
+}
+
+fn errno_of(e: &Error) -> u32 {
+    match e {
+        Error::Io { source, .. } if source.raw_os_error() == Some(28) => errno::ENOSPC,
+        Error::Shutdown => errno::ESHUTDOWN,
+        _ => errno::EIO,
+    }
+}
+
+/// The transmission phase: requests in order, until the client disconnects.
+fn transmission(g: &Gateway, c: &mut dyn Conn, s: Session) -> Result<()> {
+    let mut h = [0u8; REQUEST_BYTES];
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if !read_full(c, &mut h, &g.stop, true)? {
+            return Ok(());
+        }
+        let r = proto::parse_request(&h)?;
+        let end = r.offset.checked_add(r.length as u64);
+        let in_range = end.map(|e| e <= g.size).unwrap_or(false);
+        let aligned = r.offset.is_multiple_of(512) && (r.length as u64).is_multiple_of(512);
+        if r.kind == cmd::WRITE {
+            if r.length > MAX_PAYLOAD {
+                let _ = fail(c, &s, &r, errno::EOVERFLOW, "write larger than the maximum payload");
+                return Err(Error::Protocol(format!("nbd: write of {} bytes (at most {MAX_PAYLOAD})", r.length)));
+            }
+            buf.resize(r.length as usize, 0);
+            if !read_full(c, &mut buf, &g.stop, false)? {
+                return Err(Error::Protocol("nbd: connection closed inside a write".into()));
+            }
+        }
+        let fua = r.flags & cmd_flag::FUA != 0;
+        match r.kind {
+            cmd::READ => {
+                if !in_range || r.length > MAX_PAYLOAD {
+                    fail(
+                        c,
+                        &s,
+                        &r,
+                        errno::EINVAL,
+                        &format!("read of {} bytes at {} is outside the export ({} bytes) or too large", r.length, r.offset, g.size),
+                    )?;
+                    continue;
+                }
+                buf.resize(r.length as usize, 0);
+                if let Err(e) = g.image.read_exact_at(&mut buf, r.offset) {
+                    fail(c, &s, &r, errno::EIO, &format!("read image: {e}"))?;
+                    continue;
+                }
+                if s.structured {
+                    let mut head = proto::chunk_header(chunk::FLAG_DONE, chunk::OFFSET_DATA, r.cookie, r.length + 8).to_vec();
+                    head.extend_from_slice(&r.offset.to_be_bytes());
+                    proto::send(c, &head, "send reply")?;
+                } else {
+                    proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?;
+                }
+                proto::send(c, &buf, "send data")?;
+            }
+            cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES => {
+                if !in_range || !aligned {
+                    fail(
+                        c,
+                        &s,
+                        &r,
+                        errno::EINVAL,
+                        &format!("{} bytes at {}: outside the export ({} bytes) or not 512-byte aligned", r.length, r.offset, g.size),
+                    )?;
+                    continue;
+                }
+                let res = match r.kind {
+                    cmd::WRITE => g.write(r.offset, &buf, fua),
+                    cmd::TRIM => g.zero(r.offset, r.length as u64, true, fua),
+                    _ => g.zero(r.offset, r.length as u64, r.flags & cmd_flag::NO_HOLE == 0, fua),
+                };
+                match res {
+                    Ok(()) => proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?,
+                    Err(e) => {
+                        tracing::warn!(vdisk = %g.vdisk, "nbd: write failed: {e}");
+                        fail(c, &s, &r, errno_of(&e), &e.to_string())?;
+                    }
+                }
+            }
+            cmd::FLUSH => match g.flush() {
+                Ok(()) => proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?,
+                Err(e) => {
+                    tracing::warn!(vdisk = %g.vdisk, "nbd: flush failed: {e}");
+                    fail(c, &s, &r, errno_of(&e), &e.to_string())?;
+                }
+            },
+            cmd::CACHE => {
+                if !in_range {
+                    fail(c, &s, &r, errno::EINVAL, "cache outside the export")?;
+                    continue;
+                }
+                let _ = rustix::fs::fadvise(&g.image, r.offset, std::num::NonZeroU64::new(r.length as u64), rustix::fs::Advice::WillNeed);
+                proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?;
+            }
+            cmd::BLOCK_STATUS => {
+                if !s.structured || !s.allocation {
+                    fail(c, &s, &r, errno::EINVAL, "no metadata context was selected")?;
+                    continue;
+                }
+                if !in_range || r.length == 0 {
+                    fail(c, &s, &r, errno::EINVAL, "block status outside the export")?;
+                    continue;
+                }
+                let ext = g.allocation(r.offset, r.length as u64, r.flags & cmd_flag::REQ_ONE != 0);
+                proto::send(c, &proto::block_status_chunk(r.cookie, true, CONTEXT_ALLOCATION, &ext), "send reply")?;
+            }
+            cmd::DISC => return Ok(()),
+            other => fail(c, &s, &r, errno::EINVAL, &format!("command {other} is not supported"))?,
+        }
+    }
+}
+
+fn serve_conn(g: &Gateway, mut c: Box<dyn Conn>) {
+    let peer = c.peer();
+    let _ = c.set_timeout(Some(Duration::from_millis(200)));
+    let r = match handshake(g, c.as_mut()) {
+        Ok(Some(s)) => {
+            tracing::info!(vdisk = %g.vdisk, %peer, structured = s.structured, "nbd: client attached");
+            transmission(g, c.as_mut(), s)
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(()) => tracing::info!(vdisk = %g.vdisk, %peer, "nbd: client left"),
+        Err(e) => tracing::warn!(vdisk = %g.vdisk, %peer, "nbd: connection ended: {e}"),
+    }
+}
+
+/// Attaches to the first of `servers` that answers.
+fn connect(cfg: &GatewayConfig) -> Result<(Client, String)> {
+    let mut last = None;
+    for (i, s) in cfg.servers.iter().enumerate() {
+        let mut cc = ClientConfig::new(s, &cfg.vdisk);
+        cc.token = cfg.token.clone();
+        // The last address keeps trying for the whole reconnect timeout; earlier ones briefly.
+        cc.reconnect_timeout = if i + 1 == cfg.servers.len() { cfg.reconnect_timeout } else { Duration::from_secs(2) };
+        match Client::connect(cc) {
+            Ok(c) => return Ok((c, s.clone())),
+            Err(e) => {
+                tracing::warn!(server = %s, "nbd: tlogd not usable: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| bad("no tlogd address given".into())))
+}
+
+/// Brings `image` up to `head` of the vdisk (building it when missing); returns (size, blocks
+/// replayed, built).
+fn prepare(cfg: &GatewayConfig, server: &str, head: u64) -> Result<(u64, u64, bool)> {
+    let exists = cfg.image.exists();
+    let st = if exists { read_state(&cfg.image)? } else { None };
+    if let Some(s) = &st {
+        if s.vdisk != cfg.vdisk {
+            return Err(bad(format!(
+                "image {} belongs to vdisk {} (its {}), not {}",
+                cfg.image.display(),
+                s.vdisk,
+                state_path(&cfg.image).display(),
+                cfg.vdisk
+            )));
+        }
+        if s.sequence > head {
+            return Err(bad(format!(
+                "image {} holds vdisk {} up to sequence {}, but tlogd's history ends at {head}: the image is ahead of the log (another tlogd, or lost history?)",
+                cfg.image.display(),
+                cfg.vdisk,
+                s.sequence
+            )));
+        }
+    }
+    if exists && st.is_none() {
+        let len = std::fs::metadata(&cfg.image).map(|m| m.len()).unwrap_or(0);
+        if head > 0 || len > 0 {
+            return Err(bad(format!(
+                "image {} exists but has no {} (it is not this gateway's copy of vdisk {}): {}",
+                cfg.image.display(),
+                state_path(&cfg.image).display(),
+                cfg.vdisk,
+                if head > 0 {
+                    "remove it and the gateway builds it from tlogd"
+                } else {
+                    "import it first (tlog import --vdisk V IMAGE) and remove it, or start with a new image"
+                }
+            )));
+        }
+    }
+    let from = st.as_ref().map(|s| s.sequence).unwrap_or(0);
+    let f = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&cfg.image).ctx(|| format!("open {}", cfg.image.display()))?;
+    let mut replayed = 0;
+    if head > from {
+        let req = PlaybackRequest { from: if from == 0 { PointSpec::None } else { PointSpec::Sequence(from) }, to: PointSpec::Sequence(head), follow: false };
+        let mut pb = Playback::open(server, &cfg.token, &cfg.vdisk, req)?;
+        let mut w = crate::history::restore::ImageWriter::new(&f, &cfg.image, 64 << 40);
+        w.assume_written(f.metadata().map(|m| m.len()).unwrap_or(0));
+        while let Some(item) = pb.next_item()? {
+            match item {
+                Item::Block(b) => {
+                    w.apply(&b, &cfg.vdisk)?;
+                    replayed += 1;
+                }
+                Item::End(_) => break,
+                Item::Head(_) => {}
+            }
+        }
+        w.finish()?;
+        write_state(&cfg.image, &ImageState { vdisk: cfg.vdisk.clone(), sequence: head })?;
+        tracing::info!(vdisk = %cfg.vdisk, from, head, replayed, "nbd: image brought up to the log");
+    }
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let size = match cfg.size {
+        Some(s) if !s.is_multiple_of(512) || s == 0 => return Err(bad(format!("--size {s}: a positive multiple of 512 bytes"))),
+        Some(s) if s < len => return Err(bad(format!("--size {s} is smaller than image {} ({len} bytes): an export never shrinks", cfg.image.display()))),
+        Some(s) => s,
+        None if len == 0 => return Err(bad(format!("image {} is new and vdisk {} is empty: give --size BYTES", cfg.image.display(), cfg.vdisk))),
+        None => len.div_ceil(512) * 512,
+    };
+    if size != len {
+        f.set_len(size).ctx(|| format!("set length of {}", cfg.image.display()))?;
+    }
+    if st.is_none() && head == 0 {
+        write_state(&cfg.image, &ImageState { vdisk: cfg.vdisk.clone(), sequence: 0 })?;
+    }
+    Ok((size, replayed, !exists))
+}
+
+/// Runs the gateway until `stop` is set: attaches to tlogd, brings the image up to the log,
+/// listens, calls `ready`, serves NBD clients; on stop it flushes (tlogd and the image) and
+/// returns. Errors: tlogd unreachable or refusing, an image that is not this vdisk's copy,
+/// the listen address, I/O.
+pub fn run(cfg: GatewayConfig, stop: Arc<AtomicBool>, ready: impl FnOnce(&Ready)) -> Result<()> {
+    let start = Instant::now();
+    if cfg.servers.is_empty() {
+        return Err(bad("give --server ADDR".into()));
+    }
+    let (client, server) = connect(&cfg)?;
+    let head = client.next_sequence().saturating_sub(1);
+    let (size, caught_up, built) = prepare(&cfg, &server, head)?;
+    let image = std::fs::OpenOptions::new().read(true).write(true).open(&cfg.image).ctx(|| format!("open {}", cfg.image.display()))?;
+    let g = Arc::new(Gateway {
+        client,
+        image,
+        path: cfg.image.clone(),
+        vdisk: cfg.vdisk.clone(),
+        size,
+        order: Mutex::new(()),
+        durable: Mutex::new(head),
+        stop: stop.clone(),
+        connections: AtomicUsize::new(0),
+    });
+    enum L {
+        Tcp(std::net::TcpListener),
+        Unix(std::os::unix::net::UnixListener, PathBuf),
+    }
+    let (listener, address) = match &cfg.listen {
+        Listen::Tcp(a) => {
+            let l = std::net::TcpListener::bind(a).map_err(|e| Error::io(format!("listen on {a}"), e))?;
+            let addr = l.local_addr().map(|x| x.to_string()).unwrap_or_else(|_| a.clone());
+            (L::Tcp(l), addr)
+        }
+        Listen::Unix(p) => {
+            if std::fs::symlink_metadata(p).map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())).unwrap_or(false) {
+                std::fs::remove_file(p).ctx(|| format!("remove stale socket {}", p.display()))?;
+            }
+            let l = std::os::unix::net::UnixListener::bind(p).map_err(|e| Error::io(format!("listen on {}", p.display()), e))?;
+            (L::Unix(l, p.clone()), p.display().to_string())
+        }
+    };
+    match &listener {
+        L::Tcp(l) => l.set_nonblocking(true),
+        L::Unix(l, _) => l.set_nonblocking(true),
+    }
+    .ctx(|| "set the listener non-blocking".into())?;
+    ready(&Ready { address: address.clone(), size, head, caught_up_blocks: caught_up, built, elapsed: start.elapsed() });
+    tracing::info!(vdisk = %cfg.vdisk, %address, size, head, "nbd: serving");
+    let mut threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let accepted: Option<Box<dyn Conn>> = match &listener {
+            L::Tcp(l) => match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_nodelay(true);
+                    Some(Box::new(s))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                Err(e) => {
+                    tracing::warn!("nbd: accept: {e}");
+                    None
+                }
+            },
+            L::Unix(l, _) => match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    Some(Box::new(s))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                Err(e) => {
+                    tracing::warn!("nbd: accept: {e}");
+                    None
+                }
+            },
+        };
+        threads.retain(|t| !t.is_finished());
+        match accepted {
+            Some(c) if g.connections.load(Ordering::SeqCst) >= MAX_CONNECTIONS => {
+                tracing::warn!(vdisk = %cfg.vdisk, "nbd: {MAX_CONNECTIONS} connections already: one more refused");
+                drop(c);
+            }
+            Some(c) => {
+                let g2 = g.clone();
+                g.connections.fetch_add(1, Ordering::SeqCst);
+                let t = std::thread::Builder::new()
+                    .name("nbd-conn".into())
+                    .spawn(move || {
+                        serve_conn(&g2, c);
+                        g2.connections.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .ctx(|| "spawn an nbd connection thread".into())?;
+                threads.push(t);
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    if let L::Unix(_, p) = &listener {
+        let _ = std::fs::remove_file(p);
+    }
+    g.flush()?;
+    tracing::info!(vdisk = %cfg.vdisk, "nbd: stopped; everything answered is flushed");
+    Ok(())
+}
