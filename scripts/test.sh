@@ -38,6 +38,9 @@ check_all() {
   want util-linux unshare --version               # network namespaces of the tap/dpdk tests
   want iproute2 ip -V
   want python3 python3 --version                  # scripts/slow-client.py
+  want qemu-utils qemu-img --version             # e2e_nbd: a real block client writing through tlog nbd
+  want libnbd-bin nbdinfo --version               # e2e_nbd: nbdinfo, nbdcopy (multi-conn), nbdfuse
+  want fio fio --version                          # e2e_nbd: fio's nbd engine with verify
   want pkg-config pkg-config --version            # build.rs asks it for libdpdk's flags
   want libdpdk-dev pkg-config --exists libdpdk
   have_libclang || need+=(libclang-dev)

@@ -655,7 +655,7 @@ fn prepare(cfg: &GatewayConfig, server: &str, head: u64) -> Result<(u64, u64, bo
     if st.is_none() && head == 0 {
         write_state(&cfg.image, &ImageState { vdisk: cfg.vdisk.clone(), sequence: 0 })?;
     }
-    Ok((size, replayed, !exists))
+    Ok((size, replayed, !exists && head > 0))
 }
 
 /// Runs the gateway until `stop` is set: attaches to tlogd, brings the image up to the log,

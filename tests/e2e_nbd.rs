@@ -1,0 +1,395 @@
+//! The NBD gateway (`tlog nbd`, DESIGN.md §13) with real block clients and a real tlogd:
+//!
+//! - `nbdinfo` sees the export with its flags and block sizes; `qemu-img convert` writes a
+//!   real ext4 image through it; the kernel's ext4 (on a loop device over `nbdfuse`) copies a
+//!   tree onto it; after each, `tlog restore` of the vdisk equals the gateway's image, is
+//!   `e2fsck`-clean and holds the files.
+//! - A write is never answered before tlogd received it: with tlogd stopped (SIGSTOP), a plain
+//!   write, a FUA write and a flush stay unanswered; after SIGCONT all are, and the log holds
+//!   them. Bad requests get `EINVAL` and lose nothing.
+//! - Restart: an image left behind the log (its state file older) is caught up through
+//!   playback before serving; a missing image is built from tlogd; SIGTERM flushes and records
+//!   the head.
+//! - fio's nbd engine over the Unix socket (`--socket`), random writes with verify, several
+//!   jobs at once; `nbdcopy` with several connections (multi-conn); both restore exactly.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tools() -> bool {
+    for t in ["qemu-img", "nbdinfo", "nbdcopy", "nbdfuse", "fio"] {
+        if !have(t) {
+            skip(&format!("{t} missing (apt-get install qemu-utils libnbd-bin fio)"));
+            return false;
+        }
+    }
+    true
+}
+
+/// A running `tlog nbd`.
+struct Gateway {
+    child: Option<Child>,
+    out: PathBuf,
+    port: u16,
+}
+
+impl Gateway {
+    fn start(dir: &Path, tlogd: &Tlogd, vdisk: &str, image: &Path, extra: &[&str]) -> Gateway {
+        let port = free_port();
+        let out = dir.join(format!("nbd-{port}.out"));
+        let mut args = vec!["nbd".to_string(), "--server".into(), tlogd.addr(), "--vdisk".into(), vdisk.into(), "--image".into(), image.display().to_string()];
+        if !extra.contains(&"--socket") {
+            args.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(tlog_bin())
+            .args(&args)
+            .env("TLOG_LOG", "info")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(out.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap();
+        let g = Gateway { child: Some(child), out, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !g.stdout().contains("serving on") {
+            assert!(Instant::now() < deadline, "tlog nbd did not come up: {}{}", g.stdout(), g.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        g
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd://127.0.0.1:{}", self.port)
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.out.with_extension("log")).unwrap_or_default()
+    }
+
+    /// SIGTERM: the final flush, then exit 0.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let st = c.wait().unwrap();
+            assert!(st.success(), "tlog nbd exited with {st}: {}", self.log());
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn tlog(args: &[&str]) -> Output {
+    run(Command::new(tlog_bin()).args(args))
+}
+
+fn restore_to(t: &Tlogd, vdisk: &str, out: &Path) {
+    assert_ok(&tlog(&["restore", "--server", &t.addr(), "--vdisk", vdisk, "--output", out.to_str().unwrap()]), "tlog restore");
+}
+
+/// `a` equals `b` over `a`'s length and `b` is zero past it (a restore ends at the last
+/// written byte; the export may be longer).
+fn assert_same_prefix(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let n = x.len().min(y.len());
+    assert!(x[..n] == y[..n], "{} and {} differ", a.display(), b.display());
+    assert!(x[n..].iter().all(|b| *b == 0) && y[n..].iter().all(|b| *b == 0), "{} and {} differ past {n}", a.display(), b.display());
+}
+
+#[test]
+fn qemu_img_and_the_kernel_ext4_write_through_the_gateway() {
+    if !tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let t = Tlogd::start(&d.path().join("data"), None, free_port());
+    let gw_img = d.path().join("gw.img");
+    let mut g = Gateway::start(d.path(), &t, "nv", &gw_img, &["--size", "33554432"]);
+    // The export as a client sees it.
+    let o = run(Command::new("nbdinfo").arg("--json").arg(g.uri()));
+    assert_ok(&o, "nbdinfo");
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = &info["exports"][0];
+    assert_eq!(e["export-size"].as_u64(), Some(32 << 20), "{info}");
+    for flag in ["can_flush", "can_fua", "can_multi_conn", "can_trim", "can_zero", "can_fast_zero", "can_cache"] {
+        assert_eq!(e[flag].as_bool(), Some(true), "{flag}: {info}");
+    }
+    assert_eq!(e["block_size_minimum"].as_u64(), Some(512), "{info}");
+    assert_eq!(info["protocol"].as_str(), Some("newstyle-fixed"), "{info}");
+    // An unknown export is refused with a message.
+    let o = run(Command::new("nbdinfo").arg(format!("{}/other", g.uri())));
+    assert!(!o.status.success(), "an unknown export was served");
+
+    // qemu-img writes a real ext4 image.
+    let src = d.path().join("tree");
+    random_tree(&src, 30, 200, 5);
+    let img = d.path().join("e.img");
+    if !ext4_from(&img, 32, Some(&src)) {
+        return;
+    }
+    assert_ok(&run(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&img).arg(g.uri())), "qemu-img convert into the export");
+    let r = d.path().join("r1.img");
+    restore_to(&t, "nv", &r);
+    assert_same_prefix(&r, &img);
+    assert_fsck(&r);
+    // What the export reads back (several connections) is the image.
+    let back = d.path().join("back.img");
+    assert_ok(&run(Command::new("nbdcopy").arg(g.uri()).arg(&back)), "nbdcopy out of the export");
+    assert_same(&back, &img);
+
+    // The kernel's ext4, on a loop device over nbdfuse: copy a tree, unmount.
+    if !nix_root() {
+        skip("mounting ext4 over nbdfuse needs root");
+        return;
+    }
+    let fuse = d.path().join("fuse");
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir_all(&fuse).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut nf = Command::new("nbdfuse").arg(&fuse).arg(g.uri()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fuse.join("nbd").exists() {
+        assert!(Instant::now() < deadline, "nbdfuse did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mounted = run(Command::new("mount").arg("-o").arg("loop").arg(fuse.join("nbd")).arg(&mnt));
+    assert_ok(&mounted, "mount -o loop ext4 over nbdfuse");
+    let tree2 = d.path().join("tree2");
+    random_tree(&tree2, 20, 100, 9);
+    let copied = run(Command::new("cp").arg("-r").arg(&tree2).arg(mnt.join("copy")));
+    let synced = run(Command::new("sync").arg("-f").arg(mnt.join("copy")));
+    let um = run(Command::new("umount").arg(&mnt));
+    let _ = Command::new("kill").arg("-TERM").arg(nf.id().to_string()).status();
+    let _ = nf.wait();
+    assert_ok(&copied, "cp onto the kernel's ext4");
+    assert_ok(&synced, "sync");
+    assert_ok(&um, "umount");
+    let r = d.path().join("r2.img");
+    restore_to(&t, "nv", &r);
+    assert_fsck(&r);
+    g.stop();
+    assert_same_prefix(&r, &gw_img);
+    // The files, read by the kernel from the restored image.
+    let m2 = d.path().join("m2");
+    std::fs::create_dir_all(&m2).unwrap();
+    assert_ok(&run(Command::new("mount").args(["-o", "loop,ro"]).arg(&r).arg(&m2)), "mount the restored image");
+    let diff = run(Command::new("diff").arg("-r").arg(&tree2).arg(m2.join("copy")));
+    let _ = run(Command::new("umount").arg(&m2));
+    assert_ok(&diff, "the files on the restored image");
+}
+
+fn nix_root() -> bool {
+    run(Command::new("id").arg("-u")).stdout.starts_with(b"0")
+}
+
+/// A minimal NBD client (fixed newstyle, `NBD_OPT_GO`, simple replies) to watch one write's
+/// answer: qemu-img and friends flush at the end, which would hide an early answer.
+struct RawClient(std::net::TcpStream);
+
+impl RawClient {
+    fn connect(port: u16) -> RawClient {
+        use std::io::{Read, Write};
+        use tlog::nbd::proto;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).unwrap();
+        assert_eq!(&g[..8], &proto::NBDMAGIC.to_be_bytes());
+        s.write_all(&(proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES).to_be_bytes()).unwrap();
+        let mut o = proto::IHAVEOPT.to_be_bytes().to_vec();
+        o.extend_from_slice(&proto::opt::GO.to_be_bytes());
+        o.extend_from_slice(&6u32.to_be_bytes());
+        o.extend_from_slice(&0u32.to_be_bytes());
+        o.extend_from_slice(&0u16.to_be_bytes());
+        s.write_all(&o).unwrap();
+        loop {
+            let mut h = [0u8; 20];
+            s.read_exact(&mut h).unwrap();
+            let kind = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+            let len = u32::from_be_bytes([h[16], h[17], h[18], h[19]]) as usize;
+            let mut data = vec![0u8; len];
+            s.read_exact(&mut data).unwrap();
+            assert!(kind < 1 << 31, "option error {kind:#x}: {}", String::from_utf8_lossy(&data));
+            if kind == proto::rep::ACK {
+                return RawClient(s);
+            }
+        }
+    }
+
+    fn send(&mut self, kind: u16, flags: u16, cookie: u64, offset: u64, data: &[u8], length: u32) {
+        use std::io::Write;
+        let r = tlog::nbd::proto::Request { flags, kind, cookie, offset, length };
+        self.0.write_all(&tlog::nbd::proto::encode_request(&r)).unwrap();
+        self.0.write_all(data).unwrap();
+    }
+
+    /// The next simple reply (error, cookie), or None within `timeout`.
+    fn reply(&mut self, timeout: Duration) -> Option<(u32, u64)> {
+        use std::io::Read;
+        self.0.set_read_timeout(Some(timeout)).unwrap();
+        let mut h = [0u8; 16];
+        match self.0.read_exact(&mut h) {
+            Ok(()) => Some((u32::from_be_bytes([h[4], h[5], h[6], h[7]]), u64::from_be_bytes(h[8..16].try_into().unwrap()))),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+            Err(e) => panic!("reply: {e}"),
+        }
+    }
+}
+
+#[test]
+fn writes_wait_for_tlogd_and_flushes_cover_them() {
+    if !tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let t = Tlogd::start(&d.path().join("data"), None, free_port());
+    let gw_img = d.path().join("gw.img");
+    let mut g = Gateway::start(d.path(), &t, "st", &gw_img, &["--size", "16777216"]);
+    let mut c = RawClient::connect(g.port);
+    use tlog::nbd::proto::{cmd, cmd_flag};
+    // Answered once tlogd received it.
+    c.send(cmd::WRITE, 0, 1, 0, &[7u8; 4096], 4096);
+    assert_eq!(c.reply(Duration::from_secs(20)), Some((0, 1)));
+    let pid = t.child.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    // tlogd stopped: neither a plain write, a FUA write nor a flush is answered.
+    c.send(cmd::WRITE, 0, 2, 4096, &[8u8; 4096], 4096);
+    let plain = c.reply(Duration::from_secs(2));
+    c.send(cmd::WRITE, cmd_flag::FUA, 3, 8192, &[9u8; 4096], 4096);
+    c.send(cmd::FLUSH, 0, 4, 0, &[], 0);
+    let more = c.reply(Duration::from_millis(500));
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert_eq!(plain, None, "a write was answered while tlogd was stopped (before it received it)");
+    assert_eq!(more, None, "a FUA write or flush was answered while tlogd was stopped");
+    for cookie in [2, 3, 4] {
+        assert_eq!(c.reply(Duration::from_secs(30)), Some((0, cookie)), "answer after SIGCONT");
+    }
+    // Everything answered is in the log.
+    let r = d.path().join("r.img");
+    restore_to(&t, "st", &r);
+    let got = std::fs::read(&r).unwrap();
+    assert!(got[..4096].iter().all(|b| *b == 7) && got[4096..8192].iter().all(|b| *b == 8) && got[8192..12288].iter().all(|b| *b == 9));
+    // Bad requests get errors and lose nothing: past the end, unaligned.
+    c.send(cmd::WRITE, 0, 5, 16 << 20, &[1u8; 512], 512);
+    assert_eq!(c.reply(Duration::from_secs(10)), Some((22, 5)));
+    c.send(cmd::WRITE, 0, 6, 100, &[1u8; 512], 512);
+    assert_eq!(c.reply(Duration::from_secs(10)), Some((22, 6)));
+    c.send(cmd::DISC, 0, 7, 0, &[], 0);
+    g.stop();
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}.tlog-state", gw_img.display())).unwrap()).unwrap();
+    assert_eq!(st["sequence"].as_u64(), Some(3), "{st}");
+}
+
+#[test]
+fn restart_catches_the_image_up_and_rebuilds_a_missing_one() {
+    if !tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let t = Tlogd::start(&d.path().join("data"), None, free_port());
+    let gw_img = d.path().join("gw.img");
+    let state = PathBuf::from(format!("{}.tlog-state", gw_img.display()));
+    let (a, b) = (d.path().join("a.raw"), d.path().join("b.raw"));
+    mixed_image(&a, 8, 1);
+    mixed_image(&b, 8, 2);
+    let mut g = Gateway::start(d.path(), &t, "rc", &gw_img, &["--size", "8388608"]);
+    assert_ok(&run(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&a).arg(g.uri())), "write A");
+    g.stop();
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let head = run(Command::new(tlog_bin()).args(["history", "--server", &t.addr(), "--vdisk", "rc", "--json"]));
+    let h: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    assert_eq!(st["sequence"], h["sequences"][1], "SIGTERM records the head: {st} vs {h}");
+    // A copy of the image and its state as they are now: later, an image behind the log.
+    let old = d.path().join("old.img");
+    std::fs::copy(&gw_img, &old).unwrap();
+    let old_state = std::fs::read(&state).unwrap();
+    let mut g = Gateway::start(d.path(), &t, "rc", &gw_img, &[]);
+    assert_ok(&run(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&b).arg(g.uri())), "write B");
+    g.kill9();
+    // The image goes back to before B (as if the gateway crashed between logging and writing).
+    std::fs::copy(&old, &gw_img).unwrap();
+    std::fs::write(&state, &old_state).unwrap();
+    let mut g = Gateway::start(d.path(), &t, "rc", &gw_img, &[]);
+    assert!(g.stdout().contains("caught up by"), "{}", g.stdout());
+    let back = d.path().join("back.img");
+    assert_ok(&run(Command::new("nbdcopy").arg(g.uri()).arg(&back)), "read the export");
+    assert_same(&back, &b);
+    g.stop();
+    // A missing image is built from tlogd.
+    std::fs::remove_file(&gw_img).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    let g = Gateway::start(d.path(), &t, "rc", &gw_img, &[]);
+    assert!(g.stdout().contains("image built from tlogd"), "{}", g.stdout());
+    let back2 = d.path().join("back2.img");
+    assert_ok(&run(Command::new("nbdcopy").arg(g.uri()).arg(&back2)), "read the rebuilt export");
+    assert_same(&back2, &b);
+    drop(g);
+    // An image that is not the gateway's copy is refused with the reason.
+    let stray = d.path().join("stray.img");
+    std::fs::write(&stray, vec![1u8; 4096]).unwrap();
+    let o = run(Command::new(tlog_bin()).args(["nbd", "--server", &t.addr(), "--vdisk", "rc", "--image", stray.to_str().unwrap(), "--listen", "127.0.0.1:0"]));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is not this gateway's copy"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn fio_with_verify_over_the_unix_socket_and_nbdcopy_multi_conn() {
+    if !tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let t = Tlogd::start(&d.path().join("data"), None, free_port());
+    let gw_img = d.path().join("gw.img");
+    let sock = d.path().join("nbd.sock");
+    let mut g = Gateway::start(d.path(), &t, "fv", &gw_img, &["--size", "33554432", "--socket", sock.to_str().unwrap()]);
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let o = run(Command::new("fio").args([
+        "--name=tlog",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--size=16m",
+        "--iodepth=8",
+        "--numjobs=1",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--fsync=64",
+        "--output-format=json",
+    ]));
+    assert_ok(&o, "fio randwrite with verify through the gateway");
+    // fio prints a line of its nbd engine before the JSON.
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let j: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap_or(0)..]).unwrap_or_default();
+    assert!(j["jobs"][0]["write"]["io_bytes"].as_u64().unwrap_or(0) >= 16 << 20, "{out}");
+    assert_eq!(j["jobs"][0]["error"].as_u64(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    // nbdcopy with 4 connections writes an image over the upper half.
+    let img = d.path().join("half.raw");
+    mixed_image(&img, 16, 8);
+    let upper = d.path().join("upper.raw");
+    let mut full = std::fs::read(&gw_img).unwrap();
+    full[16 << 20..].copy_from_slice(&std::fs::read(&img).unwrap());
+    std::fs::write(&upper, &full).unwrap();
+    assert_ok(&run(Command::new("nbdcopy").args(["--connections=4", "--flush"]).arg(&upper).arg(&uri)), "nbdcopy --connections=4");
+    g.stop();
+    let r = d.path().join("r.img");
+    restore_to(&t, "fv", &r);
+    assert_same_prefix(&r, &gw_img);
+    assert_same(&gw_img, &upper);
+    assert!(!sock.exists(), "the socket is removed on stop");
+}
