@@ -69,6 +69,10 @@ const KIND_META_SET: u8 = 5;
 const KIND_META_DELETE: u8 = 6;
 const KIND_FORGET: u8 = 7;
 
+/// Largest entry compaction writes its copies in (bytes; a larger record goes alone): a read of
+/// one record reads its whole entry.
+pub const COMPACT_ENTRY_BYTES: usize = 256 << 10;
+
 /// A sealed segment is compacted when its live records take less than this share of its data.
 pub const COMPACT_LIVE_FRACTION: f64 = 0.5;
 
@@ -312,15 +316,26 @@ impl LocalBackend {
                     return Ok(out);
                 }
             }
-            for chunk in recs.chunks(256) {
+            // A reader of one record reads (and checks) its whole entry: entries of the copies
+            // stay small (at most COMPACT_ENTRY_BYTES, or one record).
+            let mut at = 0;
+            while at < recs.len() {
+                let mut end = at + 1;
+                let mut bytes = recs[at].len();
+                while end < recs.len() && bytes + recs[end].len() <= COMPACT_ENTRY_BYTES {
+                    bytes += recs[end].len();
+                    end += 1;
+                }
+                let chunk = &recs[at..end];
                 let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
                 let first = self.log.write_n(&refs).map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
-                self.log.sync().map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
                 for (i, d) in chunk.iter().enumerate() {
                     apply(&mut m, first + i as u64, d);
                 }
                 m.covered = m.covered.max(first + chunk.len() as u64);
+                at = end;
             }
+            self.log.sync().map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
             #[cfg(feature = "failpoints")]
             fail::fail_point!("store::compact_copied", crate::failpoint_action);
             // The saved map must not point into the segment once its files go.
