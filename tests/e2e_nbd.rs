@@ -393,3 +393,49 @@ fn fio_with_verify_over_the_unix_socket_and_nbdcopy_multi_conn() {
     assert_same(&gw_img, &upper);
     assert!(!sock.exists(), "the socket is removed on stop");
 }
+
+/// `BLOCK_STATUS` of the meta context `tlog:changed:<point>` gives the extents written since
+/// the point (the same as `tlog changed`), including writes the gateway answered a moment ago.
+#[test]
+fn changed_blocks_since_a_point_as_a_meta_context() {
+    if !tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let t = Tlogd::start(&d.path().join("data"), None, free_port());
+    let gw_img = d.path().join("gw.img");
+    let g = Gateway::start(d.path(), &t, "cb", &gw_img, &["--size", "16777216"]);
+    let a = d.path().join("a.raw");
+    mixed_image(&a, 16, 4);
+    assert_ok(&run(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&a).arg(g.uri())), "write A");
+    let h: serde_json::Value =
+        serde_json::from_slice(&run(Command::new(tlog_bin()).args(["history", "--server", &t.addr(), "--vdisk", "cb", "--json"])).stdout).unwrap();
+    let point = h["sequences"][1].as_u64().unwrap();
+    // Three writes after the point, the last not flushed by anyone.
+    let mut c = RawClient::connect(g.port);
+    use tlog::nbd::proto::cmd;
+    for (cookie, off) in [(1u64, 1u64 << 20), (2, 5 << 20), (3, (9 << 20) + 4096)] {
+        c.send(cmd::WRITE, 0, cookie, off, &[0xabu8; 8192], 8192);
+        assert_eq!(c.reply(Duration::from_secs(20)), Some((0, cookie)));
+    }
+    let o = run(Command::new("nbdinfo").arg(format!("--map=tlog:changed:{point}")).arg(g.uri()));
+    assert_ok(&o, "nbdinfo --map=tlog:changed:<point>");
+    let changed: Vec<(u64, u64)> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[2] == "1").then(|| (f[0].parse().unwrap(), f[1].parse().unwrap()))
+        })
+        .collect();
+    assert_eq!(changed, vec![(1 << 20, 8192), (5 << 20, 8192), ((9 << 20) + 4096, 8192)], "{}", String::from_utf8_lossy(&o.stdout));
+    // The same as tlog changed from the log.
+    let o = run(Command::new(tlog_bin()).args(["changed", "--server", &t.addr(), "--vdisk", "cb", "--from-sequence", &point.to_string(), "--json"]));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let from_log: Vec<(u64, u64)> = j["extents"].as_array().unwrap().iter().map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap())).collect();
+    assert_eq!(changed, from_log);
+    // A bad point is refused at negotiation with tlogd's reason.
+    let o = run(Command::new("nbdinfo").arg("--map=tlog:changed:nosuchcheckpoint").arg(g.uri()));
+    assert!(!o.status.success(), "a bad point was accepted");
+    c.send(cmd::DISC, 0, 9, 0, &[], 0);
+    drop(g);
+}

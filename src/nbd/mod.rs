@@ -31,6 +31,8 @@ pub mod proto;
 use crate::client::remote::{Item, Playback};
 use crate::client::{Client, ClientConfig};
 use crate::error::{Error, IoContext, Result};
+use crate::history::changed::{Extents, Kind};
+use crate::history::points::Point;
 use crate::wire::{PlaybackRequest, PointSpec};
 use proto::{chunk, cmd, cmd_flag, errno, info, opt, rep, tx, Request, REQUEST_BYTES};
 use std::fs::File;
@@ -54,6 +56,13 @@ pub const PREFERRED_BLOCK: u32 = 4096;
 pub const MAX_CONNECTIONS: usize = 64;
 /// The metadata context id of `base:allocation`.
 const CONTEXT_ALLOCATION: u32 = 1;
+/// The metadata context id of `tlog:changed:<point>`.
+const CONTEXT_CHANGED: u32 = 2;
+/// Prefix of the changed-block context: `tlog:changed:` then a sequence (digits), a time
+/// (RFC 3339) or a checkpoint name.
+pub const CHANGED_PREFIX: &str = "tlog:changed:";
+/// `tlog:changed:` state flag: written or zeroed since the point.
+pub const STATE_CHANGED: u32 = 1;
 
 /// Where the gateway listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +154,12 @@ struct Gateway {
     durable: Mutex<u64>,
     stop: Arc<AtomicBool>,
     connections: AtomicUsize,
+    /// tlogd address and token, for the playbacks of changed-block contexts.
+    server: String,
+    token: String,
+    /// Changed-block sets of sessions with a `tlog:changed:` context: every write and zero
+    /// is recorded in each.
+    trackers: Mutex<Vec<std::sync::Weak<Mutex<Extents>>>>,
 }
 
 fn bad(what: String) -> Error {
@@ -166,6 +181,7 @@ impl Gateway {
                 }
             }
             self.image.write_all_at(data, offset).ctx(|| format!("write {}", self.path.display()))?;
+            self.track(offset, offset + data.len() as u64, Kind::Write);
         }
         self.client.wait_received(Duration::from_secs(3600))?;
         if fua {
@@ -185,12 +201,67 @@ impl Gateway {
                 p += n;
             }
             self.zero_image(offset, len, punch)?;
+            self.track(offset, offset + len, Kind::Zero);
         }
         self.client.wait_received(Duration::from_secs(3600))?;
         if fua {
             self.flush()?;
         }
         Ok(())
+    }
+
+    fn track(&self, start: u64, end: u64, kind: Kind) {
+        let mut t = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
+        t.retain(|w| match w.upgrade() {
+            Some(x) => {
+                x.lock().unwrap_or_else(|p| p.into_inner()).insert(start, end, kind);
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// The changed-block set of `point`: what the log holds after it (a flush first makes
+    /// everything answered part of the log), then every write from now on. Errors: a bad point
+    /// (tlogd's message names the range), tlogd unreachable.
+    fn changed_since(&self, point: &str) -> Result<Arc<Mutex<Extents>>> {
+        let p = if !point.is_empty() && point.bytes().all(|b| b.is_ascii_digit()) {
+            Point::Sequence(point.parse().map_err(|_| bad(format!("sequence {point} is too large")))?)
+        } else if let Ok(t) = crate::time::parse_time(point) {
+            Point::Time(t)
+        } else {
+            Point::Checkpoint(point.to_string())
+        };
+        let set = Arc::new(Mutex::new(Extents::default()));
+        {
+            // Registered first, so that no write between the flush and the playback is missed.
+            let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            self.trackers.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&set));
+        }
+        self.flush()?;
+        let from = match p {
+            Point::Sequence(s) => PointSpec::Sequence(s),
+            Point::Time(t) => PointSpec::Time(t),
+            Point::Checkpoint(c) => PointSpec::Checkpoint(c),
+        };
+        let mut pb = Playback::open(&self.server, &self.token, &self.vdisk, PlaybackRequest { from, to: PointSpec::None, follow: false })?;
+        let mut logged = Extents::default();
+        while let Some(item) = pb.next_item()? {
+            match item {
+                Item::Block(b) => logged.block(&b)?,
+                Item::End(_) => break,
+                Item::Head(_) => {}
+            }
+        }
+        // Later writes (already in `set`) win over what the log says.
+        let mut s = set.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = std::mem::take(&mut *s);
+        *s = logged;
+        for e in newer.list() {
+            s.insert(e.offset, e.offset + e.length, e.kind);
+        }
+        drop(s);
+        Ok(set)
     }
 
     fn zero_image(&self, offset: u64, len: u64, punch: bool) -> Result<()> {
@@ -310,6 +381,45 @@ fn read_full(c: &mut dyn Conn, buf: &mut [u8], stop: &AtomicBool, idle: bool) ->
 struct Session {
     structured: bool,
     allocation: bool,
+    /// The `tlog:changed:` context: its name and set.
+    changed: Option<(String, Arc<Mutex<Extents>>)>,
+}
+
+/// `tlog:changed:` extents of `[offset, offset + len)`: (length, flags).
+fn changed_extents(set: &Mutex<Extents>, offset: u64, len: u64, one: bool) -> Vec<(u32, u32)> {
+    let end = offset + len;
+    let list = set.lock().unwrap_or_else(|p| p.into_inner()).list();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    let mut p = offset;
+    let push = |out: &mut Vec<(u32, u32)>, len: u64, flags: u32| {
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(u32::MAX as u64 & !511);
+            match out.last_mut() {
+                Some(l) if l.1 == flags && (l.0 as u64 + n) <= (u32::MAX as u64 & !511) => l.0 += n as u32,
+                _ => out.push((n as u32, flags)),
+            }
+            left -= n;
+        }
+    };
+    for e in list.iter().filter(|e| e.offset + e.length > offset && e.offset < end) {
+        let (s, t) = (e.offset.max(offset), (e.offset + e.length).min(end));
+        if s > p {
+            push(&mut out, s - p, 0);
+        }
+        push(&mut out, t - s, STATE_CHANGED);
+        p = t;
+        if one || out.len() >= 1024 {
+            break;
+        }
+    }
+    if p < end && !(one && !out.is_empty()) && out.len() < 1024 {
+        push(&mut out, end - p, 0);
+    }
+    if one {
+        out.truncate(1);
+    }
+    out
 }
 
 fn transmission_flags(structured: bool) -> u16 {
@@ -405,11 +515,35 @@ fn handshake(g: &Gateway, c: &mut dyn Conn) -> Result<Option<Session>> {
                 }
                 let listing = o.kind == opt::LIST_META_CONTEXT;
                 let wants = (listing && queries.is_empty()) || queries.iter().any(|q| q == "base:allocation" || (listing && q == "base:"));
-                if o.kind == opt::SET_META_CONTEXT {
-                    s.allocation = wants;
+                let changed = queries.iter().find(|q| q.starts_with(CHANGED_PREFIX) && q.len() > CHANGED_PREFIX.len()).cloned();
+                if listing {
+                    if wants {
+                        reply(c, rep::META_CONTEXT, &proto::meta_context(0, "base:allocation"))?;
+                    }
+                    if queries.is_empty() || queries.iter().any(|q| q.starts_with("tlog:")) {
+                        // The namespace, to be completed with a point.
+                        reply(c, rep::META_CONTEXT, &proto::meta_context(0, CHANGED_PREFIX))?;
+                    }
+                    reply(c, rep::ACK, &[])?;
+                    continue;
                 }
-                if wants {
-                    reply(c, rep::META_CONTEXT, &proto::meta_context(if listing { 0 } else { CONTEXT_ALLOCATION }, "base:allocation"))?;
+                s.allocation = wants;
+                s.changed = None;
+                if let Some(q) = changed {
+                    match g.changed_since(&q[CHANGED_PREFIX.len()..]) {
+                        Ok(set) => s.changed = Some((q, set)),
+                        Err(e) => {
+                            proto::send(c, &proto::option_error(o.kind, rep::ERR_INVALID, &format!("{q}: {e}")), "send option reply")?;
+                            s.allocation = false;
+                            continue;
+                        }
+                    }
+                }
+                if s.allocation {
+                    reply(c, rep::META_CONTEXT, &proto::meta_context(CONTEXT_ALLOCATION, "base:allocation"))?;
+                }
+                if let Some((name, _)) = &s.changed {
+                    reply(c, rep::META_CONTEXT, &proto::meta_context(CONTEXT_CHANGED, name))?;
                 }
                 reply(c, rep::ACK, &[])?;
             }
@@ -526,7 +660,7 @@ fn transmission(g: &Gateway, c: &mut dyn Conn, s: Session) -> Result<()> {
                 proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?;
             }
             cmd::BLOCK_STATUS => {
-                if !s.structured || !s.allocation {
+                if !s.structured || (!s.allocation && s.changed.is_none()) {
                     fail(c, &s, &r, errno::EINVAL, "no metadata context was selected")?;
                     continue;
                 }
@@ -534,8 +668,15 @@ fn transmission(g: &Gateway, c: &mut dyn Conn, s: Session) -> Result<()> {
                     fail(c, &s, &r, errno::EINVAL, "block status outside the export")?;
                     continue;
                 }
-                let ext = g.allocation(r.offset, r.length as u64, r.flags & cmd_flag::REQ_ONE != 0);
-                proto::send(c, &proto::block_status_chunk(r.cookie, true, CONTEXT_ALLOCATION, &ext), "send reply")?;
+                let one = r.flags & cmd_flag::REQ_ONE != 0;
+                if s.allocation {
+                    let ext = g.allocation(r.offset, r.length as u64, one);
+                    proto::send(c, &proto::block_status_chunk(r.cookie, s.changed.is_none(), CONTEXT_ALLOCATION, &ext), "send reply")?;
+                }
+                if let Some((_, set)) = &s.changed {
+                    let ext = changed_extents(set, r.offset, (r.length as u64).min(g.size - r.offset), one);
+                    proto::send(c, &proto::block_status_chunk(r.cookie, true, CONTEXT_CHANGED, &ext), "send reply")?;
+                }
             }
             cmd::DISC => return Ok(()),
             other => fail(c, &s, &r, errno::EINVAL, &format!("command {other} is not supported"))?,
@@ -681,6 +822,9 @@ pub fn run(cfg: GatewayConfig, stop: Arc<AtomicBool>, ready: impl FnOnce(&Ready)
         durable: Mutex::new(head),
         stop: stop.clone(),
         connections: AtomicUsize::new(0),
+        server: server.clone(),
+        token: cfg.token.clone(),
+        trackers: Mutex::new(Vec::new()),
     });
     enum L {
         Tcp(std::net::TcpListener),
