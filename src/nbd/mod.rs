@@ -413,7 +413,7 @@ fn changed_extents(set: &Mutex<Extents>, offset: u64, len: u64, one: bool) -> Ve
             break;
         }
     }
-    if p < end && !(one && !out.is_empty()) && out.len() < 1024 {
+    if (out.is_empty() || !one) && out.len() < 1024 && p < end {
         push(&mut out, end - p, 0);
     }
     if one {
