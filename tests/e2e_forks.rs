@@ -165,6 +165,11 @@ fn scenario(d: &Path, t: &Tlogd, direct: Vec<String>) {
     assert_same(&r, &model_dst2);
     let r = s.restore_direct("dst3", &[], "dst3-direct");
     assert_same(&r, &model_dst2);
+    // A fork at a sequence that lies on the parent's own parent (two levels up the path).
+    assert_ok(&s.control(&["fork", "--vdisk", "dst2", "--new", "dst4", "--to-sequence", "100"]), "fork dst2 -> dst4 at sequence 100");
+    let r4 = s.restore("dst4", &[], "dst4");
+    let r100 = s.restore("src", &["--to-sequence", "100"], "src-100");
+    assert_same(&r4, &r100);
 
     // Rebase is refused while a writer is attached to dst: an import reading a FIFO holds its
     // session while the FIFO stays open. It writes C's first block again (dst's content stays
@@ -242,7 +247,7 @@ fn scenario(d: &Path, t: &Tlogd, direct: Vec<String>) {
     assert_ok(&s.control(&["delete", "--vdisk", "dst3"]), "delete the leaf dst3");
     let o = s.control(&["vdisks"]);
     let tree = text(&o);
-    assert!(tree.contains("src  [deleted, kept for its forks]") && !tree.contains("dst3") && tree.contains("dst2"), "{tree}");
+    assert!(tree.contains("src  [deleted, kept for its forks]") && !tree.contains("dst3") && tree.contains("dst2") && tree.contains("dst4"), "{tree}");
     let r = s.restore("dst2", &[], "dst2-after-deletes");
     assert_same(&r, &model_dst2);
 }

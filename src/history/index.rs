@@ -291,6 +291,70 @@ pub fn collect(backends: &[Arc<dyn Backend>], codec: &IndexCodec, vdisk: &str) -
     by_height
 }
 
+/// The chain's index entry at `height`, read from at most two backends: the entry record, else
+/// its page. Of several entries at one height (aggregations of a writer fenced meanwhile) the
+/// one of the newest epoch is the chain's: a new epoch continues from the durable head, above
+/// which the fenced writer's aggregations were discarded. `None` when neither holds it.
+fn entry_at(backends: &[Arc<dyn Backend>], codec: &IndexCodec, vdisk: &str, height: u64) -> Option<IndexEntry> {
+    let mut best: Option<IndexEntry> = None;
+    let consider = |best: &mut Option<IndexEntry>, e: IndexEntry| {
+        if e.height == height && best.map(|b| e.epoch > b.epoch).unwrap_or(true) {
+            *best = Some(e);
+        }
+    };
+    for b in backends.iter().take(2) {
+        if let Ok(Some(v)) = b.get_meta(vdisk, &entry_name(height)) {
+            if let Ok(e) = codec.decode_entry(vdisk, &v) {
+                consider(&mut best, e);
+            }
+        }
+    }
+    if best.is_none() {
+        for b in backends.iter().take(2) {
+            if let Ok(Some(v)) = b.get_meta(vdisk, &page_name(page_of(height))) {
+                for e in codec.decode_page(vdisk, &v).unwrap_or_default() {
+                    consider(&mut best, e);
+                }
+            }
+        }
+    }
+    best
+}
+
+/// The chain's entry holding `sequence`, by binary search over the heights above the base
+/// (`above`) up to the head's: O(log n) record reads instead of loading the whole index.
+/// `None` when an entry is missing, the sequence is not in that range, or the entries do not
+/// line up (the caller then loads the index whole, which rebuilds and checks it).
+pub fn find_at(backends: &[Arc<dyn Backend>], codec: &IndexCodec, vdisk: &str, head: &HeadRecord, above: u64, sequence: u64) -> Option<IndexEntry> {
+    if sequence < head.first_sequence && head.height > above + 1 {
+        let (mut lo, mut hi) = (above + 1, head.height - 1);
+        let mut steps = 0;
+        while lo <= hi && steps < 128 {
+            steps += 1;
+            let mid = lo + (hi - lo) / 2;
+            let e = entry_at(backends, codec, vdisk, mid)?;
+            if sequence < e.first_sequence {
+                hi = mid.checked_sub(1)?;
+            } else if sequence > e.last_sequence {
+                lo = mid + 1;
+            } else {
+                // Its successor must name it: the entry is on the chain.
+                let succ = if mid + 1 == head.height {
+                    entry_at(backends, codec, vdisk, mid + 1).filter(|n| n.key == head.key)
+                } else {
+                    entry_at(backends, codec, vdisk, mid + 1)
+                };
+                return succ.filter(|n| n.prev == e.key).map(|_| e);
+            }
+        }
+        None
+    } else if sequence >= head.first_sequence && sequence <= head.last_sequence {
+        entry_at(backends, codec, vdisk, head.height).filter(|e| e.key == head.key)
+    } else {
+        None
+    }
+}
+
 /// Rebuilds the entry of the aggregation `key` at `height` from the chain (fetch, unseal).
 pub fn rebuild_entry(backends: &[Arc<dyn Backend>], sealer: &Sealer, vdisk: &str, key: &Key, height: u64) -> Result<IndexEntry> {
     let agg = crate::seal::fetch_aggregation(backends, sealer, key)?;
