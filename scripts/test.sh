@@ -74,7 +74,7 @@ cargo test --locked --features failpoints --test failpoints -- --test-threads=1
 # The DPDK front-end: built with --features dpdk and tested on the net_tap PMD (this rebuilds
 # tlogd and tlog with the feature; the other tests already ran).
 cargo build --locked --features dpdk --bins
-cargo test --locked --features dpdk --lib net::dpdk
+cargo test --locked --features dpdk --lib dpdk   # the DPDK unit tests (sys::dpdk, net::dpdk)
 cargo test --locked --features dpdk --test e2e_dpdk -- --test-threads=1
 # Fuzzing: every decoder (fuzz/fuzz_targets) for TLOG_FUZZ_SECS seconds each (default 20) with
 # cargo-fuzz on the nightly toolchain (the build itself stays on stable).
