@@ -422,8 +422,9 @@ fn changed_extents(set: &Mutex<Extents>, offset: u64, len: u64, one: bool) -> Ve
     out
 }
 
-fn transmission_flags(structured: bool) -> u16 {
-    let _ = structured;
+/// The transmission flags of every export (read-write; flush, FUA, trim, zeroes with fast zero,
+/// cache, multi-connection).
+fn transmission_flags() -> u16 {
     tx::HAS_FLAGS | tx::SEND_FLUSH | tx::SEND_FUA | tx::SEND_TRIM | tx::SEND_WRITE_ZEROES | tx::CAN_MULTI_CONN | tx::SEND_CACHE | tx::SEND_FAST_ZERO
 }
 
@@ -451,7 +452,7 @@ fn handshake(g: &Gateway, c: &mut dyn Conn) -> Result<Option<Session>> {
                     // The old style has no error reply: the session ends.
                     return Err(Error::NotFound(format!("nbd: export {name:?} (this gateway exports {:?})", g.vdisk)));
                 }
-                proto::send(c, &proto::export_name_reply(g.size, transmission_flags(s.structured), no_zeroes), "send export")?;
+                proto::send(c, &proto::export_name_reply(g.size, transmission_flags(), no_zeroes), "send export")?;
                 return Ok(Some(s));
             }
             opt::ABORT => {
@@ -479,7 +480,7 @@ fn handshake(g: &Gateway, c: &mut dyn Conn) -> Result<Option<Session>> {
                     )?;
                     continue;
                 }
-                reply(c, rep::INFO, &proto::info_export(g.size, transmission_flags(s.structured)))?;
+                reply(c, rep::INFO, &proto::info_export(g.size, transmission_flags()))?;
                 reply(c, rep::INFO, &proto::info_block_size(MIN_BLOCK, PREFERRED_BLOCK, MAX_PAYLOAD))?;
                 if reqs.contains(&info::NAME) {
                     reply(c, rep::INFO, &proto::info_text(info::NAME, &g.vdisk))?;
@@ -604,6 +605,15 @@ fn transmission(g: &Gateway, c: &mut dyn Conn, s: Session) -> Result<()> {
                         errno::EINVAL,
                         &format!("read of {} bytes at {} is outside the export ({} bytes) or too large", r.length, r.offset, g.size),
                     )?;
+                    continue;
+                }
+                if r.length == 0 {
+                    // Nothing to read (the protocol leaves it unspecified): an empty success.
+                    if s.structured {
+                        proto::send(c, &proto::chunk_header(chunk::FLAG_DONE, chunk::NONE, r.cookie, 0), "send reply")?;
+                    } else {
+                        proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?;
+                    }
                     continue;
                 }
                 buf.resize(r.length as usize, 0);
