@@ -603,7 +603,7 @@ fn gateway_and_tlogd_killed_mid_write() {
     let img2 = d.path().join("m2.raw");
     mixed_image(&img2, 64, 13);
     let g = Gateway::start(d.path(), &t, "kk", &gw_img, &[]);
-    let mut w = Command::new("qemu-img")
+    let w = Command::new("qemu-img")
         .args(["convert", "-n", "-f", "raw", "-O", "raw"])
         .arg(&img2)
         .arg(g.uri())
