@@ -28,9 +28,15 @@
 # import of the same image, alternated; and fork and rebase latency (ms, the tlog command
 # included) against the history size (the parent written 1x and 10x).
 #
+# Then the NBD gateway (DESIGN.md §13): the same fio jobs (fio's nbd engine, TLOG_BENCH_SECONDS
+# each) through `tlog nbd` (tlogd on loopback, the local store) and through `qemu-nbd` serving a
+# raw file on the same disk: 4 KiB random writes at queue depth 32 with a flush every 32
+# writes, 1 MiB sequential writes, 4 KiB random reads; IOPS, MiB/s and the p99 flush latency,
+# alternated.
+#
 # Usage: scripts/bench.sh   (env: TLOG_BENCH_SECONDS=10, TLOG_BENCH_VDISKS=8,
 #        TLOG_BENCH_BLOCK=4096, TLOG_BENCH_R=0.5 (lz4 compressibility), TLOG_BENCH_DIR=/tmp,
-#        TLOG_BENCH_SECTIONS="ingest history tree" (any of them), TLOG_BENCH_RESTORE_MIB=1024,
+#        TLOG_BENCH_SECTIONS="ingest history tree nbd" (any of them), TLOG_BENCH_RESTORE_MIB=1024,
 #        TLOG_BENCH_FOLD_MIB=256)
 # The veth rows need root (ip netns); without root they are reported as skipped.
 set -euo pipefail
@@ -40,7 +46,7 @@ DUR=${TLOG_BENCH_SECONDS:-10}
 VD=${TLOG_BENCH_VDISKS:-8}
 BS=${TLOG_BENCH_BLOCK:-4096}
 R=${TLOG_BENCH_R:-0.5}
-SECTIONS=${TLOG_BENCH_SECTIONS:-ingest history tree}
+SECTIONS=${TLOG_BENCH_SECTIONS:-ingest history tree nbd}
 FMIB=${TLOG_BENCH_FOLD_MIB:-256}
 RMIB=${TLOG_BENCH_RESTORE_MIB:-1024}
 features=""
@@ -437,4 +443,52 @@ echo
 echo "| history MiB of data | run | fork at head ms | fork at a sequence ms | rebase ms |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${tree_rows[@]}"
+fi
+
+if [[ " $SECTIONS " == *" nbd "* ]]; then
+command -v fio >/dev/null && command -v qemu-nbd >/dev/null || { echo "bench.sh: the nbd section needs fio and qemu-nbd (apt-get install fio qemu-utils)" >&2; exit 1; }
+nd="$work/nbd"; mkdir -p "$nd"
+np=$(port); gp=$(port); qp=$(port)
+"$B/tlogd" --data-dir "$nd/data" --listen "127.0.0.1:$np" 2>"$nd/tlogd.log" &
+npid=$!; pids+=($npid)
+wait_port 127.0.0.1 "$np" ""
+"$B/tlog" nbd --server "127.0.0.1:$np" --vdisk nb --image "$nd/gw.img" --size $((1024 << 20)) --listen "127.0.0.1:$gp" >"$nd/gw.out" 2>"$nd/gw.log" &
+gpid=$!; pids+=($gpid)
+truncate -s 1G "$nd/q.img"
+qemu-nbd -f raw -b 127.0.0.1 -p "$qp" -t -e 8 --cache=writeback "$nd/q.img" 2>"$nd/qemu-nbd.log" &
+qpid=$!; pids+=($qpid)
+wait_port 127.0.0.1 "$gp" ""; wait_port 127.0.0.1 "$qp" ""
+# fio JOB-ARGS... against PORT -> "IOPS MIB_S P99_FLUSH_MS"
+fio_nbd() {
+  local p=$1; shift
+  fio --name=b --ioengine=nbd --uri="nbd://127.0.0.1:$p" --size=1g --time_based --runtime="$DUR" --output-format=json "$@" 2>/dev/null | python3 -c '
+import json, sys
+t = sys.stdin.read(); j = json.loads(t[t.index("{"):])["jobs"][0]
+io = j["write"] if j["write"]["io_bytes"] > 0 else j["read"]
+p99 = j.get("sync", {}).get("lat_ns", {}).get("percentile", {}).get("99.000000", 0) / 1e6
+print("%.0f %.1f %.2f" % (io["iops"], io["bw_bytes"] / 1048576, p99))'
+}
+# Fill both exports once so reads read data.
+fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$gp" --rw=write --bs=1m --size=1g --iodepth=8 >/dev/null 2>&1
+fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$qp" --rw=write --bs=1m --size=1g --iodepth=8 >/dev/null 2>&1
+nbd_rows=()
+for n in 1 2; do
+  for job in randwrite write randread; do
+    case $job in
+      randwrite) args=(--rw=randwrite --bs=4k --iodepth=32 --fsync=32) ;;
+      write) args=(--rw=write --bs=1m --iodepth=8 --fsync=32) ;;
+      randread) args=(--rw=randread --bs=4k --iodepth=32) ;;
+    esac
+    read -r ti tm tf <<<"$(fio_nbd "$gp" "${args[@]}")"
+    read -r qi qm qf <<<"$(fio_nbd "$qp" "${args[@]}")"
+    nbd_rows+=("| $n | $job | $ti / $tm / $tf | $qi / $qm / $qf | $(python3 -c "print(f'{$ti / max($qi, 1):.2f}')") |")
+  done
+done
+stop_pid "$gpid"; stop_pid "$qpid"; stop_pid "$npid"
+echo
+echo "NBD: fio (nbd engine, $DUR s per job) through tlog nbd (tlogd on loopback, local store) and through qemu-nbd serving a raw file on the same disk; IOPS / MiB/s / p99 flush ms:"
+echo
+echo "| run | job | tlog nbd | qemu-nbd | tlog / qemu-nbd IOPS |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${nbd_rows[@]}"
 fi

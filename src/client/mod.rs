@@ -429,12 +429,19 @@ impl Client {
     /// Waits until every block sent so far is acked *received* (or flushed), at most
     /// `timeout`. Errors on a fatal server error or the timeout.
     pub fn wait_received(&self, timeout: Duration) -> Result<()> {
+        self.wait_received_upto(u64::MAX, timeout)
+    }
+
+    /// Waits until every block with a sequence up to `sequence` is acked *received* (or
+    /// flushed), at most `timeout`; later blocks may still be in flight. Errors as
+    /// [`Client::wait_received`].
+    pub fn wait_received_upto(&self, sequence: u64, timeout: Duration) -> Result<()> {
         let sh = &self.shared;
         let deadline = Instant::now() + timeout;
         let mut st = lock(&sh.state);
         loop {
             Self::check_fatal(&st)?;
-            if st.window.iter().all(|p| p.received) {
+            if st.window.iter().take_while(|p| p.sequence <= sequence).all(|p| p.received) {
                 return Ok(());
             }
             if Instant::now() > deadline {

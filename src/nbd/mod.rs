@@ -168,46 +168,36 @@ fn bad(what: String) -> Error {
 
 impl Gateway {
     /// Sends `data` at byte `offset` to tlogd (in blocks of at most [`MAX_BLOCK`], all-zero
-    /// ones as write_zeroes) and writes it to the image; waits until tlogd received it.
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
-        {
-            let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
-            for (i, piece) in data.chunks(MAX_BLOCK).enumerate() {
-                let lba = (offset + (i * MAX_BLOCK) as u64) / 512;
-                if piece.iter().all(|b| *b == 0) {
-                    self.client.write_zeroes(lba, piece.len() as u64)?;
-                } else {
-                    self.client.write(lba, piece.to_vec())?;
-                }
+    /// ones as write_zeroes) and writes it to the image, in one step under the order lock;
+    /// returns the last sequence sent. The caller waits for tlogd's received ack.
+    fn log_write(&self, offset: u64, data: &[u8]) -> Result<u64> {
+        let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, piece) in data.chunks(MAX_BLOCK).enumerate() {
+            let lba = (offset + (i * MAX_BLOCK) as u64) / 512;
+            if piece.iter().all(|b| *b == 0) {
+                self.client.write_zeroes(lba, piece.len() as u64)?;
+            } else {
+                self.client.write(lba, piece.to_vec())?;
             }
-            self.image.write_all_at(data, offset).ctx(|| format!("write {}", self.path.display()))?;
-            self.track(offset, offset + data.len() as u64, Kind::Write);
         }
-        self.client.wait_received(Duration::from_secs(3600))?;
-        if fua {
-            self.flush()?;
-        }
-        Ok(())
+        self.image.write_all_at(data, offset).ctx(|| format!("write {}", self.path.display()))?;
+        self.track(offset, offset + data.len() as u64, Kind::Write);
+        Ok(self.client.next_sequence().saturating_sub(1))
     }
 
-    /// Zeroes `len` bytes at `offset` in tlogd and in the image (a hole when `punch`).
-    fn zero(&self, offset: u64, len: u64, punch: bool, fua: bool) -> Result<()> {
-        {
-            let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
-            let mut p = offset;
-            while p < offset + len {
-                let n = (offset + len - p).min(MAX_BLOCK as u64);
-                self.client.write_zeroes(p / 512, n)?;
-                p += n;
-            }
-            self.zero_image(offset, len, punch)?;
-            self.track(offset, offset + len, Kind::Zero);
+    /// Zeroes `len` bytes at `offset` in tlogd and in the image (a hole when `punch`); returns
+    /// the last sequence sent.
+    fn log_zero(&self, offset: u64, len: u64, punch: bool) -> Result<u64> {
+        let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = offset;
+        while p < offset + len {
+            let n = (offset + len - p).min(MAX_BLOCK as u64);
+            self.client.write_zeroes(p / 512, n)?;
+            p += n;
         }
-        self.client.wait_received(Duration::from_secs(3600))?;
-        if fua {
-            self.flush()?;
-        }
-        Ok(())
+        self.zero_image(offset, len, punch)?;
+        self.track(offset, offset + len, Kind::Zero);
+        Ok(self.client.next_sequence().saturating_sub(1))
     }
 
     fn track(&self, start: u64, end: u64, kind: Kind) {
@@ -329,6 +319,7 @@ impl Gateway {
 trait Conn: Read + Write + Send {
     fn set_timeout(&self, d: Option<Duration>) -> std::io::Result<()>;
     fn peer(&self) -> String;
+    fn try_clone_box(&self) -> std::io::Result<Box<dyn Conn>>;
 }
 
 impl Conn for std::net::TcpStream {
@@ -338,6 +329,9 @@ impl Conn for std::net::TcpStream {
     fn peer(&self) -> String {
         self.peer_addr().map(|a| a.to_string()).unwrap_or_default()
     }
+    fn try_clone_box(&self) -> std::io::Result<Box<dyn Conn>> {
+        Ok(Box::new(self.try_clone()?))
+    }
 }
 
 impl Conn for std::os::unix::net::UnixStream {
@@ -346,6 +340,9 @@ impl Conn for std::os::unix::net::UnixStream {
     }
     fn peer(&self) -> String {
         "unix socket".into()
+    }
+    fn try_clone_box(&self) -> std::io::Result<Box<dyn Conn>> {
+        Ok(Box::new(self.try_clone()?))
     }
 }
 
@@ -556,11 +553,11 @@ fn handshake(g: &Gateway, c: &mut dyn Conn) -> Result<Option<Session>> {
 }
 
 /// Answers `error` to `r`.
-fn fail(c: &mut dyn Conn, s: &Session, r: &Request, error: u32, message: &str) -> Result<()> {
+fn fail(out: &Out, s: &Session, r: &Request, error: u32, message: &str) -> Result<()> {
     if s.structured {
-        proto::send(c, &proto::error_chunk(r.cookie, error, message), "send reply")
+        out.send(&proto::error_chunk(r.cookie, error, message), "send reply")
     } else {
-        proto::send(c, &proto::simple_reply(error, r.cookie), "send reply")
+        out.send(&proto::simple_reply(error, r.cookie), "send reply")
     }
 }
 
@@ -573,7 +570,10 @@ fn errno_of(e: &Error) -> u32 {
 }
 
 /// The transmission phase: requests in order, until the client disconnects.
-fn transmission(g: &Gateway, c: &mut dyn Conn, s: Session) -> Result<()> {
+/// The reader side of the transmission phase: requests in order; replies go out through `out`,
+/// those of plain writes from the replier once tlogd received them (`replies`: cookie, last
+/// sequence).
+fn requests(g: &Gateway, c: &mut dyn Conn, out: &Out, s: &Session, replies: &crossbeam_channel::Sender<(u64, u64)>) -> Result<()> {
     let mut h = [0u8; REQUEST_BYTES];
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -586,7 +586,7 @@ fn transmission(g: &Gateway, c: &mut dyn Conn, s: Session) -> Result<()> {
         let aligned = r.offset.is_multiple_of(512) && (r.length as u64).is_multiple_of(512);
         if r.kind == cmd::WRITE {
             if r.length > MAX_PAYLOAD {
-                let _ = fail(c, &s, &r, errno::EOVERFLOW, "write larger than the maximum payload");
+                let _ = fail(out, s, &r, errno::EOVERFLOW, "write larger than the maximum payload");
                 return Err(Error::Protocol(format!("nbd: write of {} bytes (at most {MAX_PAYLOAD})", r.length)));
             }
             buf.resize(r.length as usize, 0);
@@ -599,8 +599,8 @@ fn transmission(g: &Gateway, c: &mut dyn Conn, s: Session) -> Result<()> {
             cmd::READ => {
                 if !in_range || r.length > MAX_PAYLOAD {
                     fail(
-                        c,
-                        &s,
+                        out,
+                        s,
                         &r,
                         errno::EINVAL,
                         &format!("read of {} bytes at {} is outside the export ({} bytes) or too large", r.length, r.offset, g.size),
@@ -610,87 +610,146 @@ fn transmission(g: &Gateway, c: &mut dyn Conn, s: Session) -> Result<()> {
                 if r.length == 0 {
                     // Nothing to read (the protocol leaves it unspecified): an empty success.
                     if s.structured {
-                        proto::send(c, &proto::chunk_header(chunk::FLAG_DONE, chunk::NONE, r.cookie, 0), "send reply")?;
+                        out.send(&proto::chunk_header(chunk::FLAG_DONE, chunk::NONE, r.cookie, 0), "send reply")?;
                     } else {
-                        proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?;
+                        out.send(&proto::simple_reply(0, r.cookie), "send reply")?;
                     }
                     continue;
                 }
                 buf.resize(r.length as usize, 0);
                 if let Err(e) = g.image.read_exact_at(&mut buf, r.offset) {
-                    fail(c, &s, &r, errno::EIO, &format!("read image: {e}"))?;
+                    fail(out, s, &r, errno::EIO, &format!("read image: {e}"))?;
                     continue;
                 }
                 if s.structured {
                     let mut head = proto::chunk_header(chunk::FLAG_DONE, chunk::OFFSET_DATA, r.cookie, r.length + 8).to_vec();
                     head.extend_from_slice(&r.offset.to_be_bytes());
-                    proto::send(c, &head, "send reply")?;
+                    out.send_parts(&[&head, &buf], "send data")?;
                 } else {
-                    proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?;
+                    out.send_parts(&[&proto::simple_reply(0, r.cookie), &buf], "send data")?;
                 }
-                proto::send(c, &buf, "send data")?;
             }
             cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES => {
                 if !in_range || !aligned {
                     fail(
-                        c,
-                        &s,
+                        out,
+                        s,
                         &r,
                         errno::EINVAL,
                         &format!("{} bytes at {}: outside the export ({} bytes) or not 512-byte aligned", r.length, r.offset, g.size),
                     )?;
                     continue;
                 }
-                let res = match r.kind {
-                    cmd::WRITE => g.write(r.offset, &buf, fua),
-                    cmd::TRIM => g.zero(r.offset, r.length as u64, true, fua),
-                    _ => g.zero(r.offset, r.length as u64, r.flags & cmd_flag::NO_HOLE == 0, fua),
+                let logged = match r.kind {
+                    cmd::WRITE => g.log_write(r.offset, &buf),
+                    cmd::TRIM => g.log_zero(r.offset, r.length as u64, true),
+                    _ => g.log_zero(r.offset, r.length as u64, r.flags & cmd_flag::NO_HOLE == 0),
+                };
+                // A plain write is answered by the replier once tlogd received it; this
+                // reader goes on with the next request meanwhile. FUA waits here.
+                let res = match logged {
+                    Ok(seq) if !fua => {
+                        if replies.send((r.cookie, seq)).is_err() {
+                            return Err(Error::Protocol("nbd: the replier ended".into()));
+                        }
+                        continue;
+                    }
+                    Ok(seq) => g.client.wait_received_upto(seq, Duration::from_secs(3600)).and_then(|()| g.flush()),
+                    Err(e) => Err(e),
                 };
                 match res {
-                    Ok(()) => proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?,
+                    Ok(()) => out.send(&proto::simple_reply(0, r.cookie), "send reply")?,
                     Err(e) => {
                         tracing::warn!(vdisk = %g.vdisk, "nbd: write failed: {e}");
-                        fail(c, &s, &r, errno_of(&e), &e.to_string())?;
+                        fail(out, s, &r, errno_of(&e), &e.to_string())?;
                     }
                 }
             }
             cmd::FLUSH => match g.flush() {
-                Ok(()) => proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?,
+                Ok(()) => out.send(&proto::simple_reply(0, r.cookie), "send reply")?,
                 Err(e) => {
                     tracing::warn!(vdisk = %g.vdisk, "nbd: flush failed: {e}");
-                    fail(c, &s, &r, errno_of(&e), &e.to_string())?;
+                    fail(out, s, &r, errno_of(&e), &e.to_string())?;
                 }
             },
             cmd::CACHE => {
                 if !in_range {
-                    fail(c, &s, &r, errno::EINVAL, "cache outside the export")?;
+                    fail(out, s, &r, errno::EINVAL, "cache outside the export")?;
                     continue;
                 }
                 let _ = rustix::fs::fadvise(&g.image, r.offset, std::num::NonZeroU64::new(r.length as u64), rustix::fs::Advice::WillNeed);
-                proto::send(c, &proto::simple_reply(0, r.cookie), "send reply")?;
+                out.send(&proto::simple_reply(0, r.cookie), "send reply")?;
             }
             cmd::BLOCK_STATUS => {
                 if !s.structured || (!s.allocation && s.changed.is_none()) {
-                    fail(c, &s, &r, errno::EINVAL, "no metadata context was selected")?;
+                    fail(out, s, &r, errno::EINVAL, "no metadata context was selected")?;
                     continue;
                 }
                 if !in_range || r.length == 0 {
-                    fail(c, &s, &r, errno::EINVAL, "block status outside the export")?;
+                    fail(out, s, &r, errno::EINVAL, "block status outside the export")?;
                     continue;
                 }
                 let one = r.flags & cmd_flag::REQ_ONE != 0;
                 if s.allocation {
                     let ext = g.allocation(r.offset, r.length as u64, one);
-                    proto::send(c, &proto::block_status_chunk(r.cookie, s.changed.is_none(), CONTEXT_ALLOCATION, &ext), "send reply")?;
+                    out.send(&proto::block_status_chunk(r.cookie, s.changed.is_none(), CONTEXT_ALLOCATION, &ext), "send reply")?;
                 }
                 if let Some((_, set)) = &s.changed {
                     let ext = changed_extents(set, r.offset, (r.length as u64).min(g.size - r.offset), one);
-                    proto::send(c, &proto::block_status_chunk(r.cookie, true, CONTEXT_CHANGED, &ext), "send reply")?;
+                    out.send(&proto::block_status_chunk(r.cookie, true, CONTEXT_CHANGED, &ext), "send reply")?;
                 }
             }
             cmd::DISC => return Ok(()),
-            other => fail(c, &s, &r, errno::EINVAL, &format!("command {other} is not supported"))?,
+            other => fail(out, s, &r, errno::EINVAL, &format!("command {other} is not supported"))?,
         }
+    }
+}
+
+/// The transmission phase: a reader of requests and a replier of plain writes, until the
+/// client disconnects.
+fn transmission(g: &Gateway, c: &mut dyn Conn, out: &Out, s: Session) -> Result<()> {
+    std::thread::scope(|sc| {
+        let (tx, rx) = crossbeam_channel::bounded::<(u64, u64)>(1024);
+        let structured = s.structured;
+        let replier = sc.spawn(move || -> Result<()> {
+            for (cookie, seq) in rx {
+                match g.client.wait_received_upto(seq, Duration::from_secs(3600)) {
+                    Ok(()) => out.send(&proto::simple_reply(0, cookie), "send reply")?,
+                    Err(e) => {
+                        tracing::warn!(vdisk = %g.vdisk, "nbd: write failed: {e}");
+                        if structured {
+                            out.send(&proto::error_chunk(cookie, errno_of(&e), &e.to_string()), "send reply")?;
+                        } else {
+                            out.send(&proto::simple_reply(errno_of(&e), cookie), "send reply")?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        let r = requests(g, c, out, &s, &tx);
+        drop(tx);
+        let w = replier.join().unwrap_or_else(|_| Err(Error::Protocol("nbd: the replier panicked".into())));
+        r.and(w)
+    })
+}
+
+/// The sending half of a connection, shared by the reader and the replier: each reply goes out
+/// whole under the lock.
+struct Out(Mutex<Box<dyn Conn>>);
+
+impl Out {
+    fn send(&self, bytes: &[u8], what: &str) -> Result<()> {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        proto::send(c.as_mut(), bytes, what)
+    }
+
+    fn send_parts(&self, parts: &[&[u8]], what: &str) -> Result<()> {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for p in parts {
+            proto::send(c.as_mut(), p, what)?;
+        }
+        Ok(())
     }
 }
 
@@ -700,7 +759,10 @@ fn serve_conn(g: &Gateway, mut c: Box<dyn Conn>) {
     let r = match handshake(g, c.as_mut()) {
         Ok(Some(s)) => {
             tracing::info!(vdisk = %g.vdisk, %peer, structured = s.structured, "nbd: client attached");
-            transmission(g, c.as_mut(), s)
+            match c.try_clone_box() {
+                Ok(w) => transmission(g, c.as_mut(), &Out(Mutex::new(w)), s),
+                Err(e) => Err(Error::io("nbd: clone the connection", e)),
+            }
         }
         Ok(None) => Ok(()),
         Err(e) => Err(e),
