@@ -20,14 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn tlog(args: &[&str]) -> Output {
-    run(Command::new(tlog_bin()).args(args))
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 /// The number after `what` in `s`.
 fn number_after(s: &str, what: &str) -> u64 {
     s.split(what)

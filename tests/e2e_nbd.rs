@@ -102,10 +102,6 @@ impl Drop for Gateway {
     }
 }
 
-fn tlog(args: &[&str]) -> Output {
-    run(Command::new(tlog_bin()).args(args))
-}
-
 fn restore_to(t: &Tlogd, vdisk: &str, out: &Path) {
     assert_ok(&tlog(&["restore", "--server", &t.addr(), "--vdisk", vdisk, "--output", out.to_str().unwrap()]), "tlog restore");
 }
@@ -169,12 +165,7 @@ fn qemu_img_and_the_kernel_ext4_write_through_the_gateway() {
     let mnt = d.path().join("mnt");
     std::fs::create_dir_all(&fuse).unwrap();
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut nf = Command::new("nbdfuse").arg(&fuse).arg(g.uri()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !fuse.join("nbd").exists() {
-        assert!(Instant::now() < deadline, "nbdfuse did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut nf = nbdfuse(&fuse, &g.uri());
     let mounted = run(Command::new("mount").arg("-o").arg("loop").arg(fuse.join("nbd")).arg(&mnt));
     assert_ok(&mounted, "mount -o loop ext4 over nbdfuse");
     let tree2 = d.path().join("tree2");
@@ -199,6 +190,17 @@ fn qemu_img_and_the_kernel_ext4_write_through_the_gateway() {
     let diff = run(Command::new("diff").arg("-r").arg(&tree2).arg(m2.join("copy")));
     let _ = run(Command::new("umount").arg(&m2));
     assert_ok(&diff, "the files on the restored image");
+}
+
+/// `nbdfuse DIR URI`, once `DIR/nbd` exists (the export as a file).
+fn nbdfuse(dir: &Path, uri: &str) -> Child {
+    let nf = Command::new("nbdfuse").arg(dir).arg(uri).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.join("nbd").exists() {
+        assert!(Instant::now() < deadline, "nbdfuse did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nf
 }
 
 fn nix_root() -> bool {
@@ -469,12 +471,7 @@ fn a_kernel_ext4_made_on_the_export_restores_at_a_checkpoint() {
     let mnt = d.path().join("mnt");
     std::fs::create_dir_all(&fuse).unwrap();
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut nf = Command::new("nbdfuse").arg(&fuse).arg(g.uri()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !fuse.join("nbd").exists() {
-        assert!(Instant::now() < deadline, "nbdfuse did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut nf = nbdfuse(&fuse, &g.uri());
     let lo = run(Command::new("losetup").args(["-f", "--show"]).arg(fuse.join("nbd")));
     assert_ok(&lo, "losetup");
     let dev = String::from_utf8_lossy(&lo.stdout).trim().to_string();

@@ -20,14 +20,6 @@ use std::time::{Duration, Instant};
 /// The window: long enough for the checks after the cleaner's run, short for the test.
 const WINDOW_SECS: u64 = 12;
 
-fn tlog(args: &[&str]) -> Output {
-    run(Command::new(tlog_bin()).args(args))
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 /// Bytes allocated on disk under `dir` (st_blocks × 512).
 fn disk_bytes(dir: &Path) -> u64 {
     let mut total = 0;

@@ -339,3 +339,13 @@ pub fn ext4_from(out: &Path, mib: u64, src: Option<&Path>) -> bool {
     assert_ok(&o, "make-test-image.sh");
     true
 }
+
+/// Runs `tlog` with `args`.
+pub fn tlog(args: &[&str]) -> Output {
+    run(Command::new(tlog_bin()).args(args))
+}
+
+/// A command's stdout and stderr, as text.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
