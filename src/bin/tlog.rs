@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tlog::client::{Client, ClientConfig, NoticeHandler};
 use tlog::config::Config;
+use tlog::history::playback::spec;
 use tlog::history::points::Point;
 use tlog::history::restore::{restore, RestoreOptions};
 use tlog::history::scrub::{scrub, ScrubOptions};
@@ -833,14 +834,6 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
 }
 
 /// The protocol form of a point.
-fn spec(p: Option<&Point>) -> PointSpec {
-    match p {
-        None => PointSpec::None,
-        Some(Point::Sequence(s)) => PointSpec::Sequence(*s),
-        Some(Point::Time(t)) => PointSpec::Time(*t),
-        Some(Point::Checkpoint(c)) => PointSpec::Checkpoint(c.clone()),
-    }
-}
 
 /// Restores through tlogd's playback into `output`; no file is left behind on failure.
 fn restore_remote(server: &str, token: &str, vdisk: &str, output: &std::path::Path, to: Option<Point>) -> tlog::Result<tlog::history::restore::RestoreStats> {

@@ -117,8 +117,9 @@ pub(crate) fn fork(sh: &Shared, parent: &str, new: &str, at: &PointSpec) -> Resu
         Some(Point::Sequence(cut)) => fork_fast(sh, &pv, parent, cut, now)?,
         _ => None,
     };
-    let f = match point(at) {
-        None => {
+    let f = match (fast, point(at)) {
+        (Some(f), _) => f,
+        (None, None) => {
             // At the head: the parent's intake is held while everything received is made
             // durable, so the cut is one instant.
             lock(&pv.ns).hold(true);
@@ -138,8 +139,7 @@ pub(crate) fn fork(sh: &Shared, parent: &str, new: &str, at: &PointSpec) -> Resu
             sh.signal_space();
             r?
         }
-        Some(Point::Sequence(cut)) if fast.is_some() => fast.ok_or_else(|| Error::NotFound(format!("sequence {cut} of vdisk {parent}")))?,
-        Some(p) => {
+        (None, Some(p)) => {
             let h = flushed_history(sh, parent)?;
             let cut = h.resolve(&p)?.ok_or_else(|| Error::InvalidArgument(format!("{p} of vdisk {parent} is before its first block: nothing to fork")))?;
             fork_in(&h, parent, cut, now)?

@@ -61,6 +61,17 @@ pub fn point(p: &PointSpec) -> Option<Point> {
     }
 }
 
+/// The wire form of a point (`None`: the start or the head, as the side asks), the inverse of
+/// [`point`].
+pub fn spec(p: Option<&Point>) -> PointSpec {
+    match p {
+        None => PointSpec::None,
+        Some(Point::Sequence(s)) => PointSpec::Sequence(*s),
+        Some(Point::Time(t)) => PointSpec::Time(*t),
+        Some(Point::Checkpoint(c)) => PointSpec::Checkpoint(c.clone()),
+    }
+}
+
 struct Out<'a> {
     tx: &'a Sender<Ack>,
     buf: Vec<u8>,

@@ -229,11 +229,7 @@ impl Gateway {
             self.trackers.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&set));
         }
         self.flush()?;
-        let from = match p {
-            Point::Sequence(s) => PointSpec::Sequence(s),
-            Point::Time(t) => PointSpec::Time(t),
-            Point::Checkpoint(c) => PointSpec::Checkpoint(c),
-        };
+        let from = crate::history::playback::spec(Some(&p));
         let mut pb = Playback::open(&self.server, &self.token, &self.vdisk, PlaybackRequest { from, to: PointSpec::None, follow: false })?;
         let mut logged = Extents::default();
         while let Some(item) = pb.next_item()? {
