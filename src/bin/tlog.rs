@@ -833,8 +833,6 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
     }
 }
 
-/// The protocol form of a point.
-
 /// Restores through tlogd's playback into `output`; no file is left behind on failure.
 fn restore_remote(server: &str, token: &str, vdisk: &str, output: &std::path::Path, to: Option<Point>) -> tlog::Result<tlog::history::restore::RestoreStats> {
     let req = PlaybackRequest { from: PointSpec::None, to: spec(to.as_ref()), follow: false };
