@@ -24,6 +24,7 @@ fn index(n: u64) -> Index {
             blocks: 64,
             data_bytes: 64 * 4096,
             sealed_at: t0 + i * 1_000_000 + 950_000,
+            extents: Default::default(),
         })
         .collect();
     Index { vdisk: "bench".into(), entries, rebuilt: Vec::new() }

@@ -18,12 +18,16 @@ struct HandshakeRequest {
   kind @6 :ConnectionKind;         # what the connection is for (default: a writer)
   playback @7 :PlaybackRequest;    # kind = playback: what to stream
   control @8 :ControlRequest;      # kind = control: the one request
+  read @9 :Point;                  # kind = read: the point to serve (none: the newest flushed block)
 }
 
 enum ConnectionKind {
   write @0;     # stream blocks of vdiskId (the default)
   playback @1;  # stream vdiskId's history back (ServerMessage block ... playbackEnd)
   control @2;   # one request, answered by one ServerMessage control, then the server closes
+  read @3;      # serve vdiskId as of a point on demand: ServerMessage index parts first (the
+                # path's index up to the point), then for each ClientMessage fetch the blocks
+                # of that aggregation up to the point (block ... playbackEnd)
 }
 
 # A point in a vdisk's history: the image after the last block it covers.
@@ -135,7 +139,16 @@ struct ClientMessage {
     block @0 :Block;
     forceFlush @1 :Void;
     disconnect @2 :Void;
+    fetch @3 :UInt32;    # kind = read: the aggregation at this position of the index sent
   }
+}
+
+# kind = read: a part of the index of the path up to the point, in order.
+struct IndexPart {
+  entries @0 :Data;      # `count` index entry bodies (history/index.rs: version, fields,
+                         # extents; no MAC), concatenated
+  count @1 :UInt32;
+  done @2 :Bool;         # the last part
 }
 
 struct SequenceRange {
@@ -185,6 +198,7 @@ struct ServerMessage {
     playbackEnd @6 :PlaybackEnd;  # playback: nothing more (not sent in follow mode)
     head @7 :UInt64;     # playback, follow: the vdisk's newest flushed sequence, when caught up
     control @8 :ControlResponse;  # control: the answer
+    index @9 :IndexPart;          # read: the index up to the point, in parts
   }
 }
 

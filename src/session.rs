@@ -142,10 +142,28 @@ pub fn encode_ack(ack: &Ack) -> Vec<u8> {
 
 enum State<H> {
     Handshake,
-    Attaching { ticket: AttachTicket<H>, vdisk: String },
-    Attached { handle: H, epoch: u64, vdisk: String },
-    Playback { vdisk: String, cancel: Arc<AtomicBool> },
-    Control { ticket: Ticket<ControlResponse> },
+    Attaching {
+        ticket: AttachTicket<H>,
+        vdisk: String,
+    },
+    Attached {
+        handle: H,
+        epoch: u64,
+        vdisk: String,
+    },
+    Playback {
+        vdisk: String,
+        cancel: Arc<AtomicBool>,
+    },
+    /// A read connection: fetch requests go to the serving thread.
+    Read {
+        vdisk: String,
+        cancel: Arc<AtomicBool>,
+        requests: crossbeam_channel::Sender<u32>,
+    },
+    Control {
+        ticket: Ticket<ControlResponse>,
+    },
     Closed,
 }
 
@@ -181,7 +199,7 @@ impl<C: Core> Session<C> {
     /// The vdisk, once the handshake named one.
     pub fn vdisk(&self) -> Option<&str> {
         match &self.state {
-            State::Attaching { vdisk, .. } | State::Attached { vdisk, .. } | State::Playback { vdisk, .. } => Some(vdisk),
+            State::Attaching { vdisk, .. } | State::Attached { vdisk, .. } | State::Playback { vdisk, .. } | State::Read { vdisk, .. } => Some(vdisk),
             _ => None,
         }
     }
@@ -292,6 +310,18 @@ impl<C: Core> Session<C> {
             self.state = State::Playback { vdisk: req.vdisk_id, cancel };
             return Progress::Ready;
         }
+        if let RequestKind::Read(at) = kind {
+            let chunks = (self.limits.playback_buffer_bytes as usize / crate::history::playback::CHUNK_BYTES).max(2);
+            let (tx, rx) = crossbeam_channel::bounded(chunks);
+            let (rtx, rrx) = crossbeam_channel::bounded(1024);
+            let cancel = Arc::new(AtomicBool::new(false));
+            tracing::info!(peer = %self.peer, vdisk = %req.vdisk_id, "read connection at {at:?}");
+            self.core.read(&req.vdisk_id, at, rrx, tx, cancel.clone());
+            self.acks = Some(rx);
+            self.respond(HandshakeStatus::Ok, None, 0, String::new());
+            self.state = State::Read { vdisk: req.vdisk_id, cancel, requests: rtx };
+            return Progress::Ready;
+        }
         let (sink, acks) = crossbeam_channel::unbounded();
         self.sink = Some(sink.clone());
         self.acks = Some(acks);
@@ -343,6 +373,29 @@ impl<C: Core> Session<C> {
             while let Ok(Some(_)) = self.decoder.next_frame_ref() {}
             return Progress::Ready;
         }
+        if let State::Read { requests, .. } = &self.state {
+            // A read connection's client sends fetches (and a goodbye); anything else is ignored.
+            loop {
+                let m = match self.decoder.next_frame_ref() {
+                    Ok(Some(f)) => crate::wire::decode_client_message(f),
+                    Ok(None) => return Progress::Ready,
+                    Err(e) => return self.fatal(ErrorCode::BadMessage, e.to_string()),
+                };
+                match m {
+                    Ok(ClientMessage::Fetch(i)) => {
+                        if requests.send(i).is_err() {
+                            self.detach();
+                            return Progress::Close;
+                        }
+                    }
+                    Ok(ClientMessage::Disconnect) => {
+                        self.detach();
+                        return Progress::Close;
+                    }
+                    Ok(_) | Err(_) => {}
+                }
+            }
+        }
         if matches!(self.state, State::Closed) {
             return Progress::Close;
         }
@@ -392,6 +445,9 @@ impl<C: Core> Session<C> {
                         self.core.force_flush(handle);
                     }
                     self.send(&ServerMessage::ForceFlushReceived);
+                }
+                ClientMessage::Fetch(_) => {
+                    self.error(ErrorCode::BadMessage, 0, 0, "fetch is for read connections".into());
                 }
                 ClientMessage::Disconnect => {
                     self.flush_runs();
@@ -478,7 +534,7 @@ impl<C: Core> Session<C> {
     pub fn detach(&mut self) {
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Attached { handle, epoch, .. } => self.core.detach(&handle, epoch),
-            State::Playback { cancel, .. } => cancel.store(true, Ordering::SeqCst),
+            State::Playback { cancel, .. } | State::Read { cancel, .. } => cancel.store(true, Ordering::SeqCst),
             _ => {}
         }
     }
@@ -521,7 +577,7 @@ impl<C: Core> Protocol for Session<C> {
     }
 
     fn attached(&self) -> bool {
-        matches!(self.state, State::Attached { .. } | State::Playback { .. } | State::Control { .. })
+        matches!(self.state, State::Attached { .. } | State::Playback { .. } | State::Read { .. } | State::Control { .. })
     }
 
     fn expects_input(&self) -> bool {
@@ -605,6 +661,22 @@ mod tests {
         }
         fn playback(&self, _vdisk: &str, _req: crate::wire::PlaybackRequest, out: crossbeam_channel::Sender<Ack>, _cancel: Arc<AtomicBool>) {
             let _ = out.send(Ack::Frames(encode_server_message(&ServerMessage::PlaybackEnd(Some(3)))));
+        }
+        fn read(
+            &self,
+            _vdisk: &str,
+            _at: crate::wire::PointSpec,
+            requests: crossbeam_channel::Receiver<u32>,
+            out: crossbeam_channel::Sender<Ack>,
+            _c: Arc<AtomicBool>,
+        ) {
+            let _ = out.send(Ack::Frames(encode_server_message(&ServerMessage::Index { entries: Vec::new(), count: 0, done: true })));
+            // Each fetch is answered with its position as the end's sequence.
+            std::thread::spawn(move || {
+                for i in requests {
+                    let _ = out.send(Ack::Frames(encode_server_message(&ServerMessage::PlaybackEnd(Some(i as u64)))));
+                }
+            });
         }
     }
 

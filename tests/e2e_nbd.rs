@@ -18,6 +18,11 @@
 //!   model.
 //! - Kill -9 of the gateway, and of tlogd, in the middle of a `qemu-img convert`.
 //! - `BLOCK_STATUS` of `tlog:changed:<point>` against `tlog changed`.
+//! - Past points: a `--read-only --checkpoint` export (served from the log, no restore)
+//!   equals `tlog restore` at the checkpoint through `nbdcopy`, and a write to it gets `EPERM`;
+//!   a `--fork` export at the checkpoint takes writes into the fork (restored exactly, also
+//!   after the export restarts and reads them back from the log) while the source's restore
+//!   stays what it was.
 
 mod common;
 use common::*;
@@ -44,9 +49,16 @@ struct Gateway {
 
 impl Gateway {
     fn start(dir: &Path, tlogd: &Tlogd, vdisk: &str, image: &Path, extra: &[&str]) -> Gateway {
+        let mut args = vec!["--image", image.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::spawn(dir, tlogd, vdisk, &args)
+    }
+
+    /// A gateway with exactly `extra` after the server and vdisk (no image: a past export).
+    fn spawn(dir: &Path, tlogd: &Tlogd, vdisk: &str, extra: &[&str]) -> Gateway {
         let port = free_port();
         let out = dir.join(format!("nbd-{port}.out"));
-        let mut args = vec!["nbd".to_string(), "--server".into(), tlogd.addr(), "--vdisk".into(), vdisk.into(), "--image".into(), image.display().to_string()];
+        let mut args = vec!["nbd".to_string(), "--server".into(), tlogd.addr(), "--vdisk".into(), vdisk.into()];
         if !extra.contains(&"--socket") {
             args.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
         }
@@ -620,4 +632,93 @@ fn gateway_and_tlogd_killed_mid_write() {
     restore_to(&t, "kk", &r);
     assert_same(&r, &img2);
     drop(g);
+}
+
+/// Issue 18 item 4: exports of a past point straight from the log. A read-only export at a
+/// checkpoint (after more was written over it) is copied with `nbdcopy` and equals the restore
+/// at the checkpoint, and says when it answered its first read; a write to it gets `EPERM`. A
+/// fork export at the checkpoint takes writes (qemu-io) into the fork: reads show them over the
+/// checkpoint's image, the fork restores to exactly that, and so does a restarted export
+/// (which reads them back from the log); the source's restore is unchanged.
+#[test]
+fn past_points_export_read_only_and_as_a_writable_fork() {
+    if !tools() || !have("qemu-io") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let t = Tlogd::start(&p.join("data"), None, free_port());
+    let (a, b) = (p.join("a.raw"), p.join("b.raw"));
+    mixed_image(&a, 24, 11);
+    mixed_image(&b, 8, 12);
+    assert_ok(&import(&t.addr(), "pp", &a), "import A");
+    assert_ok(&tlog(&["checkpoint", "--server", &t.addr(), "--vdisk", "pp", "c1"]), "checkpoint");
+    assert_ok(&import(&t.addr(), "pp", &b), "import B over A");
+    let at_c1 = p.join("c1.raw");
+    assert_ok(&tlog(&["restore", "--server", &t.addr(), "--vdisk", "pp", "--checkpoint", "c1", "--output", at_c1.to_str().unwrap()]), "restore c1");
+    let head_before = p.join("head-before.raw");
+    restore_to(&t, "pp", &head_before);
+    assert_same_prefix(&at_c1, &a);
+
+    // Read-only at c1: the log at the point, not the head.
+    let g = Gateway::spawn(p, &t, "pp", &["--read-only", "--checkpoint", "c1"]);
+    assert!(g.stdout().contains("read-only from the log"), "{}", g.stdout());
+    let o = run(Command::new("nbdinfo").arg("--json").arg(g.uri()));
+    assert_ok(&o, "nbdinfo");
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = &j["exports"][0];
+    assert_eq!((e["is_read_only"].as_bool(), e["export-size"].as_u64()), (Some(true), Some(24 << 20)), "{j}");
+    let copy = p.join("ro-copy.raw");
+    assert_ok(&run(Command::new("nbdcopy").args(["--connections", "2"]).arg(g.uri()).arg(&copy)), "nbdcopy of the read-only export");
+    assert_same_prefix(&copy, &at_c1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g.stdout().contains("first read answered") {
+        assert!(Instant::now() < deadline, "no first-read report: {}", g.stdout());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    use tlog::nbd::proto::{cmd, errno};
+    let mut c = RawClient::connect(g.port);
+    c.send(cmd::WRITE, 0, 7, 4096, &[1u8; 4096], 4096);
+    assert_eq!(c.reply(Duration::from_secs(10)), Some((errno::EPERM, 7)), "a write to a read-only export");
+    c.send(cmd::WRITE_ZEROES, 0, 8, 0, &[], 4096);
+    assert_eq!(c.reply(Duration::from_secs(10)), Some((errno::EPERM, 8)), "a zero on a read-only export");
+    c.send(cmd::DISC, 0, 9, 0, &[], 0);
+    drop(g);
+
+    // A fork at c1, written through its export.
+    let mut g = Gateway::spawn(p, &t, "pp", &["--fork", "ppf", "--checkpoint", "c1"]);
+    assert!(g.stdout().contains("fork ppf of vdisk pp"), "{}", g.stdout());
+    let cmds = ["write -P 0x5a 0 64k", "write -z 1m 128k", "write -f -P 0xc3 20m 1m", "flush", "read -P 0x5a 0 64k", "read -P 0xc3 20m 1m"];
+    let mut q = Command::new("qemu-io");
+    q.args(["-f", "raw"]).arg(g.uri());
+    for x in cmds {
+        q.arg("-c").arg(x);
+    }
+    let o = run(&mut q);
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && !out.contains("failed") && !out.contains("error"), "qemu-io on the fork: {out}");
+    let mut model = std::fs::read(&at_c1).unwrap();
+    model.resize(24 << 20, 0);
+    model[..64 << 10].fill(0x5a);
+    model[1 << 20..(1 << 20) + (128 << 10)].fill(0);
+    model[20 << 20..21 << 20].fill(0xc3);
+    let mp = p.join("fork-model.raw");
+    std::fs::write(&mp, &model).unwrap();
+    let back = p.join("fork-back.raw");
+    assert_ok(&run(Command::new("nbdcopy").arg(g.uri()).arg(&back)), "nbdcopy of the fork export");
+    assert_same(&back, &mp);
+    g.stop();
+    let r = p.join("fork-restore.raw");
+    restore_to(&t, "ppf", &r);
+    assert_same_prefix(&r, &mp);
+    // Restarted: the fork exists; its writes now come from the log.
+    let g = Gateway::spawn(p, &t, "pp", &["--fork", "ppf", "--checkpoint", "c1"]);
+    let back2 = p.join("fork-back2.raw");
+    assert_ok(&run(Command::new("nbdcopy").arg(g.uri()).arg(&back2)), "nbdcopy of the restarted fork export");
+    assert_same(&back2, &mp);
+    drop(g);
+    // The source is untouched.
+    let head_after = p.join("head-after.raw");
+    restore_to(&t, "pp", &head_after);
+    assert_same(&head_after, &head_before);
 }

@@ -339,7 +339,7 @@ impl SinkSession {
                     }
                 }
                 ClientMessage::ForceFlush => self.out.extend_from_slice(&encode_server_message(&ServerMessage::ForceFlushReceived)),
-                ClientMessage::Disconnect => {}
+                ClientMessage::Disconnect | ClientMessage::Fetch(_) => {}
             }
         }
         if let Some((f, l)) = run {

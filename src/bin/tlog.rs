@@ -255,8 +255,10 @@ enum Cmd {
     /// An NBD server whose every write, trim and zero is logged through tlogd and applied to a
     /// local image (the primary copy reads are served from). A flush is answered once tlogd
     /// flushed everything before it and the image is fdatasync'd. On start the image is brought
-    /// up to tlogd's history (built from it when missing). Stops on SIGINT/SIGTERM after a
-    /// final flush.
+    /// up to tlogd's history (built from it when missing). With --read-only and a point, it
+    /// exports the vdisk as of that point straight from the log (no restore first; writes get
+    /// EPERM); with --fork NEW and a point, it forks the vdisk there and exports the fork
+    /// writable. Stops on SIGINT/SIGTERM after a final flush.
     Nbd {
         /// tlogd address(es), comma-separated: the first that answers is used.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -267,10 +269,31 @@ enum Cmd {
         /// The vdisk.
         #[arg(long)]
         vdisk: String,
-        /// The local image (created when missing).
+        /// The local image (created when missing); not used by --read-only and --fork exports.
+        #[arg(long, required_unless_present_any = ["read_only", "fork"])]
+        image: Option<PathBuf>,
+        /// Export the vdisk as of a point (--to-sequence, --to-time, --checkpoint; none: its
+        /// newest flushed block) straight from the log, read-only.
+        #[arg(long, conflicts_with_all = ["image", "fork"])]
+        read_only: bool,
+        /// Fork the vdisk at the point into this new vdisk (or take the existing fork of that
+        /// name) and export the fork writable; the vdisk itself is not touched.
+        #[arg(long, conflicts_with = "image")]
+        fork: Option<String>,
+        /// The point of a --read-only or --fork export: after the block with this sequence.
+        #[arg(long, conflicts_with_all = ["to_time", "checkpoint"])]
+        to_sequence: Option<u64>,
+        /// The point: the last block stamped at or before this time (RFC 3339 or ns).
+        #[arg(long, conflicts_with = "checkpoint")]
+        to_time: Option<String>,
+        /// The point: this checkpoint.
         #[arg(long)]
-        image: PathBuf,
-        /// Export size in bytes for a new image (a multiple of 512); a larger one grows it.
+        checkpoint: Option<String>,
+        /// Bytes of fetched aggregations a --read-only or --fork export caches.
+        #[arg(long, default_value_t = tlog::nbd::DEFAULT_CACHE_BYTES)]
+        cache_bytes: u64,
+        /// Export size in bytes for a new image (a multiple of 512); a larger one grows it. For a
+        /// past export: default the extent of the image at the point.
         #[arg(long)]
         size: Option<u64>,
         /// Listen on this TCP address (port 0: any free port, printed).
@@ -611,7 +634,11 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Nbd { server, token, vdisk, image, size, listen, socket, reconnect_timeout } => {
+        Cmd::Nbd { server, token, vdisk, image, read_only, fork, to_sequence, to_time, checkpoint, cache_bytes, size, listen, socket, reconnect_timeout } => {
+            let at = Point::from_args(to_sequence, to_time.as_deref(), checkpoint.as_deref())?;
+            if at.is_some() && !read_only && fork.is_none() {
+                return Err(tlog::Error::InvalidArgument("a point (--to-sequence, --to-time, --checkpoint) is for --read-only or --fork exports".into()));
+            }
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, stop.clone()).map_err(|e| tlog::Error::io("install signal handler", e))?;
@@ -630,26 +657,52 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
                 size,
                 listen,
                 reconnect_timeout: std::time::Duration::from_secs(reconnect_timeout),
+                read_only,
+                at,
+                fork: fork.clone(),
+                cache_bytes,
             };
-            tlog::nbd::run(cfg, stop, |r| {
-                println!(
-                    "tlog nbd: vdisk {} ({} bytes) at sequence {}{}; serving on {} (ready in {:.3} s)",
-                    name,
-                    r.size,
-                    r.head,
-                    if r.built {
-                        format!(", image built from tlogd ({} blocks)", r.caught_up_blocks)
-                    } else if r.caught_up_blocks > 0 {
-                        format!(", image caught up by {} blocks", r.caught_up_blocks)
-                    } else {
-                        String::new()
-                    },
-                    r.address,
-                    r.elapsed.as_secs_f64()
-                );
+            let first_read = |d: std::time::Duration| {
+                println!("tlog nbd: first read answered {:.1} ms after start", d.as_secs_f64() * 1e3);
                 use std::io::Write as _;
                 let _ = std::io::stdout().flush();
-            })?;
+            };
+            tlog::nbd::run(
+                cfg,
+                stop,
+                |r| {
+                    let what = match r.mode {
+                        tlog::nbd::Mode::Head => format!("vdisk {name} ({} bytes) at sequence {}", r.size, r.head),
+                        tlog::nbd::Mode::ReadOnly => format!(
+                            "vdisk {name} ({} bytes) as of sequence {}, read-only from the log",
+                            r.size,
+                            r.point.map(|p| p.to_string()).unwrap_or("none".into())
+                        ),
+                        tlog::nbd::Mode::Fork => format!(
+                            "fork {} of vdisk {name} ({} bytes) from sequence {}, writable",
+                            fork.as_deref().unwrap_or(""),
+                            r.size,
+                            r.point.map(|p| p.to_string()).unwrap_or("none".into())
+                        ),
+                    };
+                    println!(
+                        "tlog nbd: {}{}; serving on {} (ready in {:.3} s)",
+                        what,
+                        if r.built {
+                            format!(", image built from tlogd ({} blocks)", r.caught_up_blocks)
+                        } else if r.caught_up_blocks > 0 {
+                            format!(", image caught up by {} blocks", r.caught_up_blocks)
+                        } else {
+                            String::new()
+                        },
+                        r.address,
+                        r.elapsed.as_secs_f64()
+                    );
+                    use std::io::Write as _;
+                    let _ = std::io::stdout().flush();
+                },
+                first_read,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Delete { server, token, vdisk, force } => {

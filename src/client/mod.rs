@@ -655,7 +655,7 @@ fn handle_message(sh: &Shared, m: ServerMessage) {
             drop(st);
             sh.cond.notify_all();
         }
-        ServerMessage::Block(_) | ServerMessage::PlaybackEnd(_) | ServerMessage::Head(_) | ServerMessage::Control(_) => {
+        ServerMessage::Block(_) | ServerMessage::PlaybackEnd(_) | ServerMessage::Head(_) | ServerMessage::Control(_) | ServerMessage::Index { .. } => {
             tracing::warn!(vdisk = %sh.cfg.vdisk, "a writer got a playback or control message; ignored");
         }
         ServerMessage::Notice(n) => {

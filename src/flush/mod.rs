@@ -232,6 +232,11 @@ pub trait Core: Send + Sync + 'static {
     /// Starts streaming `vdisk`'s history as `req` asks: encoded frames go to `out` (a bounded
     /// channel: a slow reader holds the stream back), until the end, an error, or `cancel`.
     fn playback(&self, vdisk: &str, req: PlaybackRequest, out: Sender<Ack>, cancel: Arc<AtomicBool>);
+
+    /// Starts serving `vdisk` as of the point `at` on demand ([`crate::history::playback::run_read`]):
+    /// the index up to it, then the aggregations whose positions arrive on `requests`, as
+    /// encoded frames on `out`, until `requests` closes or `cancel`.
+    fn read(&self, vdisk: &str, at: crate::wire::PointSpec, requests: crossbeam_channel::Receiver<u32>, out: Sender<Ack>, cancel: Arc<AtomicBool>);
 }
 
 /// One vdisk inside the engine: its namespace (state transitions), chain position, the sink of

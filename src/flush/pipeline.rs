@@ -394,6 +394,18 @@ impl Core for Engine {
         }
     }
 
+    fn read(&self, vdisk: &str, at: crate::wire::PointSpec, requests: crossbeam_channel::Receiver<u32>, out: Sender<Ack>, cancel: Arc<AtomicBool>) {
+        let (backends, sealer) = (self.sh.backends.clone(), self.sh.sealer.clone());
+        let live: Arc<dyn crate::history::playback::Live> = Arc::new(LiveEngine(self.sh.clone()));
+        let v = vdisk.to_string();
+        let r = std::thread::Builder::new()
+            .name(format!("read-{vdisk}"))
+            .spawn(move || crate::history::playback::run_read(backends, sealer, &v, &at, requests, out, cancel, Some(live)));
+        if let Err(e) = r {
+            tracing::error!(vdisk, "cannot start a read thread: {e}");
+        }
+    }
+
     fn push(&self, vd: &Arc<Vdisk>, epoch: u64, block: Block) -> Push {
         self.sh.push(vd, epoch, block)
     }

@@ -65,6 +65,12 @@ impl Extents {
         Ok(())
     }
 
+    /// The parts of `[start, end)` recorded, sorted: `(start, end)` byte ranges.
+    pub fn within(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let first = self.map.range(..=start).next_back().filter(|(_, (e, _))| *e > start).map(|(s, _)| *s).unwrap_or(start);
+        self.map.range(first..end).map(|(&s, &(e, _))| (s.max(start), e.min(end))).filter(|(s, e)| s < e).collect()
+    }
+
     /// The extents, sorted, adjacent ones of one kind merged.
     pub fn list(&self) -> Vec<Extent> {
         let mut out: Vec<Extent> = Vec::new();
@@ -122,6 +128,8 @@ mod tests {
                 Extent { offset: 300, length: 100, kind: Kind::Write },
             ]
         );
+        assert_eq!(x.within(40, 310), vec![(40, 50), (50, 150), (150, 200), (300, 310)]);
+        assert_eq!(x.within(200, 300), vec![]);
         x.insert(0, 1000, Kind::Zero);
         assert_eq!(x.list(), vec![Extent { offset: 0, length: 1000, kind: Kind::Zero }]);
     }

@@ -15,9 +15,10 @@
 //! aggregation is fetched and unsealed), which is also how vdisks written before the index was
 //! stored on the backends are read.
 //!
-//! Encoding (little-endian): entry = version u8 (1), height, first sequence, last sequence,
+//! Encoding (little-endian): entry = version u8 (2), height, first sequence, last sequence,
 //! first timestamp, last timestamp, epoch, data bytes, seal time (u64 each), blocks u32, key
-//! (32), prev (32), MAC (16); page = version u8 (1), page number u64, count u32, entries without
+//! (32), prev (32), extents count u8 × (first sector u64, end sector u64), MAC (16) (version 1,
+//! written before extents were, has no extents: the aggregation may cover any sector); page = version u8 (1), page number u64, count u32, entries without
 //! their MAC, MAC (16). The MAC is BLAKE3 keyed with a key derived from the AES key
 //! (`derive_key("tlog 2026 index mac v1")`) over the vdisk id and the bytes before it: a record
 //! of another vdisk, another key, or tampered, fails.
@@ -33,7 +34,109 @@ use std::sync::Arc;
 /// Entries per index page.
 pub const PAGE: u64 = 1024;
 
+/// The smallest entry body (version 1, or version 2 without extents' spans).
 const ENTRY_BODY: usize = 1 + 8 * 8 + 4 + 32 + 32;
+
+/// Spans an entry's [`Extents`] keeps at most.
+pub const EXTENTS: usize = 8;
+
+/// The sectors an aggregation's blocks touch (writes and zeroes), as at most [`EXTENTS`] sorted,
+/// disjoint spans `[first, end)` of 512-byte sectors: a superset, where more runs than that
+/// were merged across their smallest gaps. Readers of a past point (an NBD export straight from
+/// the log) use it to skip aggregations that cannot hold a sector. No spans means unknown (an
+/// entry written before extents were recorded): any sector may be held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extents {
+    n: u8,
+    spans: [(u64, u64); EXTENTS],
+}
+
+impl Extents {
+    /// Unknown: any sector may be held.
+    pub const UNKNOWN: Extents = Extents { n: 0, spans: [(0, 0); EXTENTS] };
+
+    /// The extents of `blocks` (a block of `size` bytes at `lba` touches sectors
+    /// `lba..lba + ceil(size / 512)`).
+    pub fn of(blocks: &[Block]) -> Extents {
+        let mut runs: Vec<(u64, u64)> = blocks.iter().map(|b| (b.lba, b.lba.saturating_add(b.size.div_ceil(crate::wire::SECTOR).max(1)))).collect();
+        Self::from_runs(&mut runs)
+    }
+
+    /// The extents of sector runs `[first, end)` (any order, may overlap).
+    pub fn from_runs(runs: &mut [(u64, u64)]) -> Extents {
+        runs.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(runs.len().min(1024));
+        for &(s, e) in runs.iter() {
+            match merged.last_mut() {
+                Some(l) if s <= l.1 => l.1 = l.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        if merged.len() > EXTENTS {
+            // Keep the EXTENTS - 1 widest gaps; close the others.
+            let mut gaps: Vec<(u64, usize)> = merged.windows(2).enumerate().map(|(i, w)| (w[1].0 - w[0].1, i)).collect();
+            gaps.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut keep: Vec<usize> = gaps.iter().take(EXTENTS - 1).map(|g| g.1).collect();
+            keep.sort_unstable();
+            let mut out = Vec::with_capacity(EXTENTS);
+            let mut start = merged[0].0;
+            for &i in &keep {
+                out.push((start, merged[i].1));
+                start = merged[i + 1].0;
+            }
+            out.push((start, merged[merged.len() - 1].1));
+            merged = out;
+        }
+        let mut x = Extents::UNKNOWN;
+        for (i, s) in merged.iter().enumerate() {
+            x.spans[i] = *s;
+        }
+        x.n = merged.len() as u8;
+        x
+    }
+
+    /// The spans (empty: unknown).
+    pub fn spans(&self) -> &[(u64, u64)] {
+        &self.spans[..self.n as usize]
+    }
+
+    /// Whether the extents are unknown.
+    pub fn is_unknown(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Whether sectors `[first, end)` may be held (always, when unknown).
+    pub fn may_hold(&self, first: u64, end: u64) -> bool {
+        self.n == 0 || self.spans().iter().any(|&(s, e)| s < end && first < e)
+    }
+
+    /// Appends count u8, then (first, end) u64 pairs.
+    pub(crate) fn put(&self, out: &mut Vec<u8>) {
+        out.push(self.n);
+        for (s, e) in self.spans() {
+            out.extend_from_slice(&s.to_le_bytes());
+            out.extend_from_slice(&e.to_le_bytes());
+        }
+    }
+
+    /// Parses what [`Extents::put`] wrote; `None` when malformed (too many, unsorted, empty spans).
+    pub(crate) fn parse(r: &mut Reader<'_>) -> Option<Extents> {
+        let n = r.u8()? as usize;
+        if n > EXTENTS {
+            return None;
+        }
+        let mut x = Extents::UNKNOWN;
+        for i in 0..n {
+            let (s, e) = (r.u64()?, r.u64()?);
+            if e <= s || (i > 0 && s < x.spans[i - 1].1) {
+                return None;
+            }
+            x.spans[i] = (s, e);
+        }
+        x.n = n as u8;
+        Some(x)
+    }
+}
 const MAC: usize = 16;
 
 /// One aggregation in the index.
@@ -61,6 +164,8 @@ pub struct IndexEntry {
     pub data_bytes: u64,
     /// When it was sealed, ns.
     pub sealed_at: u64,
+    /// The sectors its blocks touch.
+    pub extents: Extents,
 }
 
 impl IndexEntry {
@@ -79,11 +184,14 @@ impl IndexEntry {
             blocks: blocks.len() as u32,
             data_bytes: blocks.iter().map(|b| b.data.len() as u64).sum(),
             sealed_at,
+            extents: Extents::of(blocks),
         }
     }
 
-    fn body(&self, out: &mut Vec<u8>) {
-        out.push(1);
+    /// Appends the entry's encoding without its MAC (the body of an entry record, and what a
+    /// page and the read connection carry per entry).
+    pub fn body(&self, out: &mut Vec<u8>) {
+        out.push(2);
         for v in [self.height, self.first_sequence, self.last_sequence, self.first_timestamp, self.last_timestamp, self.epoch, self.data_bytes, self.sealed_at]
         {
             out.extend_from_slice(&v.to_le_bytes());
@@ -91,10 +199,13 @@ impl IndexEntry {
         out.extend_from_slice(&self.blocks.to_le_bytes());
         out.extend_from_slice(&self.key);
         out.extend_from_slice(&self.prev);
+        self.extents.put(out);
     }
 
-    fn parse(r: &mut Reader<'_>) -> Option<IndexEntry> {
-        if r.u8()? != 1 {
+    /// Parses one entry body (version 1 or 2); `None` when it does not parse.
+    pub fn parse(r: &mut Reader<'_>) -> Option<IndexEntry> {
+        let version = r.u8()?;
+        if version != 1 && version != 2 {
             return None;
         }
         let mut v = [0u64; 8];
@@ -113,6 +224,7 @@ impl IndexEntry {
             blocks: r.u32()?,
             key: r.array()?,
             prev: r.array()?,
+            extents: if version == 2 { Extents::parse(r)? } else { Extents::UNKNOWN },
         })
     }
 }
@@ -197,7 +309,7 @@ impl IndexCodec {
 
     /// An entry record.
     pub fn encode_entry(&self, vdisk: &str, e: &IndexEntry) -> Vec<u8> {
-        let mut b = Vec::with_capacity(ENTRY_BODY + MAC);
+        let mut b = Vec::with_capacity(ENTRY_BODY + 1 + 16 * EXTENTS + MAC);
         e.body(&mut b);
         self.sign(vdisk, b)
     }
@@ -212,7 +324,7 @@ impl IndexCodec {
 
     /// A page record of `entries` (those of page `page`, in order).
     pub fn encode_page(&self, vdisk: &str, page: u64, entries: &[IndexEntry]) -> Vec<u8> {
-        let mut b = Vec::with_capacity(13 + entries.len() * ENTRY_BODY + MAC);
+        let mut b = Vec::with_capacity(13 + entries.len() * (ENTRY_BODY + 17) + MAC);
         b.push(1);
         b.extend_from_slice(&page.to_le_bytes());
         b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
@@ -474,14 +586,54 @@ mod tests {
             blocks: 10,
             data_bytes: 40960,
             sealed_at: h * 100 + 60,
+            extents: Extents::from_runs(&mut [(h * 8, h * 8 + 8)]),
         }
+    }
+
+    #[test]
+    fn extents_merge_and_coarsen_to_a_superset() {
+        let b = |lba: u64, size: u64| Block::new(0, lba, crate::wire::Operation::WriteZeroes, Vec::new(), size, 0);
+        let x = Extents::of(&[b(8, 4096), b(0, 4096), b(16, 1000), b(100, 512)]);
+        assert_eq!(x.spans(), &[(0, 18), (100, 101)]);
+        assert!(x.may_hold(17, 18) && !x.may_hold(18, 100) && x.may_hold(99, 101));
+        // 20 runs with gaps 1..=19 sectors wide: the 7 widest gaps stay open.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut p = 0;
+        for g in 1..=20u64 {
+            runs.push((p, p + 1));
+            p += 1 + g;
+        }
+        let c = Extents::from_runs(&mut runs.clone());
+        assert_eq!(c.spans().len(), EXTENTS);
+        for (s, e) in &runs {
+            assert!(c.may_hold(*s, *e), "run {s}..{e} lost");
+        }
+        assert!(!c.may_hold(runs[19].0 - 19, runs[19].0), "the widest gap stays open");
+        assert!(Extents::UNKNOWN.may_hold(5, 6) && Extents::UNKNOWN.is_unknown());
+        let codec = IndexCodec::new(&SealKey::from_bytes([1; 32]));
+        let mut en = e(3);
+        en.extents = c;
+        assert_eq!(codec.decode_entry("vd", &codec.encode_entry("vd", &en)).unwrap().extents, c);
+    }
+
+    #[test]
+    fn version_1_entries_read_as_unknown_extents() {
+        let codec = IndexCodec::new(&SealKey::from_bytes([1; 32]));
+        let mut body = Vec::new();
+        e(3).body(&mut body);
+        body[0] = 1;
+        body.truncate(ENTRY_BODY);
+        let rec = codec.sign("vd", body);
+        let got = codec.decode_entry("vd", &rec).unwrap();
+        assert!(got.extents.is_unknown());
+        assert_eq!(got.height, 3);
     }
 
     #[test]
     fn records_round_trip_and_fail_for_another_vdisk_or_key() {
         let c = IndexCodec::new(&SealKey::from_bytes([1; 32]));
         let b = c.encode_entry("vd", &e(3));
-        assert_eq!(b.len(), ENTRY_BODY + MAC);
+        assert_eq!(b.len(), ENTRY_BODY + 1 + 16 + MAC);
         assert_eq!(c.decode_entry("vd", &b).unwrap(), e(3));
         assert!(c.decode_entry("other", &b).is_err());
         assert!(IndexCodec::new(&SealKey::from_bytes([2; 32])).decode_entry("vd", &b).is_err());

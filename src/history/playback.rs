@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::flush::Ack;
 use crate::seal::Sealer;
 use crate::wire::{encode_server_message, ErrorCode, PlaybackRequest, PointSpec, ServerError, ServerMessage};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,4 +274,98 @@ fn entries_after(h: &History, after: Option<&IndexEntry>, upto: u64) -> Result<V
         out.push(e);
     }
     Ok(out)
+}
+
+/// Index entries per `ServerMessage::Index` part on a read connection.
+pub const INDEX_PART: usize = 4096;
+
+/// Serves a read connection (DESIGN.md §13, exports of a past point straight from the log):
+/// loads `vdisk`'s path, resolves `at` (none: the newest flushed block), sends the path's index
+/// up to it in parts of [`INDEX_PART`] entries (the last one cut at the point), then answers each
+/// position from `requests` with the blocks of that aggregation up to the point
+/// (`Block` ... `PlaybackEnd`), until the client leaves or `cancel`. A position past the index is
+/// answered with an `outOfRange` error, a fetch that fails with `internalError`; the connection
+/// goes on. A bad point ends it with `outOfRange` (the message names the range that exists).
+#[allow(clippy::too_many_arguments)]
+pub fn run_read(
+    backends: Vec<Arc<dyn Backend>>,
+    sealer: Arc<Sealer>,
+    vdisk: &str,
+    at: &PointSpec,
+    requests: Receiver<u32>,
+    tx: Sender<Ack>,
+    cancel: Arc<AtomicBool>,
+    live: Option<Arc<dyn Live>>,
+) {
+    let mut out = Out { tx: &tx, buf: Vec::new(), cancel: &cancel };
+    if let Err(e) = serve_read(backends, sealer, vdisk, at, &requests, &mut out, live) {
+        let code = if matches!(e, Error::InvalidArgument(_) | Error::NotFound(_)) { ErrorCode::OutOfRange } else { ErrorCode::InternalError };
+        tracing::debug!(vdisk, "read connection ended: {e}");
+        out.push(&error_frame(code, e.to_string()));
+    }
+    out.flush();
+}
+
+fn serve_read(
+    backends: Vec<Arc<dyn Backend>>,
+    sealer: Arc<Sealer>,
+    vdisk: &str,
+    at: &PointSpec,
+    requests: &Receiver<u32>,
+    out: &mut Out<'_>,
+    live: Option<Arc<dyn Live>>,
+) -> Result<()> {
+    let mut h = History::load(backends, sealer, vdisk)?;
+    if let Some(l) = live.as_ref().and_then(|l| l.last_flushed(vdisk)) {
+        let keep = h.index.entries.partition_point(|e| e.last_sequence <= l);
+        h.index.entries.truncate(keep);
+    }
+    let cut = match point(at) {
+        Some(p) => h.resolve(&p)?,
+        None => h.index.sequences().map(|(_, l)| l),
+    };
+    let n = cut.map(|c| h.index.entries.partition_point(|e| e.first_sequence <= c)).unwrap_or(0);
+    h.index.entries.truncate(n);
+    if let (Some(c), Some(last)) = (cut, h.index.entries.last_mut()) {
+        last.last_sequence = last.last_sequence.min(c);
+    }
+    tracing::info!(vdisk, aggregations = n, cut = ?cut, "read connection: serving the point");
+    let parts: Vec<&[IndexEntry]> = if n == 0 { vec![&[]] } else { h.index.entries.chunks(INDEX_PART).collect() };
+    for (i, part) in parts.iter().enumerate() {
+        let mut entries = Vec::with_capacity(part.len() * 120);
+        for e in part.iter() {
+            e.body(&mut entries);
+        }
+        if !out.push(&ServerMessage::Index { entries, count: part.len() as u32, done: i + 1 == parts.len() }) {
+            return Ok(());
+        }
+    }
+    loop {
+        if !out.flush() {
+            return Ok(());
+        }
+        let i = match requests.recv_timeout(Duration::from_millis(500)) {
+            Ok(i) => i as usize,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        if i >= n {
+            out.push(&error_frame(ErrorCode::OutOfRange, format!("aggregation {i} of vdisk {vdisk}: the index up to the point has {n}")));
+            continue;
+        }
+        match h.aggregation(i) {
+            Ok(agg) => {
+                for b in agg.blocks {
+                    if !out.push(&ServerMessage::Block(b)) {
+                        return Ok(());
+                    }
+                }
+                out.push(&ServerMessage::PlaybackEnd(Some(h.index.entries[i].last_sequence)));
+            }
+            Err(e) => {
+                tracing::warn!(vdisk, position = i, "read connection: fetch failed: {e}");
+                out.push(&error_frame(ErrorCode::InternalError, format!("aggregation {i} of vdisk {vdisk}: {e}")));
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@
 //!
 //! | name | body |
 //! |---|---|
-//! | `base` | version u8 (1), covers height u64, chain prev (32), last sequence u64, last timestamp u64, folded at u64, gc pending u8, garbage from height u64, chunks u32 × (key 32, data bytes u64, blocks u32), garbage chunks u32 × key (32) |
+//! | `base` | version u8 (3), covers height u64, chain prev (32), last sequence u64, last timestamp u64, folded at u64, gc pending u8, garbage from height u64, chunks u32 × (key 32, data bytes u64, blocks u32, sequence u64, timestamp u64, extents as in an index entry), garbage chunks u32 × key (32), full bytes u64 (version 2: chunks without extents) |
 //! | `fold` | version u8 (1), covers height u64, chunks u32 × key (32): a fold in progress |
 //!
 //! Steps, each crash-safe: (1) each chunk's shards are written in one batch per backend with the
@@ -26,7 +26,7 @@
 //! gives the space back ([`crate::backend::Backend::reclaim`]). The newest aggregation is never
 //! folded (the head names it), nor anything a fork stands on (its cut's aggregation and later).
 
-use super::index::{page_name, page_of, Index, IndexCodec, IndexEntry, PAGE};
+use super::index::{page_name, page_of, Extents, Index, IndexCodec, IndexEntry, PAGE};
 use super::tree::write_all;
 use crate::backend::{Backend, Batch, Key, MetaWrite, ShardWrite};
 use crate::bytes::Reader;
@@ -60,6 +60,8 @@ pub struct Chunk {
     pub sequence: u64,
     /// Their timestamp, ns.
     pub timestamp: u64,
+    /// The sectors its blocks touch (unknown in a base written before they were recorded).
+    pub extents: Extents,
 }
 
 /// A vdisk's base.
@@ -106,6 +108,7 @@ impl Base {
                 blocks: c.blocks,
                 data_bytes: c.data_bytes,
                 sealed_at: self.folded_at,
+                extents: c.extents,
             })
             .collect()
     }
@@ -118,7 +121,7 @@ fn bad(what: &str, vdisk: &str) -> Error {
 impl IndexCodec {
     /// A base record of `vdisk`.
     pub fn encode_base(&self, vdisk: &str, b: &Base) -> Vec<u8> {
-        let mut v = vec![2];
+        let mut v = vec![3];
         v.extend_from_slice(&b.covers.to_le_bytes());
         v.extend_from_slice(&b.chain_prev);
         for x in [b.last_sequence, b.last_timestamp, b.folded_at] {
@@ -133,6 +136,7 @@ impl IndexCodec {
             v.extend_from_slice(&c.blocks.to_le_bytes());
             v.extend_from_slice(&c.sequence.to_le_bytes());
             v.extend_from_slice(&c.timestamp.to_le_bytes());
+            c.extents.put(&mut v);
         }
         v.extend_from_slice(&(b.garbage_chunks.len() as u32).to_le_bytes());
         for k in &b.garbage_chunks {
@@ -146,7 +150,8 @@ impl IndexCodec {
     pub fn decode_base(&self, vdisk: &str, b: &[u8]) -> Result<Base> {
         let mut r = Reader::new(self.verify_record(vdisk, b, "base")?);
         let x = (|| {
-            if r.u8()? != 2 {
+            let version = r.u8()?;
+            if version != 2 && version != 3 {
                 return None;
             }
             let covers = r.u64()?;
@@ -160,7 +165,9 @@ impl IndexCodec {
             }
             let mut chunks = Vec::with_capacity(n);
             for _ in 0..n {
-                chunks.push(Chunk { key: r.array::<32>()?, data_bytes: r.u64()?, blocks: r.u32()?, sequence: r.u64()?, timestamp: r.u64()? });
+                let (key, data_bytes, blocks, sequence, timestamp) = (r.array::<32>()?, r.u64()?, r.u32()?, r.u64()?, r.u64()?);
+                let extents = if version == 3 { Extents::parse(&mut r)? } else { Extents::UNKNOWN };
+                chunks.push(Chunk { key, data_bytes, blocks, sequence, timestamp, extents });
             }
             let g = r.u32()? as usize;
             if g > r.remaining() / 32 {
@@ -461,7 +468,7 @@ impl Cleaner<'_> {
             }
             #[cfg(feature = "failpoints")]
             fail::fail_point!("history::fold_chunk", crate::failpoint_action);
-            written.push(Chunk { key: sealed.key, data_bytes: *bytes, blocks: blocks.len() as u32, sequence: s, timestamp: t });
+            written.push(Chunk { key: sealed.key, data_bytes: *bytes, blocks: blocks.len() as u32, sequence: s, timestamp: t, extents: Extents::of(blocks) });
             blocks.clear();
             *bytes = 0;
             Ok(())
@@ -694,8 +701,8 @@ mod tests {
             last_timestamp: 5,
             folded_at: 6,
             chunks: vec![
-                Chunk { key: [2; 32], data_bytes: 10, blocks: 2, sequence: 800, timestamp: 4 },
-                Chunk { key: [7; 32], data_bytes: 3, blocks: 1, sequence: 900, timestamp: 5 },
+                Chunk { key: [2; 32], data_bytes: 10, blocks: 2, sequence: 800, timestamp: 4, extents: Extents::from_runs(&mut [(0, 8), (64, 72)]) },
+                Chunk { key: [7; 32], data_bytes: 3, blocks: 1, sequence: 900, timestamp: 5, extents: Extents::UNKNOWN },
             ],
             gc_pending: true,
             garbage_from: 3,

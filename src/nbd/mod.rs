@@ -25,10 +25,20 @@
 //! behind (a crash between logging and writing, or an image copied from elsewhere) it replays
 //! the missing range through playback before serving. With the image missing and the vdisk
 //! known, it builds the image from tlogd first.
+//!
+//! Past points ([`past`]): `--read-only` with a point exports the vdisk as of that point
+//! straight from the log (tlogd's read connection: the index up to the point, aggregations
+//! fetched on demand into a bounded cache), without a restore first; writes are refused with
+//! `EPERM`. `--fork NEW` with a point creates the fork NEW of the vdisk there (or takes the
+//! existing fork NEW of it) and exports NEW writable: its history is read from the log the same
+//! way, and what is written through the export is logged to NEW and kept in an overlay (an
+//! unlinked sparse file) that reads prefer. The time from start to the first read answered is
+//! reported.
 
+pub mod past;
 pub mod proto;
 
-use crate::client::remote::{Item, Playback};
+use crate::client::remote::{Item, LogReader, Playback};
 use crate::client::{Client, ClientConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::history::changed::{Extents, Kind};
@@ -40,7 +50,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 /// Largest block the gateway sends to tlogd (bytes): longer writes and zeroes are split.
@@ -82,8 +92,8 @@ pub struct GatewayConfig {
     pub vdisk: String,
     /// Auth token.
     pub token: String,
-    /// The local image.
-    pub image: PathBuf,
+    /// The local image (a writable export of the vdisk's head; unused by past exports).
+    pub image: Option<PathBuf>,
     /// Export size for a new image (bytes, a multiple of 512); an existing image keeps its
     /// length unless this is larger (it grows).
     pub size: Option<u64>,
@@ -91,7 +101,18 @@ pub struct GatewayConfig {
     pub listen: Listen,
     /// How long the client library keeps reconnecting to tlogd before writes fail.
     pub reconnect_timeout: Duration,
+    /// Export the vdisk as of `at` straight from the log, read-only.
+    pub read_only: bool,
+    /// The past point of a read-only or fork export (`None`: the newest flushed block).
+    pub at: Option<Point>,
+    /// Create (or take) this fork of the vdisk at `at` and export it writable.
+    pub fork: Option<String>,
+    /// Bytes of fetched block data a past export caches.
+    pub cache_bytes: u64,
 }
+
+/// Default cache of a past export: 256 MiB of block data.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 /// What the gateway holds durably, in `IMAGE.tlog-state`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -139,13 +160,41 @@ pub struct Ready {
     pub built: bool,
     /// From start to serving.
     pub elapsed: Duration,
+    /// What is exported: the vdisk's head, a past point read-only, or a fork.
+    pub mode: Mode,
+    /// The point's sequence for a past export (`None`: no block at the point).
+    pub point: Option<u64>,
+}
+
+/// What a gateway exports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// The vdisk's head, writable, through the local image.
+    #[default]
+    Head,
+    /// A past point, read-only, from the log.
+    ReadOnly,
+    /// A fork at a past point, writable: history from the log, writes through an overlay.
+    Fork,
 }
 
 /// The gateway: one tlog client for the vdisk, the image, and the order lock.
 struct Gateway {
-    client: Client,
+    /// The writer (none for a read-only export).
+    client: Option<Client>,
+    /// The image; for a past export the overlay of what was written through it.
     image: File,
     path: PathBuf,
+    /// A past export's source: the log at the point.
+    past: Option<past::Past>,
+    /// A past export's overlay: the ranges written through it (they are read from `image`).
+    overlay: Mutex<Extents>,
+    /// Whether `IMAGE.tlog-state` is kept (an export of the head through its image).
+    state_file: bool,
+    /// When the gateway started, and the report of its first read.
+    started: Instant,
+    first_read: Once,
+    on_first_read: Box<dyn Fn(Duration) + Send + Sync>,
     vdisk: String,
     size: u64,
     /// Held while a block is sent to tlogd and written to the image.
@@ -171,36 +220,61 @@ impl Gateway {
     /// ones as write_zeroes) and writes it to the image, in one step under the order lock;
     /// returns the last sequence sent. The caller waits for tlogd's received ack.
     fn log_write(&self, offset: u64, data: &[u8]) -> Result<u64> {
+        let client = self.client()?;
         let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
         for (i, piece) in data.chunks(MAX_BLOCK).enumerate() {
             let lba = (offset + (i * MAX_BLOCK) as u64) / 512;
             if piece.iter().all(|b| *b == 0) {
-                self.client.write_zeroes(lba, piece.len() as u64)?;
+                client.write_zeroes(lba, piece.len() as u64)?;
             } else {
-                self.client.write(lba, piece.to_vec())?;
+                client.write(lba, piece.to_vec())?;
             }
         }
         self.image.write_all_at(data, offset).ctx(|| format!("write {}", self.path.display()))?;
         self.track(offset, offset + data.len() as u64, Kind::Write);
-        Ok(self.client.next_sequence().saturating_sub(1))
+        Ok(client.next_sequence().saturating_sub(1))
+    }
+
+    /// The writer. Errors: a read-only export.
+    fn client(&self) -> Result<&Client> {
+        self.client.as_ref().ok_or_else(|| bad(format!("the export of {} is read-only", self.vdisk)))
+    }
+
+    /// Reads `buf.len()` bytes at `offset`: from the image, or for a past export from the log
+    /// with what was written through the export over it.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let Some(p) = &self.past else {
+            return self.image.read_exact_at(buf, offset).ctx(|| format!("read {}", self.path.display()));
+        };
+        p.read(buf, offset)?;
+        let end = offset + buf.len() as u64;
+        let mine = self.overlay.lock().unwrap_or_else(|p| p.into_inner()).within(offset, end);
+        for (s, t) in mine {
+            self.image.read_exact_at(&mut buf[(s - offset) as usize..(t - offset) as usize], s).ctx(|| "read the overlay".to_string())?;
+        }
+        Ok(())
     }
 
     /// Zeroes `len` bytes at `offset` in tlogd and in the image (a hole when `punch`); returns
     /// the last sequence sent.
     fn log_zero(&self, offset: u64, len: u64, punch: bool) -> Result<u64> {
+        let client = self.client()?;
         let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let mut p = offset;
         while p < offset + len {
             let n = (offset + len - p).min(MAX_BLOCK as u64);
-            self.client.write_zeroes(p / 512, n)?;
+            client.write_zeroes(p / 512, n)?;
             p += n;
         }
         self.zero_image(offset, len, punch)?;
         self.track(offset, offset + len, Kind::Zero);
-        Ok(self.client.next_sequence().saturating_sub(1))
+        Ok(client.next_sequence().saturating_sub(1))
     }
 
     fn track(&self, start: u64, end: u64, kind: Kind) {
+        if self.past.is_some() {
+            self.overlay.lock().unwrap_or_else(|p| p.into_inner()).insert(start, end, kind);
+        }
         let mut t = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
         t.retain(|w| match w.upgrade() {
             Some(x) => {
@@ -215,6 +289,7 @@ impl Gateway {
     /// everything answered part of the log), then every write from now on. Errors: a bad point
     /// (tlogd's message names the range), tlogd unreachable.
     fn changed_since(&self, point: &str) -> Result<Arc<Mutex<Extents>>> {
+        self.client()?;
         let p = if !point.is_empty() && point.bytes().all(|b| b.is_ascii_digit()) {
             Point::Sequence(point.parse().map_err(|_| bad(format!("sequence {point} is too large")))?)
         } else if let Ok(t) = crate::time::parse_time(point) {
@@ -269,11 +344,16 @@ impl Gateway {
 
     /// Every block sent so far flushed by tlogd, the image fdatasync'd, the state recorded.
     fn flush(&self) -> Result<()> {
+        let Some(client) = &self.client else { return Ok(()) };
         let seq = {
             let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
-            self.client.next_sequence().saturating_sub(1)
+            client.next_sequence().saturating_sub(1)
         };
-        self.client.flush()?;
+        client.flush()?;
+        if !self.state_file {
+            // A fork export's overlay is a cache of what tlogd holds: nothing to sync.
+            return Ok(());
+        }
         rustix::fs::fdatasync(&self.image).map_err(|e| Error::io(format!("fdatasync {}", self.path.display()), e.into()))?;
         let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         if seq > *d {
@@ -287,6 +367,10 @@ impl Gateway {
     /// holes (`SEEK_DATA`/`SEEK_HOLE`).
     fn allocation(&self, offset: u64, len: u64, one: bool) -> Vec<(u32, u32)> {
         use rustix::fs::SeekFrom;
+        if self.past.is_some() {
+            // Served from the log: reported as data (always a correct answer).
+            return vec![(len.clamp(1, u32::MAX as u64 & !511) as u32, 0)];
+        }
         let end = (offset + len).min(self.size);
         let mut out = Vec::new();
         let mut p = offset;
@@ -415,9 +499,12 @@ fn changed_extents(set: &Mutex<Extents>, offset: u64, len: u64, one: bool) -> Ve
     out
 }
 
-/// The transmission flags of every export (read-write; flush, FUA, trim, zeroes with fast zero,
-/// cache, multi-connection).
-fn transmission_flags() -> u16 {
+/// The transmission flags of an export: read-write with flush, FUA, trim, zeroes with fast
+/// zero, cache, multi-connection; or read-only with flush (a no-op), cache and multi-connection.
+fn transmission_flags(read_only: bool) -> u16 {
+    if read_only {
+        return tx::HAS_FLAGS | tx::READ_ONLY | tx::SEND_FLUSH | tx::CAN_MULTI_CONN | tx::SEND_CACHE;
+    }
     tx::HAS_FLAGS | tx::SEND_FLUSH | tx::SEND_FUA | tx::SEND_TRIM | tx::SEND_WRITE_ZEROES | tx::CAN_MULTI_CONN | tx::SEND_CACHE | tx::SEND_FAST_ZERO
 }
 
@@ -445,7 +532,7 @@ fn handshake(g: &Gateway, c: &mut dyn Conn) -> Result<Option<Session>> {
                     // The old style has no error reply: the session ends.
                     return Err(Error::NotFound(format!("nbd: export {name:?} (this gateway exports {:?})", g.vdisk)));
                 }
-                proto::send(c, &proto::export_name_reply(g.size, transmission_flags(), no_zeroes), "send export")?;
+                proto::send(c, &proto::export_name_reply(g.size, transmission_flags(g.client.is_none()), no_zeroes), "send export")?;
                 return Ok(Some(s));
             }
             opt::ABORT => {
@@ -473,7 +560,7 @@ fn handshake(g: &Gateway, c: &mut dyn Conn) -> Result<Option<Session>> {
                     )?;
                     continue;
                 }
-                reply(c, rep::INFO, &proto::info_export(g.size, transmission_flags()))?;
+                reply(c, rep::INFO, &proto::info_export(g.size, transmission_flags(g.client.is_none())))?;
                 reply(c, rep::INFO, &proto::info_block_size(MIN_BLOCK, PREFERRED_BLOCK, MAX_PAYLOAD))?;
                 if reqs.contains(&info::NAME) {
                     reply(c, rep::INFO, &proto::info_text(info::NAME, &g.vdisk))?;
@@ -613,10 +700,16 @@ fn requests(g: &Gateway, c: &mut dyn Conn, out: &Out, s: &Session, replies: &cro
                     continue;
                 }
                 buf.resize(r.length as usize, 0);
-                if let Err(e) = g.image.read_exact_at(&mut buf, r.offset) {
-                    fail(out, s, &r, errno::EIO, &format!("read image: {e}"))?;
+                if let Err(e) = g.read_at(&mut buf, r.offset) {
+                    tracing::warn!(vdisk = %g.vdisk, "nbd: read failed: {e}");
+                    fail(out, s, &r, errno::EIO, &format!("read: {e}"))?;
                     continue;
                 }
+                g.first_read.call_once(|| {
+                    let d = g.started.elapsed();
+                    tracing::info!(vdisk = %g.vdisk, "nbd: first read answered {:.1} ms after start", d.as_secs_f64() * 1e3);
+                    (g.on_first_read)(d);
+                });
                 if s.structured {
                     let mut head = proto::chunk_header(chunk::FLAG_DONE, chunk::OFFSET_DATA, r.cookie, r.length + 8).to_vec();
                     head.extend_from_slice(&r.offset.to_be_bytes());
@@ -624,6 +717,9 @@ fn requests(g: &Gateway, c: &mut dyn Conn, out: &Out, s: &Session, replies: &cro
                 } else {
                     out.send_parts(&[&proto::simple_reply(0, r.cookie), &buf], "send data")?;
                 }
+            }
+            cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES if g.client.is_none() => {
+                fail(out, s, &r, errno::EPERM, &format!("the export of {} is read-only", g.vdisk))?;
             }
             cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES => {
                 if !in_range || !aligned {
@@ -650,7 +746,7 @@ fn requests(g: &Gateway, c: &mut dyn Conn, out: &Out, s: &Session, replies: &cro
                         }
                         continue;
                     }
-                    Ok(seq) => g.client.wait_received_upto(seq, Duration::from_secs(3600)).and_then(|()| g.flush()),
+                    Ok(seq) => g.client().and_then(|c| c.wait_received_upto(seq, Duration::from_secs(3600))).and_then(|()| g.flush()),
                     Err(e) => Err(e),
                 };
                 match res {
@@ -673,7 +769,9 @@ fn requests(g: &Gateway, c: &mut dyn Conn, out: &Out, s: &Session, replies: &cro
                     fail(out, s, &r, errno::EINVAL, "cache outside the export")?;
                     continue;
                 }
-                let _ = rustix::fs::fadvise(&g.image, r.offset, std::num::NonZeroU64::new(r.length as u64), rustix::fs::Advice::WillNeed);
+                if g.past.is_none() {
+                    let _ = rustix::fs::fadvise(&g.image, r.offset, std::num::NonZeroU64::new(r.length as u64), rustix::fs::Advice::WillNeed);
+                }
                 out.send(&proto::simple_reply(0, r.cookie), "send reply")?;
             }
             cmd::BLOCK_STATUS => {
@@ -709,7 +807,7 @@ fn transmission(g: &Gateway, c: &mut dyn Conn, out: &Out, s: Session) -> Result<
         let structured = s.structured;
         let replier = sc.spawn(move || -> Result<()> {
             for (cookie, seq) in rx {
-                match g.client.wait_received_upto(seq, Duration::from_secs(3600)) {
+                match g.client().and_then(|c| c.wait_received_upto(seq, Duration::from_secs(3600))) {
                     Ok(()) => out.send(&proto::simple_reply(0, cookie), "send reply")?,
                     Err(e) => {
                         tracing::warn!(vdisk = %g.vdisk, "nbd: write failed: {e}");
@@ -790,35 +888,29 @@ fn connect(cfg: &GatewayConfig) -> Result<(Client, String)> {
 
 /// Brings `image` up to `head` of the vdisk (building it when missing); returns (size, blocks
 /// replayed, built).
-fn prepare(cfg: &GatewayConfig, server: &str, head: u64) -> Result<(u64, u64, bool)> {
-    let exists = cfg.image.exists();
-    let st = if exists { read_state(&cfg.image)? } else { None };
+fn prepare(cfg: &GatewayConfig, image: &Path, server: &str, head: u64) -> Result<(u64, u64, bool)> {
+    let exists = image.exists();
+    let st = if exists { read_state(image)? } else { None };
     if let Some(s) = &st {
         if s.vdisk != cfg.vdisk {
-            return Err(bad(format!(
-                "image {} belongs to vdisk {} (its {}), not {}",
-                cfg.image.display(),
-                s.vdisk,
-                state_path(&cfg.image).display(),
-                cfg.vdisk
-            )));
+            return Err(bad(format!("image {} belongs to vdisk {} (its {}), not {}", image.display(), s.vdisk, state_path(image).display(), cfg.vdisk)));
         }
         if s.sequence > head {
             return Err(bad(format!(
                 "image {} holds vdisk {} up to sequence {}, but tlogd's history ends at {head}: the image is ahead of the log (another tlogd, or lost history?)",
-                cfg.image.display(),
+                image.display(),
                 cfg.vdisk,
                 s.sequence
             )));
         }
     }
     if exists && st.is_none() {
-        let len = std::fs::metadata(&cfg.image).map(|m| m.len()).unwrap_or(0);
+        let len = std::fs::metadata(image).map(|m| m.len()).unwrap_or(0);
         if head > 0 || len > 0 {
             return Err(bad(format!(
                 "image {} exists but has no {} (it is not this gateway's copy of vdisk {}): {}",
-                cfg.image.display(),
-                state_path(&cfg.image).display(),
+                image.display(),
+                state_path(image).display(),
                 cfg.vdisk,
                 if head > 0 {
                     "remove it and the gateway builds it from tlogd"
@@ -829,12 +921,12 @@ fn prepare(cfg: &GatewayConfig, server: &str, head: u64) -> Result<(u64, u64, bo
         }
     }
     let from = st.as_ref().map(|s| s.sequence).unwrap_or(0);
-    let f = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&cfg.image).ctx(|| format!("open {}", cfg.image.display()))?;
+    let f = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(image).ctx(|| format!("open {}", image.display()))?;
     let mut replayed = 0;
     if head > from {
         let req = PlaybackRequest { from: if from == 0 { PointSpec::None } else { PointSpec::Sequence(from) }, to: PointSpec::Sequence(head), follow: false };
         let mut pb = Playback::open(server, &cfg.token, &cfg.vdisk, req)?;
-        let mut w = crate::history::restore::ImageWriter::new(&f, &cfg.image, 64 << 40);
+        let mut w = crate::history::restore::ImageWriter::new(&f, image, 64 << 40);
         w.assume_written(f.metadata().map(|m| m.len()).unwrap_or(0));
         while let Some(item) = pb.next_item()? {
             match item {
@@ -847,44 +939,166 @@ fn prepare(cfg: &GatewayConfig, server: &str, head: u64) -> Result<(u64, u64, bo
             }
         }
         w.finish()?;
-        write_state(&cfg.image, &ImageState { vdisk: cfg.vdisk.clone(), sequence: head })?;
+        write_state(image, &ImageState { vdisk: cfg.vdisk.clone(), sequence: head })?;
         tracing::info!(vdisk = %cfg.vdisk, from, head, replayed, "nbd: image brought up to the log");
     }
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let size = match cfg.size {
         Some(s) if !s.is_multiple_of(512) || s == 0 => return Err(bad(format!("--size {s}: a positive multiple of 512 bytes"))),
-        Some(s) if s < len => return Err(bad(format!("--size {s} is smaller than image {} ({len} bytes): an export never shrinks", cfg.image.display()))),
+        Some(s) if s < len => return Err(bad(format!("--size {s} is smaller than image {} ({len} bytes): an export never shrinks", image.display()))),
         Some(s) => s,
-        None if len == 0 => return Err(bad(format!("image {} is new and vdisk {} is empty: give --size BYTES", cfg.image.display(), cfg.vdisk))),
+        None if len == 0 => return Err(bad(format!("image {} is new and vdisk {} is empty: give --size BYTES", image.display(), cfg.vdisk))),
         None => len.div_ceil(512) * 512,
     };
     if size != len {
-        f.set_len(size).ctx(|| format!("set length of {}", cfg.image.display()))?;
+        f.set_len(size).ctx(|| format!("set length of {}", image.display()))?;
     }
     if st.is_none() && head == 0 {
-        write_state(&cfg.image, &ImageState { vdisk: cfg.vdisk.clone(), sequence: 0 })?;
+        write_state(image, &ImageState { vdisk: cfg.vdisk.clone(), sequence: 0 })?;
     }
     Ok((size, replayed, !exists && head > 0))
 }
 
-/// Runs the gateway until `stop` is set: attaches to tlogd, brings the image up to the log,
-/// listens, calls `ready`, serves NBD clients; on stop it flushes (tlogd and the image) and
-/// returns. Errors: tlogd unreachable or refusing, an image that is not this vdisk's copy,
+/// An unlinked sparse file of `size` bytes in the temporary directory: a past export's overlay.
+fn overlay_file(size: u64) -> Result<(File, PathBuf)> {
+    let mut r = [0u8; 8];
+    getrandom::getrandom(&mut r).map_err(|e| Error::io("random bytes", std::io::Error::other(e.to_string())))?;
+    let p = std::env::temp_dir().join(format!(".tlog-nbd-overlay-{}-{}", std::process::id(), hex::encode(r)));
+    let f = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p).ctx(|| format!("create {}", p.display()))?;
+    let _ = std::fs::remove_file(&p);
+    f.set_len(size).ctx(|| format!("set length of {}", p.display()))?;
+    Ok((f, p))
+}
+
+/// Opens a read connection of `vdisk` at `at` on the first of `servers` that answers.
+fn open_reader(cfg: &GatewayConfig, vdisk: &str, at: PointSpec) -> Result<(LogReader, String)> {
+    let mut last = None;
+    for s in &cfg.servers {
+        match LogReader::open(s, &cfg.token, vdisk, at.clone()) {
+            Ok(r) => return Ok((r, s.clone())),
+            Err(e @ Error::Refused { .. }) => return Err(e),
+            Err(e) => {
+                tracing::warn!(server = %s, "nbd: tlogd not usable: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| bad("no tlogd address given".into())))
+}
+
+/// Creates the fork `new` of the vdisk at `cfg.at`, or accepts an existing fork `new` of it.
+fn make_fork(cfg: &GatewayConfig, new: &str) -> Result<()> {
+    let at = crate::history::playback::spec(cfg.at.as_ref());
+    let mut last = None;
+    for s in &cfg.servers {
+        let req = crate::wire::ControlRequest::Fork { vdisk: cfg.vdisk.clone(), new: new.to_string(), at: at.clone() };
+        match crate::client::remote::control(s, &cfg.token, req) {
+            Ok(_) => {
+                tracing::info!(vdisk = %cfg.vdisk, fork = new, "nbd: fork created");
+                return Ok(());
+            }
+            Err(e @ Error::Refused { .. }) => {
+                // An existing fork of this vdisk is exported as it stands (a restarted export).
+                let parent = crate::client::remote::control(s, &cfg.token, crate::wire::ControlRequest::History { vdisk: new.to_string() })
+                    .ok()
+                    .and_then(|r| match r {
+                        crate::wire::ControlResponse::History(j) => serde_json::from_str::<serde_json::Value>(&j).ok(),
+                        _ => None,
+                    })
+                    .and_then(|j| j["parent"].as_str().map(str::to_string));
+                if parent.as_deref() == Some(cfg.vdisk.as_str()) {
+                    tracing::info!(vdisk = %cfg.vdisk, fork = new, "nbd: fork exists; exporting it as it stands");
+                    return Ok(());
+                }
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(server = %s, "nbd: tlogd not usable: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| bad("no tlogd address given".into())))
+}
+
+/// The export size of a past export: `--size`, else the extent of the image at the point.
+fn past_size(cfg: &GatewayConfig, p: &past::Past, vdisk: &str) -> Result<u64> {
+    match (cfg.size, p.extent_bytes()) {
+        (Some(s), _) if !s.is_multiple_of(512) || s == 0 => Err(bad(format!("--size {s}: a positive multiple of 512 bytes"))),
+        (Some(s), _) => Ok(s),
+        (None, Some(e)) if e > 0 => Ok(e),
+        (None, Some(_)) => Err(bad(format!("vdisk {vdisk} holds no block at the point: give --size BYTES"))),
+        (None, None) => {
+            Err(bad(format!("vdisk {vdisk}'s index does not record the sectors of its oldest aggregations (an older tlog wrote them): give --size BYTES")))
+        }
+    }
+}
+
+/// Runs the gateway until `stop` is set: attaches to tlogd, brings the image up to the log (or,
+/// for a past export, opens the log at the point, creating the fork first for `--fork`),
+/// listens, calls `ready`, serves NBD clients (`first_read` is called once, with the time from
+/// start to the first read answered); on stop it flushes (tlogd and the image) and returns.
+/// Errors: tlogd unreachable or refusing, a bad point, an image that is not this vdisk's copy,
 /// the listen address, I/O.
-pub fn run(cfg: GatewayConfig, stop: Arc<AtomicBool>, ready: impl FnOnce(&Ready)) -> Result<()> {
+pub fn run(cfg: GatewayConfig, stop: Arc<AtomicBool>, ready: impl FnOnce(&Ready), first_read: impl Fn(Duration) + Send + Sync + 'static) -> Result<()> {
     let start = Instant::now();
     if cfg.servers.is_empty() {
         return Err(bad("give --server ADDR".into()));
     }
-    let (client, server) = connect(&cfg)?;
-    let head = client.next_sequence().saturating_sub(1);
-    let (size, caught_up, built) = prepare(&cfg, &server, head)?;
-    let image = std::fs::OpenOptions::new().read(true).write(true).open(&cfg.image).ctx(|| format!("open {}", cfg.image.display()))?;
+    let mode = match (cfg.read_only, &cfg.fork) {
+        (true, Some(_)) => return Err(bad("--read-only and --fork exclude each other (a fork export is writable)".into())),
+        (true, None) => Mode::ReadOnly,
+        (false, Some(_)) => Mode::Fork,
+        (false, None) if cfg.at.is_some() => return Err(bad("a point is for --read-only or --fork exports".into())),
+        (false, None) => Mode::Head,
+    };
+    let (client, server, vdisk, past) = match mode {
+        Mode::Head => {
+            let (client, server) = connect(&cfg)?;
+            (Some(client), server, cfg.vdisk.clone(), None)
+        }
+        Mode::ReadOnly => {
+            let (r, server) = open_reader(&cfg, &cfg.vdisk, crate::history::playback::spec(cfg.at.as_ref()))?;
+            (None, server, cfg.vdisk.clone(), Some(past::Past::new(r, cfg.cache_bytes)))
+        }
+        Mode::Fork => {
+            let new = cfg.fork.clone().unwrap_or_default();
+            make_fork(&cfg, &new)?;
+            let mut fc = cfg.clone();
+            fc.vdisk = new.clone();
+            let (client, server) = connect(&fc)?;
+            // Attached first (a previous writer's blocks are drained), so the log at the head
+            // holds everything before this export's writes.
+            let (r, _) = open_reader(&fc, &new, PointSpec::None)?;
+            (Some(client), server, new, Some(past::Past::new(r, cfg.cache_bytes)))
+        }
+    };
+    let head = client.as_ref().map(|c| c.next_sequence().saturating_sub(1)).unwrap_or(0);
+    let point = past.as_ref().and_then(|p| p.entries().last().map(|e| e.last_sequence));
+    let (image, path, size, caught_up, built) = match &past {
+        None => {
+            let path = cfg.image.clone().ok_or_else(|| bad("give --image FILE (or --read-only / --fork with a point)".into()))?;
+            let (size, caught_up, built) = prepare(&cfg, &path, &server, head)?;
+            let image = std::fs::OpenOptions::new().read(true).write(true).open(&path).ctx(|| format!("open {}", path.display()))?;
+            (image, path, size, caught_up, built)
+        }
+        Some(p) => {
+            let size = past_size(&cfg, p, &vdisk)?;
+            let (f, path) = overlay_file(size)?;
+            (f, path, size, 0, false)
+        }
+    };
     let g = Arc::new(Gateway {
         client,
         image,
-        path: cfg.image.clone(),
-        vdisk: cfg.vdisk.clone(),
+        path,
+        past,
+        overlay: Mutex::new(Extents::default()),
+        state_file: mode == Mode::Head,
+        started: start,
+        first_read: Once::new(),
+        on_first_read: Box::new(first_read),
+        vdisk: vdisk.clone(),
         size,
         order: Mutex::new(()),
         durable: Mutex::new(head),
@@ -917,8 +1131,8 @@ pub fn run(cfg: GatewayConfig, stop: Arc<AtomicBool>, ready: impl FnOnce(&Ready)
         L::Unix(l, _) => l.set_nonblocking(true),
     }
     .ctx(|| "set the listener non-blocking".into())?;
-    ready(&Ready { address: address.clone(), size, head, caught_up_blocks: caught_up, built, elapsed: start.elapsed() });
-    tracing::info!(vdisk = %cfg.vdisk, %address, size, head, "nbd: serving");
+    ready(&Ready { address: address.clone(), size, head, caught_up_blocks: caught_up, built, elapsed: start.elapsed(), mode, point });
+    tracing::info!(vdisk = %vdisk, %address, size, head, ?mode, "nbd: serving");
     let mut threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let accepted: Option<Box<dyn Conn>> = match &listener {

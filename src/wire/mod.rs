@@ -172,6 +172,8 @@ pub enum RequestKind {
     Playback(PlaybackRequest),
     /// One control request.
     Control(ControlRequest),
+    /// Serve the vdisk as of a point on demand (its index, then aggregations fetched).
+    Read(PointSpec),
 }
 
 /// A checkpoint taken: where it fell.
@@ -263,6 +265,8 @@ pub enum ClientMessage {
     ForceFlush,
     /// Polite goodbye.
     Disconnect,
+    /// A read connection: the blocks of the aggregation at this position of the index sent.
+    Fetch(u32),
 }
 
 /// Server error codes (schema `ErrorCode`).
@@ -344,6 +348,16 @@ pub enum ServerMessage {
     Head(u64),
     /// Control: the answer.
     Control(ControlResponse),
+    /// Read: `count` index entry bodies, concatenated ([`crate::history::index::IndexEntry::body`]);
+    /// `done` on the last part.
+    Index {
+        /// The bodies.
+        entries: Vec<u8>,
+        /// How many.
+        count: u32,
+        /// The last part.
+        done: bool,
+    },
 }
 
 fn to_frame(b: &Builder<capnp::message::HeapAllocator>) -> Vec<u8> {
@@ -379,6 +393,10 @@ pub fn encode_handshake_request(r: &HandshakeRequest) -> Vec<u8> {
             write_point(pb.reborrow().init_from(), &p.from);
             write_point(pb.reborrow().init_to(), &p.to);
             pb.set_follow(p.follow);
+        }
+        RequestKind::Read(p) => {
+            b.set_kind(schema::ConnectionKind::Read);
+            write_point(b.reborrow().init_read(), p);
         }
         RequestKind::Control(c) => {
             b.set_kind(schema::ConnectionKind::Control);
@@ -442,6 +460,7 @@ pub fn decode_handshake_request<'a>(f: impl Into<FrameRef<'a>>) -> Result<Handsh
                     follow: p.get_follow(),
                 })
             }
+            schema::ConnectionKind::Read => RequestKind::Read(read_point(r.get_read().map_err(capnp_err)?)?),
             schema::ConnectionKind::Control => {
                 use schema::control_request::Which;
                 let c = r.get_control().map_err(capnp_err)?;
@@ -596,6 +615,7 @@ pub fn encode_client_message(msg: &ClientMessage) -> Vec<u8> {
         ClientMessage::Block(x) => write_block(b.init_block(), x),
         ClientMessage::ForceFlush => b.set_force_flush(()),
         ClientMessage::Disconnect => b.set_disconnect(()),
+        ClientMessage::Fetch(i) => b.set_fetch(*i),
     }
     to_frame(&m)
 }
@@ -614,6 +634,7 @@ pub fn decode_client_message_with<'a>(f: impl Into<FrameRef<'a>>, copy: &mut dyn
         Which::Block(b) => Ok(ClientMessage::Block(read_block_with(b.map_err(capnp_err)?, copy)?)),
         Which::ForceFlush(()) => Ok(ClientMessage::ForceFlush),
         Which::Disconnect(()) => Ok(ClientMessage::Disconnect),
+        Which::Fetch(i) => Ok(ClientMessage::Fetch(i)),
     }
 }
 
@@ -699,6 +720,12 @@ pub fn encode_server_message(msg: &ServerMessage) -> Vec<u8> {
                 ControlResponse::Done(j) => r.set_done(j.as_str()),
             }
         }
+        ServerMessage::Index { entries, count, done } => {
+            let mut r = b.init_index();
+            r.set_entries(entries);
+            r.set_count(*count);
+            r.set_done(*done);
+        }
         ServerMessage::Notice(n) => {
             let mut r = b.init_notice();
             r.set_kind(match n.kind {
@@ -761,6 +788,10 @@ pub fn decode_server_message<'a>(f: impl Into<FrameRef<'a>>) -> Result<ServerMes
                 W::Done(j) => ControlResponse::Done(text(j.map_err(capnp_err)?)?),
             })
         }
+        Which::Index(x) => {
+            let x = x.map_err(capnp_err)?;
+            ServerMessage::Index { entries: x.get_entries().map_err(capnp_err)?.to_vec(), count: x.get_count(), done: x.get_done() }
+        }
         Which::Notice(x) => {
             let x = x.map_err(capnp_err)?;
             ServerMessage::Notice(Notice {
@@ -810,6 +841,8 @@ mod tests {
             RequestKind::Control(ControlRequest::Rebase { vdisk: "b".into(), onto: "a".into(), at: PointSpec::None }),
             RequestKind::Control(ControlRequest::Delete { vdisk: "b".into(), force: true }),
             RequestKind::Control(ControlRequest::Tree),
+            RequestKind::Read(PointSpec::Checkpoint("c".into())),
+            RequestKind::Read(PointSpec::None),
         ] {
             let hs = HandshakeRequest { kind, ..hs.clone() };
             assert_eq!(decode_handshake_request(&one_frame(&encode_handshake_request(&hs))).unwrap(), hs);
@@ -818,7 +851,7 @@ mod tests {
             HandshakeResponse { version: 1, status: HandshakeStatus::Fenced, last_flushed_sequence: 7, has_flushed: true, message: "m".into(), epoch: 3 };
         assert_eq!(decode_handshake_response(&one_frame(&encode_handshake_response(&resp))).unwrap(), resp);
         let b = Block::new(3, 8, Operation::Write, vec![1, 2, 3], 3, 42);
-        for m in [ClientMessage::Block(b), ClientMessage::ForceFlush, ClientMessage::Disconnect] {
+        for m in [ClientMessage::Block(b), ClientMessage::ForceFlush, ClientMessage::Disconnect, ClientMessage::Fetch(7)] {
             assert_eq!(decode_client_message(&one_frame(&encode_client_message(&m))).unwrap(), m);
         }
         let e = ServerError { code: ErrorCode::OutOfOrder, sequence: 5, expected_sequence: 4, message: "gap".into() };
@@ -838,6 +871,7 @@ mod tests {
             ServerMessage::Control(ControlResponse::History("{}".into())),
             ServerMessage::Control(ControlResponse::Error("no".into())),
             ServerMessage::Control(ControlResponse::Done("{}".into())),
+            ServerMessage::Index { entries: vec![1, 2, 3], count: 1, done: true },
         ] {
             assert_eq!(decode_server_message(&one_frame(&encode_server_message(&m))).unwrap(), m);
         }
