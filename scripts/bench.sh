@@ -32,7 +32,10 @@
 # each) through `tlog nbd` (tlogd on loopback, the local store) and through `qemu-nbd` serving a
 # raw file on the same disk: 4 KiB random writes at queue depth 32 with a flush every 32
 # writes, 1 MiB sequential writes, 4 KiB random reads; IOPS, MiB/s and the p99 flush latency,
-# alternated.
+# alternated. Then exports of a past point (the checkpoint after the 1 GiB fill, with the fio
+# jobs' writes over it): the time from `tlog nbd --read-only --checkpoint` (and `--fork`) start
+# to its first read answered (one 4 KiB read at 700 MiB by qemu-io), and nbdcopy of the whole
+# read-only export against `tlog restore` of the same point.
 #
 # Usage: scripts/bench.sh   (env: TLOG_BENCH_SECONDS=10, TLOG_BENCH_VDISKS=8,
 #        TLOG_BENCH_BLOCK=4096, TLOG_BENCH_R=0.5 (lz4 compressibility), TLOG_BENCH_DIR=/tmp,
@@ -471,6 +474,7 @@ print("%.0f %.1f %.2f" % (io["iops"], io["bw_bytes"] / 1048576, p99))'
 # Fill both exports once so reads read data.
 fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$gp" --rw=write --bs=1m --size=1g --iodepth=8 >/dev/null 2>&1
 fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$qp" --rw=write --bs=1m --size=1g --iodepth=8 >/dev/null 2>&1
+"$B/tlog" checkpoint --server "127.0.0.1:$np" --vdisk nb filled >/dev/null
 nbd_rows=()
 for n in 1 2; do
   for job in randwrite write randread; do
@@ -484,11 +488,45 @@ for n in 1 2; do
     nbd_rows+=("| $n | $job | $ti / $tm / $tf | $qi / $qm / $qf | $(python3 -c "print(f'{$ti / max($qi, 1):.2f}')") |")
   done
 done
-stop_pid "$gpid"; stop_pid "$qpid"; stop_pid "$npid"
+stop_pid "$gpid"; stop_pid "$qpid"
+# past EXTRA... -> ms from the export's start to its first read answered
+past() {
+  local pp; pp=$(port)
+  "$B/tlog" nbd --server "127.0.0.1:$np" --vdisk nb --checkpoint filled "$@" --listen "127.0.0.1:$pp" >"$nd/past.out" 2>"$nd/past.log" &
+  local ppid=$!; pids+=($ppid)
+  for _ in $(seq 1 600); do grep -q "serving on" "$nd/past.out" 2>/dev/null && break; sleep 0.05; done
+  qemu-io -r -f raw -c "read 700m 4k" "nbd://127.0.0.1:$pp" >/dev/null
+  for _ in $(seq 1 200); do grep -q "first read answered" "$nd/past.out" && break; sleep 0.05; done
+  if [[ ${PAST_COPY:-0} == 1 ]]; then
+    local t0; t0=$(date +%s.%N)
+    nbdcopy "nbd://127.0.0.1:$pp" "$nd/past-copy.raw"
+    copy_s=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
+  fi
+  stop_pid "$ppid"
+  sed -n 's/.*first read answered \([0-9.]*\) ms.*/\1/p' "$nd/past.out"
+}
+past_rows=()
+for n in 1 2; do
+  ro=$(PAST_COPY=1 past --read-only); ro_copy=$copy_s
+  fk=$(past --fork "nbf-$n")
+  t0=$(date +%s.%N)
+  "$B/tlog" restore --server "127.0.0.1:$np" --vdisk nb --checkpoint filled --output "$nd/past-restore.raw" >/dev/null
+  rs=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
+  cmp -s "$nd/past-copy.raw" "$nd/past-restore.raw" || { echo "bench.sh: the read-only export differs from the restore" >&2; exit 1; }
+  past_rows+=("| $n | $ro | $fk | $ro_copy | $rs |")
+  rm -f "$nd/past-copy.raw" "$nd/past-restore.raw"
+done
+stop_pid "$npid"
 echo
 echo "NBD: fio (nbd engine, $DUR s per job) through tlog nbd (tlogd on loopback, local store) and through qemu-nbd serving a raw file on the same disk; IOPS / MiB/s / p99 flush ms:"
 echo
 echo "| run | job | tlog nbd | qemu-nbd | tlog / qemu-nbd IOPS |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${nbd_rows[@]}"
+echo
+echo "Exports of a past point of the 1 GiB vdisk (the checkpoint after the fill, with the fio writes over it): ms from start to the first read answered, and seconds to copy the whole read-only export (nbdcopy) against tlog restore of the same point:"
+echo
+echo "| run | --read-only first read ms | --fork first read ms | nbdcopy of the export s | tlog restore s |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${past_rows[@]}"
 fi
