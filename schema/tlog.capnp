@@ -76,6 +76,7 @@ struct ControlRequest {
     rebase @3 :RebaseRequest;
     delete @4 :DeleteRequest;
     tree @5 :Void;          # every vdisk as a tree
+    status @6 :Void;        # what the engine is doing (tlog status): its metrics, as JSON
   }
 }
 

@@ -500,14 +500,14 @@ past() {
   if [[ ${PAST_COPY:-0} == 1 ]]; then
     local t0; t0=$(date +%s.%N)
     nbdcopy "nbd://127.0.0.1:$pp" "$nd/past-copy.raw"
-    copy_s=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
+    python3 -c "import time; print(f'{time.time() - $t0:.2f}')" >"$nd/copy_s"
   fi
   stop_pid "$ppid"
   sed -n 's/.*first read answered \([0-9.]*\) ms.*/\1/p' "$nd/past.out"
 }
 past_rows=()
 for n in 1 2; do
-  ro=$(PAST_COPY=1 past --read-only); ro_copy=$copy_s
+  ro=$(PAST_COPY=1 past --read-only); ro_copy=$(cat "$nd/copy_s")
   fk=$(past --fork "nbf-$n")
   t0=$(date +%s.%N)
   "$B/tlog" restore --server "127.0.0.1:$np" --vdisk nb --checkpoint filled --output "$nd/past-restore.raw" >/dev/null

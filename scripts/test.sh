@@ -41,6 +41,7 @@ check_all() {
   want qemu-utils qemu-img --version             # e2e_nbd: a real block client writing through tlog nbd
   want libnbd-bin nbdinfo --version               # e2e_nbd: nbdinfo, nbdcopy (multi-conn), nbdfuse
   want fio fio --version                          # e2e_nbd: fio's nbd engine with verify
+  want prometheus promtool --version              # e2e_metrics: promtool check metrics
   want pkg-config pkg-config --version            # build.rs asks it for libdpdk's flags
   want libdpdk-dev pkg-config --exists libdpdk
   have_libclang || need+=(libclang-dev)

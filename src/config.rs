@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// Environment variable with accepted tokens, comma-separated ("" = none). Set but empty is
     /// an error.
     pub auth_tokens_env: String,
+    /// Where Prometheus metrics are served (`GET /metrics`), `host:port` ("" = off). Default
+    /// `127.0.0.1:9464`. An address in use is logged and metrics stay off; tlogd runs on.
+    pub metrics_listen: String,
 }
 
 /// Which network front-end serves the protocol.
@@ -340,6 +343,7 @@ impl Default for ServerConfig {
             takeover_timeout_ms: 30_000,
             auth_tokens_file: String::new(),
             auth_tokens_env: String::new(),
+            metrics_listen: "127.0.0.1:9464".into(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod flush;
 pub mod fs;
 pub mod history;
 pub mod logging;
+pub mod metrics;
 pub mod namespace;
 pub mod nbd;
 pub mod net;

@@ -282,8 +282,12 @@ pub fn run(cfg: Config, sink: bool, stop: Arc<AtomicBool>) -> Result<()> {
     let engine = Engine::start(cfg.clone(), sealer, backends, crate::time::SystemClock::shared())?;
     let limits = Arc::new(SessionLimits::from_config(&cfg, auth));
     let e = engine.clone();
+    let metrics = start_metrics(&cfg, &engine, &limits, stop.clone());
     let factory: crate::net::Factory = Arc::new(move |peer| Box::new(Session::new(e.clone(), limits.clone(), peer)));
     let served = serve_front_end(cfg.net.mode, factory, &cfg, stop);
+    if let Some(h) = metrics {
+        let _ = h.join();
+    }
     tracing::info!("shutting down: flushing buffers");
     let clean = engine.shutdown(Duration::from_secs(30));
     if !clean {
@@ -291,6 +295,47 @@ pub fn run(cfg: Config, sink: bool, stop: Arc<AtomicBool>) -> Result<()> {
     }
     tracing::info!("stopped");
     served
+}
+
+/// The engine and the front-end's connections, as a metrics source.
+struct Live {
+    engine: Arc<Engine>,
+    limits: Arc<SessionLimits>,
+    mode: &'static str,
+}
+
+impl crate::metrics::Source for Live {
+    fn snapshot(&self) -> crate::metrics::Snapshot {
+        let (flush_latency, backend_latency) = self.engine.histograms();
+        crate::metrics::Snapshot {
+            engine: self.engine.metrics(),
+            flush_latency,
+            backend_latency,
+            frontend: (self.mode.to_string(), self.limits.connections.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Serves metrics on `server.metrics_listen` unless it is empty; an address that cannot be
+/// bound is logged and metrics stay off (they are not worth refusing to run for).
+fn start_metrics(cfg: &Config, engine: &Arc<Engine>, limits: &Arc<SessionLimits>, stop: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+    let listen = cfg.server.metrics_listen.trim();
+    if listen.is_empty() {
+        return None;
+    }
+    let src: Arc<dyn crate::metrics::Source> = Arc::new(Live { engine: engine.clone(), limits: limits.clone(), mode: cfg.net.mode.as_str() });
+    match crate::metrics::serve(listen, src, stop) {
+        Ok((addr, h)) => {
+            tracing::info!("metrics at http://{addr}/metrics");
+            eprintln!("tlogd: metrics at http://{addr}/metrics");
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!("{e}: metrics are off (set server.metrics_listen to a free address, or \"\" to turn them off)");
+            eprintln!("tlogd: {e}: metrics are off");
+            None
+        }
+    }
 }
 
 fn serve_front_end(mode: NetMode, factory: crate::net::Factory, cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {

@@ -107,6 +107,8 @@ pub struct SessionLimits {
     pub playback_buffer_bytes: u64,
     /// Accepted tokens.
     pub auth: Auth,
+    /// Connections open now (metrics).
+    pub connections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SessionLimits {
@@ -118,6 +120,7 @@ impl SessionLimits {
             max_vdisk_bytes: c.server.max_vdisk_bytes,
             playback_buffer_bytes: c.server.playback_buffer_bytes,
             auth,
+            connections: Default::default(),
         }
     }
 }
@@ -193,6 +196,7 @@ impl<C: Core> Session<C> {
     /// A session for one connection from `peer`.
     pub fn new(core: Arc<C>, limits: Arc<SessionLimits>, peer: String) -> Session<C> {
         let decoder = FrameDecoder::new(limits.max_frame_bytes);
+        limits.connections.fetch_add(1, Ordering::Relaxed);
         Session { core, limits, sink: None, acks: None, decoder, state: State::Handshake, out: Vec::new(), stalled: None, received: None, flushed: None, peer }
     }
 
@@ -591,6 +595,7 @@ impl<C: Core> Protocol for Session<C> {
 
 impl<C: Core> Drop for Session<C> {
     fn drop(&mut self) {
+        self.limits.connections.fetch_sub(1, Ordering::Relaxed);
         self.detach();
     }
 }
@@ -681,7 +686,7 @@ mod tests {
     }
 
     fn limits(auth: Auth) -> Arc<SessionLimits> {
-        Arc::new(SessionLimits { max_frame_bytes: 1 << 20, max_block_bytes: 65536, max_vdisk_bytes: 1 << 30, playback_buffer_bytes: 4 << 20, auth })
+        Arc::new(SessionLimits { max_frame_bytes: 1 << 20, max_block_bytes: 65536, max_vdisk_bytes: 1 << 30, playback_buffer_bytes: 4 << 20, auth, connections: Default::default() })
     }
 
     fn hs(version: u32, vdisk: &str, token: &str) -> Vec<u8> {

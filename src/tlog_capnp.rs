@@ -2276,7 +2276,7 @@ pub mod delete_request {
 }
 
 pub mod control_request {
-  pub use self::Which::{Checkpoint,History,Fork,Rebase,Delete,Tree};
+  pub use self::Which::{Checkpoint,History,Fork,Rebase,Delete,Tree,Status};
 
   #[derive(Copy, Clone)]
   pub struct Owned(());
@@ -2393,6 +2393,11 @@ pub mod control_request {
         }
         5 => {
           ::core::result::Result::Ok(Tree(
+            ()
+          ))
+        }
+        6 => {
+          ::core::result::Result::Ok(Status(
             ()
           ))
         }
@@ -2533,6 +2538,10 @@ pub mod control_request {
       self.builder.set_data_field::<u16>(0, 5);
     }
     #[inline]
+    pub fn set_status(&mut self, _value: ())  {
+      self.builder.set_data_field::<u16>(0, 6);
+    }
+    #[inline]
     pub fn which(self) -> ::core::result::Result<WhichBuilder<'a,>, ::capnp::NotInSchema> {
       match self.builder.get_data_field::<u16>(0) {
         0 => {
@@ -2565,6 +2574,11 @@ pub mod control_request {
             ()
           ))
         }
+        6 => {
+          ::core::result::Result::Ok(Status(
+            ()
+          ))
+        }
         x => ::core::result::Result::Err(::capnp::NotInSchema(x))
       }
     }
@@ -2579,17 +2593,17 @@ pub mod control_request {
   impl Pipeline  {
   }
   mod _private {
-    pub static ENCODED_NODE: [::capnp::Word; 109] = [
+    pub static ENCODED_NODE: [::capnp::Word; 124] = [
       ::capnp::word(0, 0, 0, 0, 5, 0, 6, 0),
       ::capnp::word(149, 124, 111, 22, 215, 195, 253, 207),
       ::capnp::word(11, 0, 0, 0, 1, 0, 1, 0),
       ::capnp::word(97, 127, 232, 169, 210, 196, 241, 179),
-      ::capnp::word(1, 0, 7, 0, 0, 0, 6, 0),
+      ::capnp::word(1, 0, 7, 0, 0, 0, 7, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
       ::capnp::word(21, 0, 0, 0, 210, 0, 0, 0),
       ::capnp::word(33, 0, 0, 0, 7, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(29, 0, 0, 0, 87, 1, 0, 0),
+      ::capnp::word(29, 0, 0, 0, 143, 1, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
       ::capnp::word(116, 108, 111, 103, 46, 99, 97, 112),
@@ -2597,49 +2611,56 @@ pub mod control_request {
       ::capnp::word(111, 108, 82, 101, 113, 117, 101, 115),
       ::capnp::word(116, 0, 0, 0, 0, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 1, 0, 1, 0),
-      ::capnp::word(24, 0, 0, 0, 3, 0, 4, 0),
+      ::capnp::word(28, 0, 0, 0, 3, 0, 4, 0),
       ::capnp::word(0, 0, 255, 255, 0, 0, 0, 0),
       ::capnp::word(0, 0, 1, 0, 0, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(153, 0, 0, 0, 90, 0, 0, 0),
+      ::capnp::word(181, 0, 0, 0, 90, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(152, 0, 0, 0, 3, 0, 1, 0),
-      ::capnp::word(164, 0, 0, 0, 2, 0, 1, 0),
+      ::capnp::word(180, 0, 0, 0, 3, 0, 1, 0),
+      ::capnp::word(192, 0, 0, 0, 2, 0, 1, 0),
       ::capnp::word(1, 0, 254, 255, 0, 0, 0, 0),
       ::capnp::word(0, 0, 1, 0, 1, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(161, 0, 0, 0, 66, 0, 0, 0),
+      ::capnp::word(189, 0, 0, 0, 66, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(156, 0, 0, 0, 3, 0, 1, 0),
-      ::capnp::word(168, 0, 0, 0, 2, 0, 1, 0),
+      ::capnp::word(184, 0, 0, 0, 3, 0, 1, 0),
+      ::capnp::word(196, 0, 0, 0, 2, 0, 1, 0),
       ::capnp::word(2, 0, 253, 255, 0, 0, 0, 0),
       ::capnp::word(0, 0, 1, 0, 2, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(165, 0, 0, 0, 42, 0, 0, 0),
+      ::capnp::word(193, 0, 0, 0, 42, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(160, 0, 0, 0, 3, 0, 1, 0),
-      ::capnp::word(172, 0, 0, 0, 2, 0, 1, 0),
+      ::capnp::word(188, 0, 0, 0, 3, 0, 1, 0),
+      ::capnp::word(200, 0, 0, 0, 2, 0, 1, 0),
       ::capnp::word(3, 0, 252, 255, 0, 0, 0, 0),
       ::capnp::word(0, 0, 1, 0, 3, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(169, 0, 0, 0, 58, 0, 0, 0),
+      ::capnp::word(197, 0, 0, 0, 58, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(164, 0, 0, 0, 3, 0, 1, 0),
-      ::capnp::word(176, 0, 0, 0, 2, 0, 1, 0),
+      ::capnp::word(192, 0, 0, 0, 3, 0, 1, 0),
+      ::capnp::word(204, 0, 0, 0, 2, 0, 1, 0),
       ::capnp::word(4, 0, 251, 255, 0, 0, 0, 0),
       ::capnp::word(0, 0, 1, 0, 4, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(173, 0, 0, 0, 58, 0, 0, 0),
+      ::capnp::word(201, 0, 0, 0, 58, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(168, 0, 0, 0, 3, 0, 1, 0),
-      ::capnp::word(180, 0, 0, 0, 2, 0, 1, 0),
+      ::capnp::word(196, 0, 0, 0, 3, 0, 1, 0),
+      ::capnp::word(208, 0, 0, 0, 2, 0, 1, 0),
       ::capnp::word(5, 0, 250, 255, 0, 0, 0, 0),
       ::capnp::word(0, 0, 1, 0, 5, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(177, 0, 0, 0, 42, 0, 0, 0),
+      ::capnp::word(205, 0, 0, 0, 42, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-      ::capnp::word(172, 0, 0, 0, 3, 0, 1, 0),
-      ::capnp::word(184, 0, 0, 0, 2, 0, 1, 0),
+      ::capnp::word(200, 0, 0, 0, 3, 0, 1, 0),
+      ::capnp::word(212, 0, 0, 0, 2, 0, 1, 0),
+      ::capnp::word(6, 0, 249, 255, 0, 0, 0, 0),
+      ::capnp::word(0, 0, 1, 0, 6, 0, 0, 0),
+      ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+      ::capnp::word(209, 0, 0, 0, 58, 0, 0, 0),
+      ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+      ::capnp::word(204, 0, 0, 0, 3, 0, 1, 0),
+      ::capnp::word(216, 0, 0, 0, 2, 0, 1, 0),
       ::capnp::word(99, 104, 101, 99, 107, 112, 111, 105),
       ::capnp::word(110, 116, 0, 0, 0, 0, 0, 0),
       ::capnp::word(16, 0, 0, 0, 0, 0, 0, 0),
@@ -2689,6 +2710,14 @@ pub mod control_request {
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
       ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+      ::capnp::word(115, 116, 97, 116, 117, 115, 0, 0),
+      ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+      ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+      ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+      ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+      ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+      ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+      ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ];
     pub fn get_field_types(index: u16) -> ::capnp::introspect::Type {
       match index {
@@ -2698,6 +2727,7 @@ pub mod control_request {
         3 => <crate::tlog_capnp::rebase_request::Owned as ::capnp::introspect::Introspect>::introspect(),
         4 => <crate::tlog_capnp::delete_request::Owned as ::capnp::introspect::Introspect>::introspect(),
         5 => <() as ::capnp::introspect::Introspect>::introspect(),
+        6 => <() as ::capnp::introspect::Introspect>::introspect(),
         _ => ::capnp::introspect::panic_invalid_field_index(index),
       }
     }
@@ -2711,8 +2741,8 @@ pub mod control_request {
       members_by_name: MEMBERS_BY_NAME,
     };
     pub static NONUNION_MEMBERS : &[u16] = &[];
-    pub static MEMBERS_BY_DISCRIMINANT : &[u16] = &[0,1,2,3,4,5];
-    pub static MEMBERS_BY_NAME : &[u16] = &[0,4,2,1,3,5];
+    pub static MEMBERS_BY_DISCRIMINANT : &[u16] = &[0,1,2,3,4,5,6];
+    pub static MEMBERS_BY_NAME : &[u16] = &[0,4,2,1,3,6,5];
     pub const TYPE_ID: u64 = 0xcffd_c3d7_166f_7c95;
   }
   pub enum Which<A0,A1,A2,A3,A4> {
@@ -2722,6 +2752,7 @@ pub mod control_request {
     Rebase(A3),
     Delete(A4),
     Tree(()),
+    Status(()),
   }
   pub type WhichReader<'a,> = Which<::capnp::Result<crate::tlog_capnp::checkpoint_request::Reader<'a>>,::capnp::Result<::capnp::text::Reader<'a>>,::capnp::Result<crate::tlog_capnp::fork_request::Reader<'a>>,::capnp::Result<crate::tlog_capnp::rebase_request::Reader<'a>>,::capnp::Result<crate::tlog_capnp::delete_request::Reader<'a>>>;
   pub type WhichBuilder<'a,> = Which<::capnp::Result<crate::tlog_capnp::checkpoint_request::Builder<'a>>,::capnp::Result<::capnp::text::Builder<'a>>,::capnp::Result<crate::tlog_capnp::fork_request::Builder<'a>>,::capnp::Result<crate::tlog_capnp::rebase_request::Builder<'a>>,::capnp::Result<crate::tlog_capnp::delete_request::Builder<'a>>>;

@@ -306,6 +306,23 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         reconnect_timeout: u64,
     },
+    /// What a running tlogd is doing: its vdisks (throughput over --interval-ms, buffered
+    /// bytes, the age of the oldest unflushed block), its backends (degraded, errors, queue)
+    /// and the repair backlog; the numbers its /metrics serves.
+    Status {
+        /// tlogd address.
+        #[arg(long)]
+        server: String,
+        /// Auth token.
+        #[arg(long, default_value = "")]
+        token: String,
+        /// Milliseconds between the two samples throughput is measured over.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a vdisk's history and give its space back. A vdisk with forks is refused unless
     /// --force; its forks keep the prefix they stand on.
     Delete {
@@ -703,6 +720,75 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
                 },
                 first_read,
             )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { server, token, interval_ms, json } => {
+            let sample = || -> tlog::Result<serde_json::Value> {
+                let j = done(tlog::client::remote::control(&server, &token, ControlRequest::Status)?)?;
+                Ok(j)
+            };
+            let a = sample()?;
+            let t0 = std::time::Instant::now();
+            std::thread::sleep(std::time::Duration::from_millis(interval_ms.max(1)));
+            let b = sample()?;
+            let secs = t0.elapsed().as_secs_f64();
+            let rate = |v: &serde_json::Value, field: &str| -> f64 {
+                let before = a["vdisks"].as_array().and_then(|l| l.iter().find(|x| x["name"] == v["name"])).and_then(|x| x[field].as_u64()).unwrap_or(0);
+                v[field].as_u64().unwrap_or(0).saturating_sub(before) as f64 / secs
+            };
+            let mut vdisks = Vec::new();
+            for v in b["vdisks"].as_array().cloned().unwrap_or_default() {
+                let mut v = v.clone();
+                v["received_bytes_per_second"] = serde_json::json!(rate(&v, "received_bytes"));
+                v["flushed_bytes_per_second"] = serde_json::json!(rate(&v, "flushed_bytes"));
+                vdisks.push(v);
+            }
+            if json {
+                let mut out = b.clone();
+                out["vdisks"] = serde_json::Value::Array(vdisks);
+                out["server"] = serde_json::json!(server);
+                out["interval_seconds"] = serde_json::json!(secs);
+                println!("{}", serde_json::to_string_pretty(&out).map_err(|e| tlog::Error::InvalidArgument(format!("json: {e}")))?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mib = |x: f64| x / 1048576.0;
+            let backends = b["backends"].as_array().cloned().unwrap_or_default();
+            let degraded = backends.iter().filter(|x| x["degraded"].as_bool() == Some(true)).count();
+            println!(
+                "tlogd at {server}: {} vdisks loaded, {} backends ({degraded} degraded), {:.1} MiB buffered, {} aggregations flushed, repair backlog {} shards",
+                vdisks.len(),
+                backends.len(),
+                mib(b["buffered_bytes"].as_f64().unwrap_or(0.0)),
+                b["flushed_aggregations"],
+                b["repair_backlog"]
+            );
+            if !vdisks.is_empty() {
+                println!();
+                println!("{:<24} {:>8} {:>14} {:>11} {:>11} {:>11} {:>13}", "vdisk", "writer", "last flushed", "in MiB/s", "out MiB/s", "buffered", "unflushed age");
+                for v in &vdisks {
+                    println!(
+                        "{:<24} {:>8} {:>14} {:>11.1} {:>11.1} {:>9.1}Mi {:>12.3}s",
+                        v["name"].as_str().unwrap_or("?"),
+                        if v["attached"].as_bool() == Some(true) { format!("epoch {}", v["epoch"]) } else { "-".into() },
+                        v["last_flushed"].as_u64().map(|x| x.to_string()).unwrap_or("none".into()),
+                        mib(v["received_bytes_per_second"].as_f64().unwrap_or(0.0)),
+                        mib(v["flushed_bytes_per_second"].as_f64().unwrap_or(0.0)),
+                        mib(v["buffered_bytes"].as_f64().unwrap_or(0.0)),
+                        v["unflushed_age_seconds"].as_f64().unwrap_or(0.0)
+                    );
+                }
+            }
+            println!();
+            println!("{:<40} {:>9} {:>8} {:>12}", "backend", "state", "errors", "queued");
+            for x in &backends {
+                println!(
+                    "{:<40} {:>9} {:>8} {:>10.1}Mi",
+                    x["name"].as_str().unwrap_or("?"),
+                    if x["degraded"].as_bool() == Some(true) { "DEGRADED" } else { "ok" },
+                    x["errors"],
+                    mib(x["queued_bytes"].as_f64().unwrap_or(0.0))
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Delete { server, token, vdisk, force } => {

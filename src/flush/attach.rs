@@ -66,6 +66,7 @@ fn control(sh: &Shared, req: ControlRequest) -> ControlResponse {
         ControlRequest::Fork { vdisk, new, at } => done(super::branch::fork(sh, &vdisk, &new, &at)),
         ControlRequest::Rebase { vdisk, onto, at } => done(super::branch::rebase(sh, &vdisk, &onto, &at)),
         ControlRequest::Delete { vdisk, force } => done(super::branch::delete(sh, &vdisk, force)),
+        ControlRequest::Status => done(serde_json::to_string(&sh.metrics()).map_err(|e| crate::Error::InvalidArgument(format!("json: {e}")))),
         ControlRequest::Tree => done(
             crate::history::tree::tree(&sh.backends, &sh.codec)
                 .and_then(|t| serde_json::to_string(&t).map_err(|e| crate::Error::InvalidArgument(format!("json: {e}")))),

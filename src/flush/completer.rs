@@ -237,9 +237,16 @@ fn complete(sh: &Shared, t: &Tracked) {
     let a = &t.a;
     sh.permits.release();
     sh.stats.flushed_aggregations.fetch_add(1, Ordering::Relaxed);
+    sh.stats.flush_latency.observe(sh.clock.wall_ns().saturating_sub(a.timestamp) as f64 / 1e9);
     let vd = &a.vdisk;
+    vd.counters.aggregations.fetch_add(1, Ordering::Relaxed);
+    vd.counters.flushed_blocks.fetch_add(a.entry.blocks as u64, Ordering::Relaxed);
+    vd.counters.flushed_bytes.fetch_add(a.entry.data_bytes, Ordering::Relaxed);
     lock(&vd.pending_index).insert(a.height, a.entry);
-    let c = lock(&vd.ns).complete(a.height, a.first, a.last, a.bytes, a.epoch);
+    let mut ns = lock(&vd.ns);
+    let c = ns.complete(a.height, a.first, a.last, a.bytes, a.epoch);
+    vd.note_flushed(ns.last_flushed(), ns.last_received());
+    drop(ns);
     sh.total.fetch_sub(c.freed.min(sh.total.load(Ordering::SeqCst)), Ordering::SeqCst);
     for (first, last, epoch) in &c.acks {
         vd.send(*epoch, Ack::Flushed { first: *first, last: *last });

@@ -45,7 +45,8 @@ use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use prometheus::Histogram;
+use std::time::{Duration, Instant};
 
 pub use pipeline::Engine;
 
@@ -239,6 +240,97 @@ pub trait Core: Send + Sync + 'static {
     fn read(&self, vdisk: &str, at: crate::wire::PointSpec, requests: crossbeam_channel::Receiver<u32>, out: Sender<Ack>, cancel: Arc<AtomicBool>);
 }
 
+/// Buckets of the latency histograms, seconds (0.5 ms to about 16 s).
+pub fn latency_buckets() -> Vec<f64> {
+    (0..16).map(|i| 0.0005 * f64::from(1u32 << i)).collect()
+}
+
+/// A latency histogram named `name` with [`latency_buckets`] (and `labels`, constant).
+pub fn latency_histogram(name: &str, help: &str, labels: &[(&str, &str)]) -> Histogram {
+    let mut o = prometheus::HistogramOpts::new(name, help).buckets(latency_buckets());
+    for (k, v) in labels {
+        o = o.const_label(*k, *v);
+    }
+    // The name, help and buckets are constants checked by the tests: this cannot fail.
+    Histogram::with_opts(o).unwrap_or_else(|_| Histogram::with_opts(prometheus::HistogramOpts::new("tlog_unnamed_seconds", "latency")).expect("a constant histogram"))
+}
+
+/// What a vdisk's traffic counts (metrics).
+#[derive(Debug, Default)]
+pub struct VdiskCounters {
+    /// Blocks received.
+    pub received_blocks: AtomicU64,
+    /// Bytes of block data received.
+    pub received_bytes: AtomicU64,
+    /// Blocks in durable aggregations.
+    pub flushed_blocks: AtomicU64,
+    /// Bytes of block data in durable aggregations (writes; zeroed ranges count nothing).
+    pub flushed_bytes: AtomicU64,
+    /// Durable aggregations.
+    pub aggregations: AtomicU64,
+}
+
+/// One vdisk as the metrics show it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct VdiskMetrics {
+    /// The vdisk.
+    pub name: String,
+    /// Blocks and bytes received, blocks and bytes flushed, aggregations.
+    pub received_blocks: u64,
+    /// Bytes of block data received.
+    pub received_bytes: u64,
+    /// Blocks flushed.
+    pub flushed_blocks: u64,
+    /// Bytes of block data flushed.
+    pub flushed_bytes: u64,
+    /// Durable aggregations.
+    pub aggregations: u64,
+    /// Bytes received and not yet flushed.
+    pub buffered_bytes: u64,
+    /// Seconds since the oldest block not yet flushed was received (0: none): what a crash of
+    /// this host would lose unless the client resends it (the RPO).
+    pub unflushed_age_seconds: f64,
+    /// The last flushed sequence.
+    pub last_flushed: Option<u64>,
+    /// The writer epoch.
+    pub epoch: u64,
+    /// Whether a writer is attached.
+    pub attached: bool,
+}
+
+/// One backend as the metrics show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BackendMetrics {
+    /// Its name.
+    pub name: String,
+    /// Write batches that failed.
+    pub errors: u64,
+    /// Bytes of shards queued for it.
+    pub queued_bytes: u64,
+    /// Its queue passed `backend.queue_bytes` (its shards go to repair), or its last write
+    /// failed.
+    pub degraded: bool,
+}
+
+/// The engine as the metrics show it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct EngineMetrics {
+    /// Loaded vdisks, by name.
+    pub vdisks: Vec<VdiskMetrics>,
+    /// Backends, shard index order.
+    pub backends: Vec<BackendMetrics>,
+    /// Aggregations acked flushed.
+    pub flushed_aggregations: u64,
+    /// Shard writes retried.
+    pub retries: u64,
+    /// Shards recorded for repair.
+    pub repairs_queued: u64,
+    /// Shards waiting for repair.
+    pub repair_backlog: u64,
+    /// Bytes buffered by all vdisks.
+    pub buffered_bytes: u64,
+}
+
 /// One vdisk inside the engine: its namespace (state transitions), chain position, the sink of
 /// its current writer, and the random bytes of the current attach (for nonces).
 pub struct Vdisk {
@@ -261,12 +353,51 @@ pub struct Vdisk {
     busy: Mutex<Option<String>>,
     /// Serialises the history operations on this vdisk (fold, rebase, delete).
     upkeep: Mutex<()>,
+    /// Traffic counts.
+    pub counters: VdiskCounters,
+    /// (first sequence, when received) of each buffer not yet wholly flushed, oldest first.
+    unflushed: Mutex<std::collections::VecDeque<(u64, Instant)>>,
 }
 
 impl Vdisk {
     /// The vdisk id.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Drops the unflushed marks that `last_flushed` covers (all of them once it reaches
+    /// `last_received`).
+    fn note_flushed(&self, last_flushed: Option<u64>, last_received: Option<u64>) {
+        let mut u = lock(&self.unflushed);
+        if last_flushed >= last_received {
+            u.clear();
+            return;
+        }
+        let next = last_flushed.map(|l| l.saturating_add(1)).unwrap_or(0);
+        while u.len() > 1 && u[1].0 <= next {
+            u.pop_front();
+        }
+    }
+
+    /// The vdisk's metrics now.
+    pub fn metrics(&self) -> VdiskMetrics {
+        let c = &self.counters;
+        let ns = lock(&self.ns);
+        let (buffered, last_flushed, epoch) = (ns.buffered(), ns.last_flushed(), ns.epoch());
+        drop(ns);
+        VdiskMetrics {
+            name: self.name.clone(),
+            received_blocks: c.received_blocks.load(Ordering::Relaxed),
+            received_bytes: c.received_bytes.load(Ordering::Relaxed),
+            flushed_blocks: c.flushed_blocks.load(Ordering::Relaxed),
+            flushed_bytes: c.flushed_bytes.load(Ordering::Relaxed),
+            aggregations: c.aggregations.load(Ordering::Relaxed),
+            buffered_bytes: buffered,
+            unflushed_age_seconds: lock(&self.unflushed).front().map(|(_, t)| t.elapsed().as_secs_f64()).unwrap_or(0.0),
+            last_flushed,
+            epoch,
+            attached: lock(&self.sink).is_some(),
+        }
     }
 
     /// Last flushed sequence.
@@ -297,15 +428,28 @@ struct Slot {
     vdisk: OnceLock<Arc<Vdisk>>,
 }
 
-/// Counters of the engine (for logs and tests).
-#[derive(Debug, Default)]
+/// Counters of the engine (for logs, tests and metrics).
+#[derive(Debug)]
 pub struct Stats {
     /// Aggregations acked flushed.
     pub flushed_aggregations: AtomicU64,
+    /// Seconds from an aggregation's seal to its write quorum (the flushed ack).
+    pub flush_latency: Histogram,
     /// Shards recorded for repair.
     pub repairs_queued: AtomicU64,
     /// Shard writes retried because the quorum was not reached.
     pub retries: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            flushed_aggregations: AtomicU64::new(0),
+            flush_latency: latency_histogram("tlog_flush_latency_seconds", "Seconds from an aggregation's seal to its write quorum.", &[]),
+            repairs_queued: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A counting semaphore bounding the aggregations that wait for their quorum.
@@ -374,6 +518,22 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// The engine's metrics now: every loaded vdisk, every backend, the repair queue.
+    pub(crate) fn metrics(&self) -> EngineMetrics {
+        let mut vdisks: Vec<VdiskMetrics> = self.loaded().iter().map(|v| v.metrics()).collect();
+        vdisks.sort_by(|a, b| a.name.cmp(&b.name));
+        let st = &self.stats;
+        EngineMetrics {
+            vdisks,
+            backends: self.writers.iter().map(|w| w.metrics()).collect(),
+            flushed_aggregations: st.flushed_aggregations.load(Ordering::Relaxed),
+            retries: st.retries.load(Ordering::Relaxed),
+            repairs_queued: st.repairs_queued.load(Ordering::Relaxed),
+            repair_backlog: self.repair.backlog() as u64,
+            buffered_bytes: self.total.load(Ordering::SeqCst),
+        }
+    }
+
     fn signal_space(&self) {
         let mut g = lock(&self.space.0);
         *g += 1;
@@ -398,9 +558,18 @@ impl Shared {
             return Push::Full(block);
         }
         let size = block.mem_size();
+        let (seq, data) = (block.sequence, block.data.len() as u64);
         let now = self.clock.monotonic();
-        let p = lock(&vd.ns).push(epoch, block, now, &self.limits, self.total.load(Ordering::SeqCst));
+        let mut ns = lock(&vd.ns);
+        let was_idle = ns.buffered() == 0;
+        let p = ns.push(epoch, block, now, &self.limits, self.total.load(Ordering::SeqCst));
+        drop(ns);
         if let Push::Received { rotated } = p {
+            vd.counters.received_blocks.fetch_add(1, Ordering::Relaxed);
+            vd.counters.received_bytes.fetch_add(data, Ordering::Relaxed);
+            if was_idle || rotated {
+                lock(&vd.unflushed).push_back((seq, Instant::now()));
+            }
             self.total.fetch_add(size, Ordering::SeqCst);
             if rotated {
                 self.queue_flush(vd);
@@ -468,6 +637,8 @@ impl Shared {
             tail: Mutex::new(tail),
             busy: Mutex::new(None),
             upkeep: Mutex::new(()),
+            counters: VdiskCounters::default(),
+            unflushed: Mutex::new(Default::default()),
         });
         let _ = slot.vdisk.set(vd.clone());
         Ok(vd)

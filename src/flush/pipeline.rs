@@ -178,6 +178,16 @@ impl Engine {
         &self.sh.cfg
     }
 
+    /// The engine's metrics now: every loaded vdisk, every backend, the repair queue.
+    pub fn metrics(&self) -> super::EngineMetrics {
+        self.sh.metrics()
+    }
+
+    /// The latency histograms: flush (seal to write quorum), and each backend's batch writes.
+    pub fn histograms(&self) -> (prometheus::Histogram, Vec<prometheus::Histogram>) {
+        (self.sh.stats.flush_latency.clone(), self.sh.writers.iter().map(|w| w.latency.clone()).collect())
+    }
+
     /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.sh.stats

@@ -62,13 +62,28 @@ pub struct Writer {
     degraded: Arc<AtomicBool>,
     max_bytes: u64,
     name: String,
+    /// Seconds per batch write, failed writes, and whether the last one failed (metrics).
+    pub latency: prometheus::Histogram,
+    errors: Arc<AtomicU64>,
+    failing: Arc<AtomicBool>,
 }
 
 impl Writer {
     /// Starts nothing: returns the writer handle and what its thread runs on.
     pub fn new(name: String, max_bytes: u64) -> (Writer, Receiver<Msg>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        (Writer { tx, queued: Arc::new(AtomicU64::new(0)), degraded: Arc::new(AtomicBool::new(false)), max_bytes, name }, rx)
+        let latency = super::latency_histogram("tlog_backend_write_latency_seconds", "Seconds per batch write to the backend.", &[("backend", &name)]);
+        let w = Writer {
+            tx,
+            queued: Arc::new(AtomicU64::new(0)),
+            degraded: Arc::new(AtomicBool::new(false)),
+            max_bytes,
+            name,
+            latency,
+            errors: Arc::new(AtomicU64::new(0)),
+            failing: Arc::new(AtomicBool::new(false)),
+        };
+        (w, rx)
     }
 
     /// Queues a job, or reports it dropped (the backend is too far behind: degraded).
@@ -95,6 +110,16 @@ impl Writer {
         self.degraded.load(Ordering::SeqCst)
     }
 
+    /// The backend's metrics: degraded also when its last write failed.
+    pub fn metrics(&self) -> super::BackendMetrics {
+        super::BackendMetrics {
+            name: self.name.clone(),
+            errors: self.errors.load(Ordering::Relaxed),
+            queued_bytes: self.queued.load(Ordering::Relaxed),
+            degraded: self.degraded() || self.failing.load(Ordering::Relaxed),
+        }
+    }
+
     /// Shard bytes queued.
     pub fn queued(&self) -> u64 {
         self.queued.load(Ordering::SeqCst)
@@ -108,8 +133,16 @@ impl Writer {
     /// The thread's body.
     pub fn runner(&self, backend: usize, store: Arc<dyn Backend>, rx: Receiver<Msg>, events: Sender<Event>) -> impl FnOnce() + Send + 'static {
         let (queued, degraded, max, name) = (self.queued.clone(), self.degraded.clone(), self.max_bytes, self.name.clone());
-        move || run(backend, store, rx, events, queued, degraded, max, name)
+        let health = Health { latency: self.latency.clone(), errors: self.errors.clone(), failing: self.failing.clone() };
+        move || run(backend, store, rx, events, queued, degraded, max, name, health)
     }
+}
+
+/// What a writer thread records of its backend's writes.
+struct Health {
+    latency: prometheus::Histogram,
+    errors: Arc<AtomicU64>,
+    failing: Arc<AtomicBool>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -122,6 +155,7 @@ fn run(
     degraded: Arc<AtomicBool>,
     max: u64,
     name: String,
+    health: Health,
 ) {
     let mut closing = false;
     while !closing {
@@ -162,7 +196,13 @@ fn run(
                 batch.metas.push(MetaWrite { vdisk: &j.vdisk, name, value: v.as_ref().map(|v| v.as_slice()) });
             }
         }
+        let t0 = std::time::Instant::now();
         let r = backend.write(&batch).map_err(|e| e.to_string());
+        health.latency.observe(t0.elapsed().as_secs_f64());
+        if r.is_err() {
+            health.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        health.failing.store(r.is_err(), Ordering::Relaxed);
         drop(batch);
         queued.fetch_sub(bytes.min(queued.load(Ordering::SeqCst)), Ordering::SeqCst);
         if r.is_ok() && degraded.load(Ordering::SeqCst) && queued.load(Ordering::SeqCst) < max / 2 {

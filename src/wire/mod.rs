@@ -147,6 +147,8 @@ pub enum ControlRequest {
     },
     /// Every vdisk as a tree.
     Tree,
+    /// What the engine is doing: its metrics (JSON in [`ControlResponse::Done`]).
+    Status,
 }
 
 impl ControlRequest {
@@ -157,7 +159,7 @@ impl ControlRequest {
             ControlRequest::History { vdisk } | ControlRequest::Delete { vdisk, .. } => vec![vdisk],
             ControlRequest::Fork { vdisk, new, .. } => vec![vdisk, new],
             ControlRequest::Rebase { vdisk, onto, .. } => vec![vdisk, onto],
-            ControlRequest::Tree => Vec::new(),
+            ControlRequest::Tree | ControlRequest::Status => Vec::new(),
         }
     }
 }
@@ -429,6 +431,7 @@ pub fn encode_handshake_request(r: &HandshakeRequest) -> Vec<u8> {
                     x.set_force(*force);
                 }
                 ControlRequest::Tree => cb.set_tree(()),
+                ControlRequest::Status => cb.set_status(()),
             }
         }
     }
@@ -492,6 +495,7 @@ pub fn decode_handshake_request<'a>(f: impl Into<FrameRef<'a>>) -> Result<Handsh
                         ControlRequest::Delete { vdisk: text(x.get_vdisk().map_err(capnp_err)?)?, force: x.get_force() }
                     }
                     Which::Tree(()) => ControlRequest::Tree,
+                    Which::Status(()) => ControlRequest::Status,
                 })
             }
         },
@@ -841,6 +845,7 @@ mod tests {
             RequestKind::Control(ControlRequest::Rebase { vdisk: "b".into(), onto: "a".into(), at: PointSpec::None }),
             RequestKind::Control(ControlRequest::Delete { vdisk: "b".into(), force: true }),
             RequestKind::Control(ControlRequest::Tree),
+            RequestKind::Control(ControlRequest::Status),
             RequestKind::Read(PointSpec::Checkpoint("c".into())),
             RequestKind::Read(PointSpec::None),
         ] {

@@ -1,0 +1,168 @@
+//! Metrics (DESIGN.md §15): what tlogd is doing, as Prometheus text at `GET /metrics` on
+//! `server.metrics_listen` (default `127.0.0.1:9464`, "" turns it off), encoded by the
+//! `prometheus` crate (the Prometheus text format 0.0.4, which `promtool check metrics` lints
+//! clean) and served by `tiny_http`.
+//!
+//! Each scrape reads the engine's counters ([`crate::flush::EngineMetrics`]) and latency
+//! histograms, and the front-end's open connections; nothing on the write path does more than
+//! an atomic add per block and one histogram observation per aggregation and per backend batch.
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `tlog_vdisk_received_blocks_total`, `_received_bytes_total` | vdisk | blocks and bytes of data received |
+//! | `tlog_vdisk_flushed_blocks_total`, `_flushed_bytes_total` | vdisk | in durable aggregations (bytes of written data; zeroed ranges count nothing) |
+//! | `tlog_vdisk_aggregations_total` | vdisk | durable aggregations |
+//! | `tlog_vdisk_buffered_bytes` | vdisk | received, not yet flushed |
+//! | `tlog_vdisk_unflushed_age_seconds` | vdisk | age of the oldest block not yet flushed (0: none): the RPO a crash would cost |
+//! | `tlog_vdisk_last_flushed_sequence`, `tlog_vdisk_epoch`, `tlog_vdisk_attached` | vdisk | the durable head, the writer epoch, a writer attached (1/0) |
+//! | `tlog_flush_latency_seconds` | | histogram, seal to write quorum |
+//! | `tlog_backend_write_latency_seconds` | backend | histogram, one batch write |
+//! | `tlog_backend_errors_total`, `tlog_backend_queued_bytes`, `tlog_backend_degraded` | backend | failed batch writes, bytes queued, degraded (queue past `backend.queue_bytes` or last write failed) |
+//! | `tlog_connections` | frontend | connections open |
+//! | `tlog_aggregations_flushed_total`, `tlog_write_retries_total`, `tlog_repairs_queued_total`, `tlog_repair_backlog`, `tlog_buffered_bytes` | | engine-wide |
+
+use crate::error::{Error, Result};
+use crate::flush::{EngineMetrics, VdiskMetrics};
+use prometheus::core::Collector;
+use prometheus::{Gauge, GaugeVec, Histogram, IntCounter, IntCounterVec, Opts, Registry};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What one scrape shows.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The engine's counters.
+    pub engine: EngineMetrics,
+    /// Seal-to-quorum latency.
+    pub flush_latency: Histogram,
+    /// Per backend batch write latency (each labelled with its backend).
+    pub backend_latency: Vec<Histogram>,
+    /// The front-end (`kernel`, `tap`, `dpdk`) and its open connections.
+    pub frontend: (String, u64),
+}
+
+/// Where a scrape's numbers come from.
+pub trait Source: Send + Sync + 'static {
+    /// The numbers now.
+    fn snapshot(&self) -> Snapshot;
+}
+
+fn m(e: prometheus::Error) -> Error {
+    Error::Protocol(format!("metrics: {e}"))
+}
+
+fn add(r: &Registry, c: impl Collector + 'static) -> Result<()> {
+    r.register(Box::new(c)).map_err(m)
+}
+
+fn counters(r: &Registry, name: &str, help: &str, label: &str, rows: &[(String, u64)]) -> Result<()> {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).map_err(m)?;
+    for (l, v) in rows {
+        c.with_label_values(&[l.as_str()]).inc_by(*v);
+    }
+    add(r, c)
+}
+
+fn gauges(r: &Registry, name: &str, help: &str, label: &str, rows: &[(String, f64)]) -> Result<()> {
+    let g = GaugeVec::new(Opts::new(name, help), &[label]).map_err(m)?;
+    for (l, v) in rows {
+        g.with_label_values(&[l.as_str()]).set(*v);
+    }
+    add(r, g)
+}
+
+fn per_vdisk<T>(vs: &[VdiskMetrics], f: impl Fn(&VdiskMetrics) -> T) -> Vec<(String, T)> {
+    vs.iter().map(|v| (v.name.clone(), f(v))).collect()
+}
+
+/// The metrics text (Prometheus text format 0.0.4) of `s`. Errors: encoding (not expected).
+pub fn render(s: &Snapshot) -> Result<String> {
+    let r = Registry::new();
+    let vs = &s.engine.vdisks;
+    counters(&r, "tlog_vdisk_received_blocks_total", "Blocks received.", "vdisk", &per_vdisk(vs, |v| v.received_blocks))?;
+    counters(&r, "tlog_vdisk_received_bytes_total", "Bytes of block data received.", "vdisk", &per_vdisk(vs, |v| v.received_bytes))?;
+    counters(&r, "tlog_vdisk_flushed_blocks_total", "Blocks in durable aggregations.", "vdisk", &per_vdisk(vs, |v| v.flushed_blocks))?;
+    counters(&r, "tlog_vdisk_flushed_bytes_total", "Bytes of written data in durable aggregations.", "vdisk", &per_vdisk(vs, |v| v.flushed_bytes))?;
+    counters(&r, "tlog_vdisk_aggregations_total", "Durable aggregations.", "vdisk", &per_vdisk(vs, |v| v.aggregations))?;
+    gauges(&r, "tlog_vdisk_buffered_bytes", "Bytes received and not yet flushed.", "vdisk", &per_vdisk(vs, |v| v.buffered_bytes as f64))?;
+    gauges(&r, "tlog_vdisk_unflushed_age_seconds", "Age of the oldest block not yet flushed (0: none).", "vdisk", &per_vdisk(vs, |v| v.unflushed_age_seconds))?;
+    let last = per_vdisk(vs, |v| v.last_flushed.map(|l| l as f64).unwrap_or(-1.0));
+    gauges(&r, "tlog_vdisk_last_flushed_sequence", "The last flushed sequence (-1: none).", "vdisk", &last)?;
+    gauges(&r, "tlog_vdisk_epoch", "The writer epoch.", "vdisk", &per_vdisk(vs, |v| v.epoch as f64))?;
+    gauges(&r, "tlog_vdisk_attached", "A writer is attached (1) or not (0).", "vdisk", &per_vdisk(vs, |v| if v.attached { 1.0 } else { 0.0 }))?;
+    add(&r, s.flush_latency.clone())?;
+    // The backends' histograms share one family: their descriptors differ only in the label.
+    for h in &s.backend_latency {
+        add(&r, h.clone())?;
+    }
+    let bs = &s.engine.backends;
+    counters(&r, "tlog_backend_errors_total", "Batch writes to the backend that failed.", "backend", &bs.iter().map(|b| (b.name.clone(), b.errors)).collect::<Vec<_>>())?;
+    gauges(&r, "tlog_backend_queued_bytes", "Bytes of shards queued for the backend.", "backend", &bs.iter().map(|b| (b.name.clone(), b.queued_bytes as f64)).collect::<Vec<_>>())?;
+    let degraded: Vec<(String, f64)> = bs.iter().map(|b| (b.name.clone(), if b.degraded { 1.0 } else { 0.0 })).collect();
+    gauges(&r, "tlog_backend_degraded", "The backend is degraded: its queue passed backend.queue_bytes or its last write failed.", "backend", &degraded)?;
+    gauges(&r, "tlog_connections", "Connections open.", "frontend", &[(s.frontend.0.clone(), s.frontend.1 as f64)])?;
+    let en = &s.engine;
+    for (name, help, v) in [
+        ("tlog_aggregations_flushed_total", "Aggregations acknowledged flushed.", en.flushed_aggregations),
+        ("tlog_write_retries_total", "Shard writes retried because the write quorum was not reached.", en.retries),
+        ("tlog_repairs_queued_total", "Shards recorded for repair.", en.repairs_queued),
+    ] {
+        let c = IntCounter::new(name, help).map_err(m)?;
+        c.inc_by(v);
+        add(&r, c)?;
+    }
+    for (name, help, v) in [("tlog_repair_backlog", "Shards waiting for repair.", en.repair_backlog), ("tlog_buffered_bytes", "Bytes buffered by all vdisks.", en.buffered_bytes)] {
+        let g = Gauge::new(name, help).map_err(m)?;
+        g.set(v as f64);
+        add(&r, g)?;
+    }
+    prometheus::TextEncoder::new().encode_to_string(&r.gather()).map_err(m)
+}
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `GET /metrics` on `listen` until `stop`, on its own thread; returns the address bound.
+/// Errors: the address cannot be bound.
+pub fn serve(listen: &str, source: Arc<dyn Source>, stop: Arc<AtomicBool>) -> Result<(String, std::thread::JoinHandle<()>)> {
+    let server = tiny_http::Server::http(listen).map_err(|e| Error::io(format!("metrics: listen on {listen}"), std::io::Error::other(e.to_string())))?;
+    let addr = server.server_addr().to_ip().map(|a| a.to_string()).unwrap_or_else(|| listen.to_string());
+    let h = std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let req = match server.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!("metrics: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                };
+                let path = req.url().split('?').next().unwrap_or("");
+                let resp = if *req.method() != tiny_http::Method::Get {
+                    tiny_http::Response::from_string("only GET\n").with_status_code(405)
+                } else if path == "/metrics" {
+                    match render(&source.snapshot()) {
+                        Ok(t) => {
+                            let mut r = tiny_http::Response::from_string(t);
+                            if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE) {
+                                r.add_header(h);
+                            }
+                            r
+                        }
+                        Err(e) => tiny_http::Response::from_string(format!("{e}\n")).with_status_code(500),
+                    }
+                } else {
+                    tiny_http::Response::from_string("tlogd metrics are at /metrics\n").with_status_code(404)
+                };
+                if let Err(e) = req.respond(resp) {
+                    tracing::debug!("metrics: reply: {e}");
+                }
+            }
+        })
+        .map_err(|e| Error::io("spawn the metrics thread", e))?;
+    Ok((addr, h))
+}
