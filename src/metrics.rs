@@ -97,8 +97,20 @@ pub fn render(s: &Snapshot) -> Result<String> {
         add(&r, h.clone())?;
     }
     let bs = &s.engine.backends;
-    counters(&r, "tlog_backend_errors_total", "Batch writes to the backend that failed.", "backend", &bs.iter().map(|b| (b.name.clone(), b.errors)).collect::<Vec<_>>())?;
-    gauges(&r, "tlog_backend_queued_bytes", "Bytes of shards queued for the backend.", "backend", &bs.iter().map(|b| (b.name.clone(), b.queued_bytes as f64)).collect::<Vec<_>>())?;
+    counters(
+        &r,
+        "tlog_backend_errors_total",
+        "Batch writes to the backend that failed.",
+        "backend",
+        &bs.iter().map(|b| (b.name.clone(), b.errors)).collect::<Vec<_>>(),
+    )?;
+    gauges(
+        &r,
+        "tlog_backend_queued_bytes",
+        "Bytes of shards queued for the backend.",
+        "backend",
+        &bs.iter().map(|b| (b.name.clone(), b.queued_bytes as f64)).collect::<Vec<_>>(),
+    )?;
     let degraded: Vec<(String, f64)> = bs.iter().map(|b| (b.name.clone(), if b.degraded { 1.0 } else { 0.0 })).collect();
     gauges(&r, "tlog_backend_degraded", "The backend is degraded: its queue passed backend.queue_bytes or its last write failed.", "backend", &degraded)?;
     gauges(&r, "tlog_connections", "Connections open.", "frontend", &[(s.frontend.0.clone(), s.frontend.1 as f64)])?;
@@ -112,7 +124,9 @@ pub fn render(s: &Snapshot) -> Result<String> {
         c.inc_by(v);
         add(&r, c)?;
     }
-    for (name, help, v) in [("tlog_repair_backlog", "Shards waiting for repair.", en.repair_backlog), ("tlog_buffered_bytes", "Bytes buffered by all vdisks.", en.buffered_bytes)] {
+    for (name, help, v) in
+        [("tlog_repair_backlog", "Shards waiting for repair.", en.repair_backlog), ("tlog_buffered_bytes", "Bytes buffered by all vdisks.", en.buffered_bytes)]
+    {
         let g = Gauge::new(name, help).map_err(m)?;
         g.set(v as f64);
         add(&r, g)?;
@@ -165,4 +179,35 @@ pub fn serve(listen: &str, source: Arc<dyn Source>, stop: Arc<AtomicBool>) -> Re
         })
         .map_err(|e| Error::io("spawn the metrics thread", e))?;
     Ok((addr, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flush::{latency_histogram, BackendMetrics};
+
+    #[test]
+    fn a_snapshot_renders_every_family_once() {
+        let mut engine = EngineMetrics::default();
+        engine.vdisks.push(VdiskMetrics { name: "a".into(), flushed_bytes: 4096, ..Default::default() });
+        engine.backends = (0..2).map(|i| BackendMetrics { name: format!("local /d/{i}"), degraded: i == 1, ..Default::default() }).collect();
+        let s = Snapshot {
+            engine,
+            flush_latency: crate::flush::Stats::default().flush_latency,
+            backend_latency: (0..2)
+                .map(|i| {
+                    latency_histogram("tlog_backend_write_latency_seconds", "Seconds per batch write to the backend.", &[("backend", &format!("local /d/{i}"))])
+                })
+                .collect(),
+            frontend: ("kernel".into(), 3),
+        };
+        s.backend_latency[0].observe(0.002);
+        let t = render(&s).unwrap();
+        assert!(!t.contains("tlog_unnamed"), "a histogram fell back: {t}");
+        assert!(t.contains("tlog_vdisk_flushed_bytes_total{vdisk=\"a\"} 4096"), "{t}");
+        assert!(t.contains("tlog_backend_degraded{backend=\"local /d/1\"} 1"), "{t}");
+        assert!(t.contains("tlog_backend_write_latency_seconds_count{backend=\"local /d/0\"} 1"), "{t}");
+        assert!(t.contains("tlog_connections{frontend=\"kernel\"} 3"), "{t}");
+        assert_eq!(t.matches("# TYPE tlog_backend_write_latency_seconds histogram").count(), 1, "{t}");
+    }
 }

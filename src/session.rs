@@ -686,7 +686,14 @@ mod tests {
     }
 
     fn limits(auth: Auth) -> Arc<SessionLimits> {
-        Arc::new(SessionLimits { max_frame_bytes: 1 << 20, max_block_bytes: 65536, max_vdisk_bytes: 1 << 30, playback_buffer_bytes: 4 << 20, auth, connections: Default::default() })
+        Arc::new(SessionLimits {
+            max_frame_bytes: 1 << 20,
+            max_block_bytes: 65536,
+            max_vdisk_bytes: 1 << 30,
+            playback_buffer_bytes: 4 << 20,
+            auth,
+            connections: Default::default(),
+        })
     }
 
     fn hs(version: u32, vdisk: &str, token: &str) -> Vec<u8> {

@@ -764,7 +764,10 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
             );
             if !vdisks.is_empty() {
                 println!();
-                println!("{:<24} {:>8} {:>14} {:>11} {:>11} {:>11} {:>13}", "vdisk", "writer", "last flushed", "in MiB/s", "out MiB/s", "buffered", "unflushed age");
+                println!(
+                    "{:<24} {:>8} {:>14} {:>11} {:>11} {:>11} {:>13}",
+                    "vdisk", "writer", "last flushed", "in MiB/s", "out MiB/s", "buffered", "unflushed age"
+                );
                 for v in &vdisks {
                     println!(
                         "{:<24} {:>8} {:>14} {:>11.1} {:>11.1} {:>9.1}Mi {:>12.3}s",

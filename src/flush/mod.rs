@@ -42,10 +42,10 @@ use crate::seal::Sealer;
 use crate::time::Clock;
 use crate::wire::{Block, ControlRequest, ControlResponse, PlaybackRequest};
 use crossbeam_channel::Sender;
+use prometheus::Histogram;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use prometheus::Histogram;
 use std::time::{Duration, Instant};
 
 pub use pipeline::Engine;
@@ -246,13 +246,16 @@ pub fn latency_buckets() -> Vec<f64> {
 }
 
 /// A latency histogram named `name` with [`latency_buckets`] (and `labels`, constant).
+// The names, helps and buckets are constants (a unit test builds every one): the fallback's
+// `expect` cannot fire.
+#[allow(clippy::expect_used)]
 pub fn latency_histogram(name: &str, help: &str, labels: &[(&str, &str)]) -> Histogram {
     let mut o = prometheus::HistogramOpts::new(name, help).buckets(latency_buckets());
     for (k, v) in labels {
         o = o.const_label(*k, *v);
     }
-    // The name, help and buckets are constants checked by the tests: this cannot fail.
-    Histogram::with_opts(o).unwrap_or_else(|_| Histogram::with_opts(prometheus::HistogramOpts::new("tlog_unnamed_seconds", "latency")).expect("a constant histogram"))
+    Histogram::with_opts(o)
+        .unwrap_or_else(|_| Histogram::with_opts(prometheus::HistogramOpts::new("tlog_unnamed_seconds", "latency")).expect("a constant histogram"))
 }
 
 /// What a vdisk's traffic counts (metrics).
