@@ -102,6 +102,10 @@ pub struct LocalBackend {
     writable: bool,
     /// The hot segment is sealed early for compaction from this many data bytes on.
     split_floor: u64,
+    /// Writer epochs by vdisk, as read from (and written to) their `w/epoch` records; held
+    /// through every fenced write and fence, so neither lands between the other's check and
+    /// write.
+    fences: Mutex<HashMap<String, u64>>,
 }
 
 /// What a directory is, as a store.
@@ -237,7 +241,7 @@ impl LocalBackend {
             tracing::info!(dir = %dir.display(), "indexed {scanned} records past the saved key map");
         }
         let split_floor = (segment_bytes / HOT_SPLIT_DIVISOR).max(1 << 20);
-        let b = LocalBackend { dir, log, map: Mutex::new(map), writable, split_floor };
+        let b = LocalBackend { dir, log, map: Mutex::new(map), writable, split_floor, fences: Mutex::new(HashMap::new()) };
         if scanned > 0 && writable {
             b.save_keymap()?;
         }
@@ -256,6 +260,22 @@ impl LocalBackend {
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, KeyMap>> {
         self.map.lock().map_err(|_| Error::Backend { backend: self.name(), detail: "key map lock poisoned".into() })
+    }
+
+    /// The writer epoch this store holds for `vdisk` (cached in `f`, read from its `w/epoch`
+    /// record the first time).
+    fn held_epoch(&self, f: &mut HashMap<String, u64>, vdisk: &str) -> Result<u64> {
+        if let Some(e) = f.get(vdisk) {
+            return Ok(*e);
+        }
+        let e = match self.get_meta(vdisk, super::WRITER_EPOCH)? {
+            Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_le_bytes)
+                .map_err(|_| Error::Corrupt { location: format!("{} writer epoch of {vdisk}", self.name()), detail: "not 8 bytes".into() })?,
+            None => 0,
+        };
+        f.insert(vdisk.to_string(), e);
+        Ok(e)
     }
 
     /// Writes the key map file (atomically). A read-only store writes nothing.
@@ -736,6 +756,35 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn fence(&self, vdisk: &str, epoch: u64) -> Result<u64> {
+        let mut f = self.fences.lock().map_err(|_| Error::Backend { backend: self.name(), detail: "fence lock poisoned".into() })?;
+        let cur = self.held_epoch(&mut f, vdisk)?;
+        if epoch <= cur {
+            return Ok(cur);
+        }
+        let v = epoch.to_le_bytes();
+        self.write(&Batch { metas: vec![super::MetaWrite { vdisk, name: super::WRITER_EPOCH, value: Some(&v) }], ..Default::default() })?;
+        f.insert(vdisk.to_string(), epoch);
+        Ok(epoch)
+    }
+
+    fn write_fenced(&self, batch: &Batch<'_>, fences: &[(&str, u64)]) -> Result<super::Refused> {
+        let mut f = self.fences.lock().map_err(|_| Error::Backend { backend: self.name(), detail: "fence lock poisoned".into() })?;
+        let mut refused = Vec::new();
+        for (v, e) in fences {
+            let held = self.held_epoch(&mut f, v)?;
+            if held > *e {
+                refused.push((v.to_string(), held));
+            }
+        }
+        if refused.is_empty() {
+            self.write(batch)?;
+        } else {
+            self.write(&super::without(batch, &refused))?;
+        }
+        Ok(refused)
+    }
+
     fn get_meta(&self, vdisk: &str, name: &str) -> Result<Option<Vec<u8>>> {
         let Some((off, d)) = self.read_live(|m| m.metas.get(vdisk).and_then(|m| m.get(name)).copied())? else { return Ok(None) };
         self.meta_value(off, &d, vdisk, name).map(Some)
@@ -788,6 +837,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         LocalBackend::init(d.path()).unwrap();
         d
+    }
+
+    #[test]
+    fn writer_epochs_fence_writes_and_survive_a_restart() {
+        let d = store();
+        {
+            let b = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
+            crate::backend::memory::fence_tests::check_fencing(&b);
+        }
+        let b = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
+        assert_eq!(b.fence("a", 0).unwrap(), 3, "the writer epoch was lost at restart");
+        assert_eq!(b.fence("a", 1).unwrap(), 3);
     }
 
     #[test]

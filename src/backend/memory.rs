@@ -29,6 +29,8 @@ pub struct MemoryBackend {
     /// How long a hung write waits before failing with a timeout (ms).
     hang_bound_ms: AtomicU64,
     writes: AtomicU64,
+    /// Writer epochs by vdisk.
+    fences: Mutex<HashMap<String, u64>>,
 }
 
 impl MemoryBackend {
@@ -181,6 +183,30 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn fence(&self, vdisk: &str, epoch: u64) -> Result<u64> {
+        self.check()?;
+        self.wait_unhung()?;
+        if epoch > 0 && self.refuse_writes.load(Ordering::SeqCst) {
+            return Err(self.err("write refused (simulated)"));
+        }
+        let mut f = self.fences.lock().map_err(|_| self.err("lock poisoned"))?;
+        let cur = f.entry(vdisk.to_string()).or_insert(0);
+        *cur = (*cur).max(epoch);
+        Ok(*cur)
+    }
+
+    fn write_fenced(&self, b: &Batch<'_>, fences: &[(&str, u64)]) -> Result<super::Refused> {
+        // The fences' lock is held through the write: a fence cannot land between check and write.
+        let f = self.fences.lock().map_err(|_| self.err("lock poisoned"))?;
+        let refused: super::Refused = fences.iter().filter_map(|(v, e)| f.get(*v).filter(|held| **held > *e).map(|held| (v.to_string(), *held))).collect();
+        if refused.is_empty() {
+            self.write(b)?;
+        } else {
+            self.write(&super::without(b, &refused))?;
+        }
+        Ok(refused)
+    }
+
     fn get_meta(&self, vdisk: &str, name: &str) -> Result<Option<Vec<u8>>> {
         self.check()?;
         Ok(self.metas.lock().map_err(|_| self.err("lock poisoned"))?.get(vdisk).and_then(|m| m.get(name)).cloned())
@@ -215,5 +241,37 @@ impl Backend for MemoryBackend {
         let mut v: Vec<String> = self.heads.lock().map_err(|_| self.err("lock poisoned"))?.keys().cloned().collect();
         v.sort();
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fence_tests {
+    use super::*;
+    use crate::backend::{Batch, HeadWrite, ShardWrite};
+
+    /// The fencing rule, for the memory and the local store alike.
+    pub(crate) fn check_fencing(b: &dyn Backend) {
+        assert_eq!(b.fence("a", 0).unwrap(), 0);
+        assert_eq!(b.fence("a", 3).unwrap(), 3);
+        assert_eq!(b.fence("a", 2).unwrap(), 3, "an older epoch does not take it back");
+        assert_eq!(b.fence("a", 0).unwrap(), 3);
+        let (ka, kb) = ([1u8; 32], [2u8; 32]);
+        let batch = Batch {
+            shards: vec![ShardWrite { vdisk: "a", epoch: 2, key: &ka, bytes: b"old" }, ShardWrite { vdisk: "b", epoch: 1, key: &kb, bytes: b"other" }],
+            heads: vec![HeadWrite { vdisk: "a", epoch: 2, height: 9, record: b"h" }],
+            ..Default::default()
+        };
+        let refused = b.write_fenced(&batch, &[("a", 2), ("b", 1)]).unwrap();
+        assert_eq!(refused, vec![("a".to_string(), 3)]);
+        assert_eq!(b.get(&ka).unwrap(), None, "a fenced writer's shard was stored");
+        assert_eq!(b.get_head("a").unwrap(), None, "a fenced writer's head was stored");
+        assert_eq!(b.get(&kb).unwrap().as_deref(), Some(&b"other"[..]), "another vdisk's shard in the same batch was lost");
+        assert!(b.write_fenced(&batch, &[("a", 3), ("b", 1)]).unwrap().is_empty());
+        assert_eq!(b.get(&ka).unwrap().as_deref(), Some(&b"old"[..]));
+    }
+
+    #[test]
+    fn memory_backend_fences() {
+        check_fencing(&MemoryBackend::new("m"));
     }
 }

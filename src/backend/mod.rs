@@ -98,13 +98,49 @@ pub struct Reclaimed {
     pub records_copied: u64,
 }
 
+/// Vdisks a fenced write refused: (vdisk, the newer writer epoch the backend holds).
+pub type Refused = Vec<(String, u64)>;
+
+/// Keeps the records of `batch` whose vdisk is not in `refused` (a fenced write's filter).
+pub fn without<'a>(batch: &Batch<'a>, refused: &Refused) -> Batch<'a> {
+    let out = |v: &str| refused.iter().any(|(r, _)| r == v);
+    Batch {
+        shards: batch.shards.iter().filter(|s| !out(s.vdisk)).copied().collect(),
+        heads: batch.heads.iter().filter(|h| !out(h.vdisk)).copied().collect(),
+        metas: batch.metas.iter().filter(|m| !out(m.vdisk)).copied().collect(),
+        deletes: batch.deletes.clone(),
+        forget: batch.forget.clone(),
+    }
+}
+
+/// The name of the metadata record that holds a vdisk's writer epoch in stores without a
+/// native key for it (the local store; Redis keeps `tlog:we:<vdisk>`).
+pub const WRITER_EPOCH: &str = "w/epoch";
+
 /// A store for one shard index.
+///
+/// Writer fencing (DESIGN.md §5, §15): every backend keeps, per vdisk, the newest writer epoch
+/// that took it ([`Backend::fence`], a compare-and-set), and a writer's batch
+/// ([`Backend::write_fenced`]) is stored only for vdisks whose epoch there is not newer than the
+/// writer's, checked atomically with the write. A tlogd that takes a vdisk over fences enough
+/// backends that the previous writer can no longer reach its write quorum.
 pub trait Backend: Send + Sync {
     /// Human-readable name for logs and errors, e.g. "local /data/store0".
     fn name(&self) -> String;
 
     /// Stores everything in the batch durably; returns after all of it is durable.
     fn write(&self, batch: &Batch<'_>) -> Result<()>;
+
+    /// Takes writer epoch `epoch` of `vdisk` here if this backend holds a smaller one (or none),
+    /// atomically and durably; returns the epoch it holds afterwards: `epoch` when taken, a
+    /// greater one when a newer writer holds the vdisk. `epoch` 0 only reads it.
+    fn fence(&self, vdisk: &str, epoch: u64) -> Result<u64>;
+
+    /// [`Backend::write`] of a writer's batch: the records of each vdisk in `fences` (vdisk,
+    /// the epoch that wrote them) are stored only if this backend holds no newer writer epoch
+    /// for it, checked atomically with the write; the other records are stored as usual.
+    /// Returns the vdisks refused, with the epoch the backend holds.
+    fn write_fenced(&self, batch: &Batch<'_>, fences: &[(&str, u64)]) -> Result<Refused>;
 
     /// Stores shards and head records durably ([`Backend::write`] without metadata).
     fn put_batch(&self, shards: &[ShardWrite<'_>], heads: &[HeadWrite<'_>]) -> Result<()> {
@@ -165,6 +201,12 @@ impl Backend for Unusable {
         self.name.clone()
     }
     fn write(&self, _: &Batch<'_>) -> Result<()> {
+        self.err()
+    }
+    fn fence(&self, _: &str, _: u64) -> Result<u64> {
+        self.err()
+    }
+    fn write_fenced(&self, _: &Batch<'_>, _: &[(&str, u64)]) -> Result<Refused> {
         self.err()
     }
     fn get_meta(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>> {
@@ -254,6 +296,12 @@ impl Backend for Reopening {
     }
     fn write(&self, batch: &Batch<'_>) -> Result<()> {
         self.backend()?.write(batch)
+    }
+    fn fence(&self, vdisk: &str, epoch: u64) -> Result<u64> {
+        self.backend()?.fence(vdisk, epoch)
+    }
+    fn write_fenced(&self, batch: &Batch<'_>, fences: &[(&str, u64)]) -> Result<Refused> {
+        self.backend()?.write_fenced(batch, fences)
     }
     fn get_meta(&self, vdisk: &str, name: &str) -> Result<Option<Vec<u8>>> {
         self.backend()?.get_meta(vdisk, name)

@@ -6,7 +6,11 @@
 //! `tlog:hh:<vdisk>` its order "epoch height" (a bare "height", written by older versions,
 //! counts as epoch 0), so an older head never replaces a newer one: the two are set by one Lua
 //! script only when (epoch, height) does not go back (an equal one is the same head written
-//! again, by a repair). A batch is one pipelined round trip.
+//! again, by a repair). A batch is one pipelined round trip. `tlog:we:<vdisk>` holds the vdisk's
+//! writer epoch, taken by a Lua compare-and-set ([`Backend::fence`]); a writer's batch
+//! ([`Backend::write_fenced`]) `WATCH`es the epochs of its vdisks, reads them and writes what
+//! they allow in `MULTI`/`EXEC` (Redis 7.0 has no `SET IFEQ`): a fence landing in between aborts
+//! the `EXEC` and the check runs again.
 //!
 //! Every operation is bounded by `timeout`: the connection is made with the crate's connect
 //! timeout and without its setup round trip (the `disable-client-setinfo` feature, no password
@@ -56,6 +60,48 @@ if cur then local a, b = string.match(cur, '^(%d+) (%d+)$') \
 local e, h = tonumber(ARGV[2]), tonumber(ARGV[3]) \
 if e > ce or (e == ce and h >= ch) then redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. ARGV[3]) end \
 return 1";
+
+/// Takes the writer epoch ARGV[1] of KEYS[1] if it is greater than the one held (or none);
+/// returns the epoch held afterwards.
+const FENCE: &str = "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') \
+local e = tonumber(ARGV[1]) \
+if e > cur then redis.call('SET', KEYS[1], ARGV[1]); return e end \
+return cur";
+
+/// The key of a vdisk's writer epoch.
+fn fence_key(vdisk: &str) -> String {
+    format!("tlog:we:{vdisk}")
+}
+
+/// Adds the batch's commands to `p`, each ignored.
+fn add_writes(p: &mut redis::Pipeline, b: &Batch<'_>) {
+    for s in &b.shards {
+        p.cmd("SET").arg(shard_key(s.key)).arg(s.bytes).ignore();
+    }
+    for h in &b.heads {
+        p.cmd("EVAL")
+            .arg(SET_HEAD)
+            .arg(2)
+            .arg(format!("tlog:h:{}", h.vdisk))
+            .arg(format!("tlog:hh:{}", h.vdisk))
+            .arg(h.record)
+            .arg(h.epoch)
+            .arg(h.height)
+            .ignore();
+    }
+    for m in b.metas.iter() {
+        match m.value {
+            Some(v) => p.cmd("HSET").arg(format!("tlog:m:{}", m.vdisk)).arg(m.name).arg(v).ignore(),
+            None => p.cmd("HDEL").arg(format!("tlog:m:{}", m.vdisk)).arg(m.name).ignore(),
+        };
+    }
+    for k in &b.deletes {
+        p.cmd("DEL").arg(shard_key(k)).ignore();
+    }
+    for v in &b.forget {
+        p.cmd("DEL").arg(format!("tlog:h:{v}")).arg(format!("tlog:hh:{v}")).arg(format!("tlog:m:{v}")).ignore();
+    }
+}
 
 /// Keys SCAN asks for per round trip when listing vdisks, and the most rounds it makes.
 const SCAN_COUNT: u64 = 1000;
@@ -153,58 +199,79 @@ impl RedisBackend {
     }
 }
 
+impl RedisBackend {
+    /// Runs `p` (commands ignored) and, in `waitaof` mode, `WAITAOF` after it: its answer.
+    fn query_durable(&self, mut p: redis::Pipeline, c: &mut redis::Connection) -> redis::RedisResult<Option<Vec<i64>>> {
+        if self.s.durability == Durability::Waitaof {
+            p.cmd("WAITAOF").arg(1).arg(0).arg(self.s.timeout.as_millis() as u64);
+            let r: (Vec<i64>,) = p.query(c)?;
+            Ok(Some(r.0))
+        } else {
+            p.query::<()>(c)?;
+            Ok(None)
+        }
+    }
+
+    fn check_waited(&self, waited: Option<Vec<i64>>) -> Result<()> {
+        match waited {
+            Some(w) if w.first().copied().unwrap_or(0) < 1 => Err(self.err("WAITAOF: the local append-only file was not fsync'd in time")),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Backend for RedisBackend {
     fn name(&self) -> String {
         format!("redis {}", self.s.address)
     }
 
     fn write(&self, b: &Batch<'_>) -> Result<()> {
-        let (shards, heads, metas) = (&b.shards, &b.heads, &b.metas);
-        let durability = self.s.durability;
-        let timeout_ms = self.s.timeout.as_millis() as u64;
         let waited: Option<Vec<i64>> = self.with_conn(|c| {
             let mut p = redis::pipe();
-            for s in shards {
-                p.cmd("SET").arg(shard_key(s.key)).arg(s.bytes).ignore();
-            }
-            for h in heads {
-                p.cmd("EVAL")
-                    .arg(SET_HEAD)
-                    .arg(2)
-                    .arg(format!("tlog:h:{}", h.vdisk))
-                    .arg(format!("tlog:hh:{}", h.vdisk))
-                    .arg(h.record)
-                    .arg(h.epoch)
-                    .arg(h.height)
-                    .ignore();
-            }
-            for m in metas.iter() {
-                match m.value {
-                    Some(v) => p.cmd("HSET").arg(format!("tlog:m:{}", m.vdisk)).arg(m.name).arg(v).ignore(),
-                    None => p.cmd("HDEL").arg(format!("tlog:m:{}", m.vdisk)).arg(m.name).ignore(),
-                };
-            }
-            for k in &b.deletes {
-                p.cmd("DEL").arg(shard_key(k)).ignore();
-            }
-            for v in &b.forget {
-                p.cmd("DEL").arg(format!("tlog:h:{v}")).arg(format!("tlog:hh:{v}")).arg(format!("tlog:m:{v}")).ignore();
-            }
-            if durability == Durability::Waitaof {
-                p.cmd("WAITAOF").arg(1).arg(0).arg(timeout_ms);
-                let r: (Vec<i64>,) = p.query(c)?;
-                Ok(Some(r.0))
-            } else {
-                p.query::<()>(c)?;
-                Ok(None)
-            }
+            add_writes(&mut p, b);
+            self.query_durable(p, c)
         })?;
-        if let Some(w) = waited {
-            if w.first().copied().unwrap_or(0) < 1 {
-                return Err(self.err("WAITAOF: the local append-only file was not fsync'd in time"));
-            }
+        self.check_waited(waited)
+    }
+
+    fn fence(&self, vdisk: &str, epoch: u64) -> Result<u64> {
+        let held: u64 = self.with_conn(|c| redis::cmd("EVAL").arg(FENCE).arg(1).arg(fence_key(vdisk)).arg(epoch).query(c))?;
+        if held == epoch && epoch > 0 && self.s.durability == Durability::Waitaof {
+            let w: Vec<i64> = self.with_conn(|c| redis::cmd("WAITAOF").arg(1).arg(0).arg(self.s.timeout.as_millis() as u64).query(c))?;
+            self.check_waited(Some(w))?;
         }
-        Ok(())
+        Ok(held)
+    }
+
+    fn write_fenced(&self, b: &Batch<'_>, fences: &[(&str, u64)]) -> Result<super::Refused> {
+        if fences.is_empty() {
+            return self.write(b).map(|()| Vec::new());
+        }
+        let keys: Vec<String> = fences.iter().map(|(v, _)| fence_key(v)).collect();
+        // WATCH the epochs, read them, and write what they allow in MULTI/EXEC: a fence that
+        // lands in between aborts the EXEC, and the check runs again.
+        let (refused, waited) = self.with_conn(|c| {
+            for _ in 0..16 {
+                redis::cmd("WATCH").arg(&keys).query::<()>(c)?;
+                let held: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query(c)?;
+                let refused: super::Refused = fences.iter().zip(&held).filter_map(|((v, e), h)| h.filter(|h| *h > *e).map(|h| (v.to_string(), h))).collect();
+                let mut p = redis::pipe();
+                p.atomic();
+                if refused.is_empty() {
+                    add_writes(&mut p, b);
+                } else {
+                    add_writes(&mut p, &super::without(b, &refused));
+                }
+                let done: Option<()> = p.query(c)?;
+                if done.is_some() {
+                    let waited = if self.s.durability == Durability::Waitaof { self.query_durable(redis::pipe(), c)? } else { None };
+                    return Ok((refused, waited));
+                }
+            }
+            Err(redis::RedisError::from((redis::ErrorKind::TryAgain, "writer epochs kept changing during the write")))
+        })?;
+        self.check_waited(waited)?;
+        Ok(refused)
     }
 
     fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {

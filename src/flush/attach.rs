@@ -155,7 +155,14 @@ fn attach(sh: &Shared, req: AttachRequest, sink: AckSink) -> Result<Attached<Arc
     if sh.stopping.load(Ordering::SeqCst) {
         return Err(AttachError::ShuttingDown);
     }
-    let vd = sh.vdisk(&req.vdisk).map_err(|e| AttachError::Storage(format!("cannot open vdisk {}: {e}", req.vdisk)))?;
+    let mut vd = sh.vdisk(&req.vdisk).map_err(|e| AttachError::Storage(format!("cannot open vdisk {}: {e}", req.vdisk)))?;
+    // The writer epoch the backends hold: newer than this tlogd's means another tlogd wrote the
+    // vdisk since it was loaded here, so its state is loaded anew.
+    let held = held_epoch(sh, &req.vdisk);
+    if vd.stale.load(Ordering::SeqCst) || held > lock(&vd.ns).epoch() {
+        tracing::info!(vdisk = %req.vdisk, held, "another writer held this vdisk in the backends: loading it anew");
+        vd = sh.reload(&req.vdisk).map_err(|e| AttachError::Storage(format!("cannot reload vdisk {}: {e}", req.vdisk)))?;
+    }
     let _one_at_a_time = lock(&vd.attach_lock);
     if let Some(why) = lock(&vd.busy).clone() {
         return Err(AttachError::Busy(format!("vdisk {} is {why}; try again when it is done", vd.name())));
@@ -167,7 +174,7 @@ fn attach(sh: &Shared, req: AttachRequest, sink: AckSink) -> Result<Attached<Arc
             }
         }
     }
-    let current = current_epoch(sh, &vd)?;
+    let current = current_epoch(sh, &vd)?.max(held);
     if req.resume_epoch > 0 && current > req.resume_epoch {
         return Err(AttachError::Fenced { epoch: req.resume_epoch, by: current });
     }
@@ -190,6 +197,7 @@ fn attach(sh: &Shared, req: AttachRequest, sink: AckSink) -> Result<Attached<Arc
         tracing::info!(vdisk = %vd.name(), old_epoch = old, epoch, "vdisk taken over by a new connection; the old one is fenced");
         let _ = s.send(Ack::Fenced { by: epoch });
     }
+    fence_backends(sh, vd.name(), epoch)?;
     persist_epoch(sh, &vd, epoch)?;
     let mut random = [0u8; 16];
     getrandom::getrandom(&mut random).map_err(|e| AttachError::Storage(format!("no randomness for the attach nonce: {e}")))?;
@@ -218,6 +226,72 @@ fn attach(sh: &Shared, req: AttachRequest, sink: AckSink) -> Result<Attached<Arc
     drop(ns);
     drop(_one_at_a_time);
     Ok(Attached { handle: vd, epoch, last_flushed, next_sequence: next })
+}
+
+/// Calls `f` on every backend at once (a thread each) and gathers the answers until `enough`
+/// says so or all have answered; a slow or hung backend's call finishes in the background.
+fn gather<T: Send + 'static>(sh: &Shared, f: impl Fn(&dyn crate::backend::Backend) -> T + Send + Sync + 'static, enough: impl Fn(&[T]) -> bool) -> Vec<T> {
+    let f = Arc::new(f);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for b in &sh.backends {
+        let (b, f, tx) = (b.clone(), f.clone(), tx.clone());
+        let spawned = std::thread::Builder::new().name("fence".into()).spawn(move || {
+            let _ = tx.send(f(b.as_ref()));
+        });
+        if spawned.is_err() {
+            tracing::warn!("cannot start a fence thread");
+        }
+    }
+    drop(tx);
+    let mut out = Vec::with_capacity(sh.backends.len());
+    while let Ok(r) = rx.recv_timeout(Duration::from_secs(60)) {
+        out.push(r);
+        if enough(&out) {
+            break;
+        }
+    }
+    out
+}
+
+/// The newest writer epoch of `vdisk` the backends hold (0: none), from the first
+/// `write_quorum` that answer: a newer writer fenced at least (k + m) - write_quorum + 1 of
+/// them, so these include one of its.
+pub(crate) fn held_epoch(sh: &Shared, vdisk: &str) -> u64 {
+    let v = vdisk.to_string();
+    let w = sh.write_quorum;
+    let r = gather(sh, move |b| b.fence(&v, 0).ok(), move |got| got.iter().filter(|x| x.is_some()).count() >= w);
+    r.into_iter().flatten().max().unwrap_or(0)
+}
+
+/// Takes writer epoch `epoch` of `vdisk` on the backends (compare-and-set, all at once). It
+/// must hold on at least (k + m) - write_quorum + 1 of them, so that a previous writer (another
+/// tlogd, perhaps only cut off) can no longer reach its write quorum: each of its later writes
+/// is refused there. Errors: fewer taken (backends down, or a newer writer raced this one).
+pub(crate) fn fence_backends(sh: &Shared, vdisk: &str, epoch: u64) -> Result<(), AttachError> {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("flush::fence_backends", |arg| crate::failpoint_action(arg).map_err(|e| AttachError::Storage(e.to_string())));
+    let n = sh.backends.len();
+    let need = (n + 1).saturating_sub(sh.write_quorum).max(1);
+    let names: Vec<String> = sh.backends.iter().map(|b| b.name()).collect();
+    let v = vdisk.to_string();
+    let results = gather(
+        sh,
+        move |b| (b.name(), b.fence(&v, epoch).map_err(|e| e.to_string())),
+        move |got| got.iter().filter(|(_, r)| matches!(r, Ok(e) if *e == epoch)).count() >= need,
+    );
+    let taken = results.iter().filter(|(_, r)| matches!(r, Ok(e) if *e == epoch)).count();
+    if taken >= need {
+        return Ok(());
+    }
+    let newer = results.iter().filter_map(|(_, r)| r.as_ref().ok()).copied().filter(|e| *e > epoch).max();
+    let mut errors: Vec<String> = results.iter().filter_map(|(b, r)| r.as_ref().err().map(|e| format!("{b}: {e}"))).collect();
+    errors.extend(names.iter().filter(|b| !results.iter().any(|(x, _)| x == *b)).map(|b| format!("{b}: no answer")));
+    Err(AttachError::Busy(match newer {
+        Some(by) => format!("vdisk {vdisk}: a newer writer (epoch {by}) took it while this one fenced epoch {epoch}"),
+        None => {
+            format!("vdisk {vdisk}: writer epoch {epoch} taken on {taken} of {n} backends, {need} needed to fence the previous writer ({})", errors.join("; "))
+        }
+    }))
 }
 
 pub(crate) fn epoch_path(sh: &Shared, vd: &Vdisk) -> std::path::PathBuf {

@@ -29,6 +29,9 @@ pub enum Outcome {
     Failed(String),
     /// Not written: the backend's queue was full (degraded) or its writer stopped.
     Dropped(String),
+    /// Refused: the backend holds a newer writer epoch of the vdisk (this one), taken by
+    /// another writer (another tlogd took the vdisk over).
+    Fenced(u64),
 }
 
 /// A sealed aggregation whose shards are being written.
@@ -83,6 +86,8 @@ enum State {
     Pending,
     Stored,
     Failed(String),
+    /// Refused by a newer writer epoch (never repaired: the aggregation is not the chain's).
+    Fenced,
 }
 
 struct Tracked {
@@ -120,18 +125,30 @@ pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<Event>) {
                 live.insert(a.id, Tracked { a: *a, states: vec![State::Pending; n], acked: false, sealed_at: Instant::now(), retries: 0, retry_at: None });
             }
             Ok(Event::Written { id, backend, outcome }) => {
+                let mut dropped = false;
                 let done = match live.get_mut(&id) {
                     Some(t) => {
+                        if let Outcome::Fenced(by) = &outcome {
+                            super::superseded(&sh, &t.a.vdisk, t.a.epoch, *by);
+                            // Not acked yet: it never will be; what it holds is dropped.
+                            dropped = !t.acked;
+                        }
                         if let Some(s) = t.states.get_mut(backend) {
                             *s = match outcome {
                                 Outcome::Stored => State::Stored,
                                 Outcome::Failed(e) | Outcome::Dropped(e) => State::Failed(e),
+                                Outcome::Fenced(_) => State::Fenced,
                             };
                         }
-                        progress(&sh, t)
+                        !dropped && progress(&sh, t)
                     }
                     None => false,
                 };
+                if dropped {
+                    if let Some(t) = live.remove(&id) {
+                        drop_fenced(&sh, t);
+                    }
+                }
                 if done {
                     if let Some(t) = live.remove(&id) {
                         finish(&sh, t);
@@ -284,10 +301,27 @@ fn write_page(sh: &Shared, vd: &Vdisk, page: u64, entries: &[IndexEntry]) {
     let mut metas = vec![(page_name(page), Some(rec))];
     metas.extend(entries.iter().map(|e| (entry_name(e.height), None)));
     let name: Arc<str> = Arc::from(vd.name());
+    // Fenced like the aggregations: a superseded writer's page is refused too.
+    let epoch = lock(&vd.ns).epoch();
     for (i, w) in sh.writers.iter().enumerate() {
-        let job = writer::Job { id: 0, vdisk: name.clone(), epoch: 0, height: 0, key: [0; 32], shard: None, head: None, metas: metas.clone() };
+        let job = writer::Job { id: 0, vdisk: name.clone(), epoch, height: 0, key: [0; 32], shard: None, head: None, metas: metas.clone() };
         w.submit(i, job, &sh.events);
     }
+}
+
+/// An aggregation of a fenced epoch that did not reach its quorum: its bytes are given back,
+/// its shards recycled; nothing is acked or repaired (later answers for it are ignored).
+fn drop_fenced(sh: &Shared, t: Tracked) {
+    sh.permits.release();
+    let freed = lock(&t.a.vdisk.ns).abandon(t.a.bytes);
+    sh.total.fetch_sub(freed.min(sh.total.load(Ordering::SeqCst)), Ordering::SeqCst);
+    tracing::info!(vdisk = %t.a.vdisk.name(), height = t.a.height, epoch = t.a.epoch, "aggregation of a fenced epoch dropped unflushed");
+    for shard in t.a.shards {
+        if let Ok(buf) = Arc::try_unwrap(shard) {
+            let _ = sh.shard_pool.0.try_send(buf);
+        }
+    }
+    sh.signal_space();
 }
 
 /// Every backend answered: record the missing shards for repair, recycle the buffers.

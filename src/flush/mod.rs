@@ -360,6 +360,9 @@ pub struct Vdisk {
     pub counters: VdiskCounters,
     /// (first sequence, when received) of each buffer not yet wholly flushed, oldest first.
     unflushed: Mutex<std::collections::VecDeque<(u64, Instant)>>,
+    /// Another writer took this vdisk over in the backends: this state is stale (the next attach
+    /// loads the vdisk anew).
+    stale: AtomicBool,
 }
 
 impl Vdisk {
@@ -585,6 +588,13 @@ impl Shared {
         let _ = self.flush_tx.send(flusher::Msg::Vdisk(vd.clone()));
     }
 
+    /// Forgets the loaded state of `name` and loads it again from the backends (another writer
+    /// took it over there).
+    fn reload(&self, name: &str) -> Result<Arc<Vdisk>> {
+        lock(&self.vdisks).remove(name);
+        self.vdisk(name)
+    }
+
     /// Loads a vdisk (its head from the backends) once; other attaches of the same vdisk wait,
     /// other vdisks do not (the map's lock is not held during the I/O).
     fn vdisk(&self, name: &str) -> Result<Arc<Vdisk>> {
@@ -642,6 +652,7 @@ impl Shared {
             upkeep: Mutex::new(()),
             counters: VdiskCounters::default(),
             unflushed: Mutex::new(Default::default()),
+            stale: AtomicBool::new(false),
         });
         let _ = slot.vdisk.set(vd.clone());
         Ok(vd)
@@ -681,3 +692,28 @@ pub fn valid_vdisk_id(v: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// The writer epoch `epoch` of `vd` was superseded in the backends (a backend refused its write
+/// for the newer epoch `by`: another tlogd took the vdisk over). This tlogd stops acking the
+/// vdisk: its writer is told `fenced`, what it buffered is dropped, and the next attach loads
+/// the vdisk anew from the backends. Called once per epoch; later calls do nothing.
+pub(crate) fn superseded(sh: &Shared, vd: &Arc<Vdisk>, epoch: u64, by: u64) {
+    let mut ns = lock(&vd.ns);
+    if ns.epoch() != epoch || vd.stale.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let freed = ns.discard();
+    drop(ns);
+    sh.total.fetch_sub(freed.min(sh.total.load(Ordering::SeqCst)), Ordering::SeqCst);
+    tracing::warn!(
+        vdisk = %vd.name(),
+        epoch,
+        by,
+        "fenced: another writer holds this vdisk in the backends (epoch {by}); this tlogd stops acking it and dropped {freed} buffered bytes"
+    );
+    let sink = lock(&vd.sink).take();
+    if let Some((e, s)) = sink {
+        let _ = s.send(Ack::Fenced { by: by.max(e + 1) });
+    }
+    sh.signal_space();
+}

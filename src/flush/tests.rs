@@ -169,10 +169,11 @@ fn a_full_buffer_blocks_the_producer_and_resumes() {
         c.flush.max_vdisk_buffer_bytes = 8 << 20;
         c.flush.max_aggregation_bytes = 4 << 20;
     });
+    // Attached first: an attach fences the vdisk on the backends, which needs them to answer.
+    let (a, rx) = attach(&r.engine, "vd");
     for m in &r.mem {
         m.set_hung(true, Duration::from_secs(30));
     }
-    let (a, rx) = attach(&r.engine, "vd");
     let mut s = 1;
     let full = loop {
         match r.engine.push(&a.handle, a.epoch, blk(s)) {
@@ -308,4 +309,86 @@ fn the_index_is_written_to_the_backends_and_compacted_into_pages() {
     assert_eq!(h.index.find_sequence(1500).map(|i| h.index.entries[i].first_sequence), Some(1500));
     // Block timestamps are the blocks' (1..=n ns here), so a time names a sequence.
     assert_eq!(h.resolve(&crate::history::points::Point::Time(777)).unwrap(), Some(777));
+}
+
+/// A second engine (another tlogd host) on the rig's backends, with its own data directory.
+fn second_host(r: &Rig) -> (Arc<Engine>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.server.data_dir = dir.path().to_path_buf();
+    cfg.flush.flush_size = 8;
+    cfg.flush.workers = 2;
+    cfg.flush.flush_time_ms = 20;
+    let backends: Vec<Arc<dyn Backend>> = r.mem.iter().map(|m| m.clone() as Arc<dyn Backend>).collect();
+    let sealer = Sealer::new(SealKey::from_bytes([7; 32]), 4, 2).unwrap();
+    let e = Engine::start_with(Arc::new(cfg), sealer, backends, r.clock.clone(), pipeline::Threads { timer: false, repairer: false }).unwrap();
+    (e, dir)
+}
+
+#[test]
+fn a_takeover_by_another_host_fences_the_first_in_the_backends() {
+    let r = rig(8);
+    let (a, rx_a) = attach(&r.engine, "vd");
+    push_all(&r.engine, &a, 1..=16);
+    assert_eq!(flushed_until(&rx_a, 16, Duration::from_secs(10)).last().map(|x| x.1), Some(16));
+    // Host B takes the vdisk over while host A is alive and knows nothing of it.
+    let (b_engine, _dir) = second_host(&r);
+    let (b, rx_b) = attach(&b_engine, "vd");
+    assert!(b.epoch > a.epoch, "B's epoch {} is not above A's {}", b.epoch, a.epoch);
+    assert_eq!(b.last_flushed, Some(16), "B continues from the durable head");
+    for m in &r.mem {
+        assert_eq!(m.fence("vd", 0).unwrap(), b.epoch, "backend {} holds B's epoch", m.name());
+    }
+    // A's later writes are refused everywhere: its writer is told it is fenced, never acked.
+    push_all(&r.engine, &a, 17..=24);
+    r.engine.force_flush(&a.handle);
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut fenced = false;
+    while !fenced && Instant::now() < end {
+        match rx_a.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ack::Flushed { last, .. }) => panic!("a fenced writer got a flushed ack up to {last}"),
+            Ok(Ack::Fenced { by }) => fenced = by >= b.epoch,
+            _ => {}
+        }
+    }
+    assert!(fenced, "A's writer was not told it is fenced");
+    // B writes on from 17; the chain holds B's blocks only, after A's acked ones.
+    let blocks: Vec<Block> = (17..=24).map(|s| Block::new(s, s * 8, Operation::Write, vec![0xb0; 4096], 4096, s)).collect();
+    for x in &blocks {
+        assert!(matches!(b_engine.push(&b.handle, b.epoch, x.clone()), Push::Received { .. }));
+    }
+    b_engine.force_flush(&b.handle);
+    assert_eq!(flushed_until(&rx_b, 24, Duration::from_secs(10)).last().map(|x| x.1), Some(24));
+    let backends: Vec<Arc<dyn Backend>> = r.mem.iter().map(|m| m.clone() as Arc<dyn Backend>).collect();
+    let sealer = Arc::new(Sealer::new(SealKey::from_bytes([7; 32]), 4, 2).unwrap());
+    let h = crate::history::History::load(backends, sealer, "vd").unwrap();
+    let mut seen = Vec::new();
+    for i in 0..h.index.entries.len() {
+        let agg = h.aggregation(i).unwrap();
+        if agg.first_sequence > 16 {
+            assert_eq!(agg.epoch, b.epoch, "an aggregation after the takeover is not B's");
+            assert!(agg.blocks.iter().all(|x| x.data == vec![0xb0; 4096]), "A's data after the takeover is in the history");
+        }
+        seen.extend(agg.blocks.iter().map(|x| x.sequence));
+    }
+    assert_eq!(seen, (1..=24).collect::<Vec<u64>>());
+    // A attaching again takes it back from the backends' state, after B's blocks.
+    let (a2, _rx) = attach(&r.engine, "vd");
+    assert!(a2.epoch > b.epoch);
+    assert_eq!(a2.last_flushed, Some(24), "A reloaded the vdisk from the backends");
+}
+
+#[test]
+fn an_attach_that_cannot_fence_enough_backends_is_refused() {
+    let r = rig(8);
+    // write_quorum 5 of 6: fencing needs 2 backends; with 5 refusing writes only 1 takes it.
+    for m in &r.mem[1..] {
+        m.set_refuse_writes(true);
+    }
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    let t = r.engine.attach(AttachRequest { vdisk: "vd".into(), first_sequence: 1, reset_first_sequence: false, resume_epoch: 0 }, tx);
+    match t.wait(Duration::from_secs(10)).expect("attach answered") {
+        Err(AttachError::Busy(m)) => assert!(m.contains("needed to fence"), "{m}"),
+        other => panic!("attach with 5 of 6 backends down: {:?}", other.map(|a| a.epoch)),
+    }
 }

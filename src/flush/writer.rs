@@ -196,13 +196,23 @@ fn run(
                 batch.metas.push(MetaWrite { vdisk: &j.vdisk, name, value: v.as_ref().map(|v| v.as_slice()) });
             }
         }
+        // Each vdisk's records are stored only while this backend holds no newer writer epoch
+        // for it (a takeover by another tlogd fenced it).
+        let mut fences: Vec<(&str, u64)> = Vec::new();
+        for j in jobs.iter().filter(|j| j.epoch > 0) {
+            match fences.iter_mut().find(|(v, _)| *v == &*j.vdisk) {
+                Some(f) => f.1 = f.1.min(j.epoch),
+                None => fences.push((&j.vdisk, j.epoch)),
+            }
+        }
         let t0 = std::time::Instant::now();
-        let r = backend.write(&batch).map_err(|e| e.to_string());
+        let r = backend.write_fenced(&batch, &fences).map_err(|e| e.to_string());
         health.latency.observe(t0.elapsed().as_secs_f64());
         if r.is_err() {
             health.errors.fetch_add(1, Ordering::Relaxed);
         }
         health.failing.store(r.is_err(), Ordering::Relaxed);
+        drop(fences);
         drop(batch);
         queued.fetch_sub(bytes.min(queued.load(Ordering::SeqCst)), Ordering::SeqCst);
         if r.is_ok() && degraded.load(Ordering::SeqCst) && queued.load(Ordering::SeqCst) < max / 2 {
@@ -211,7 +221,7 @@ fn run(
         }
         for j in jobs {
             // The shard is released before the reply, so the completer can reuse its buffer.
-            let Job { id, shard, .. } = j;
+            let Job { id, shard, vdisk: j_vdisk, .. } = j;
             drop(shard);
             if id == 0 {
                 if let Err(e) = &r {
@@ -220,7 +230,10 @@ fn run(
                 continue;
             }
             let outcome = match &r {
-                Ok(()) => Outcome::Stored,
+                Ok(refused) => match refused.iter().find(|(v, _)| **v == *j_vdisk) {
+                    Some((_, by)) => Outcome::Fenced(*by),
+                    None => Outcome::Stored,
+                },
                 Err(e) => Outcome::Failed(e.clone()),
             };
             let _ = events.send(Event::Written { id, backend: i, outcome });

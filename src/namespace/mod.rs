@@ -339,6 +339,24 @@ impl Namespace {
         c
     }
 
+    /// The current epoch was superseded elsewhere (another tlogd took the vdisk in the
+    /// backends): it takes no more blocks and what it buffered and has not handed to sealing is
+    /// dropped. Returns the bytes freed.
+    pub fn discard(&mut self) -> u64 {
+        self.accepting = false;
+        let mut freed = self.current_bytes;
+        self.current.clear();
+        self.current_data = 0;
+        self.current_bytes = 0;
+        self.current_started = None;
+        for f in self.full.drain(..) {
+            freed += f.bytes;
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        self.buffered = self.buffered.saturating_sub(freed);
+        freed
+    }
+
     /// Fences the current epoch: its later blocks get [`Push::Fenced`], and what it buffered
     /// is queued to flush (returns true when a buffer was queued). Called by a takeover before
     /// it drains.
