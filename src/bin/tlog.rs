@@ -60,9 +60,11 @@ enum Cmd {
     /// until every block is flushed. The blocks continue the vdisk's history (sequences after
     /// its last flushed one).
     Import {
-        /// tlogd address (host:port).
-        #[arg(long)]
-        server: String,
+        /// tlogd address (host:port); several, comma-separated, are tlogd hosts on the same
+        /// backends: the client fails over to the next when one is unreachable, refuses, or
+        /// stays silent for --failover-timeout-ms.
+        #[arg(long, value_delimiter = ',', required = true)]
+        server: Vec<String>,
         /// The vdisk to write.
         #[arg(long)]
         vdisk: String,
@@ -75,6 +77,10 @@ enum Cmd {
         /// Give up when the server stays unreachable this long (seconds).
         #[arg(long, default_value_t = 120)]
         reconnect_timeout: u64,
+        /// With several --server addresses: give a server up for the next when it answered
+        /// nothing for this long while blocks wait (ms).
+        #[arg(long, default_value_t = 1000)]
+        failover_timeout_ms: u64,
         /// The image file.
         image: PathBuf,
     },
@@ -450,9 +456,22 @@ enum StoreCmd {
     },
 }
 
-fn import(server: String, vdisk: String, block_size: u64, token: String, reconnect_timeout: u64, image: PathBuf) -> tlog::Result<()> {
+fn import(
+    servers: Vec<String>,
+    vdisk: String,
+    block_size: u64,
+    token: String,
+    reconnect_timeout: u64,
+    failover_timeout_ms: u64,
+    image: PathBuf,
+) -> tlog::Result<()> {
     let f = std::fs::File::open(&image).map_err(|e| tlog::Error::io(format!("open image {}", image.display()), e))?;
-    let mut cfg = ClientConfig::new(&server, &vdisk);
+    let Some((server, failover)) = servers.split_first() else {
+        return Err(tlog::Error::InvalidArgument("give --server ADDR".into()));
+    };
+    let mut cfg = ClientConfig::new(server, &vdisk);
+    cfg.failover = failover.to_vec();
+    cfg.failover_timeout = std::time::Duration::from_millis(failover_timeout_ms.max(1));
     cfg.token = token;
     cfg.reconnect_timeout = std::time::Duration::from_secs(reconnect_timeout);
     cfg.on_notice = Some(NoticeHandler(Arc::new(|n: &tlog::wire::Notice| match n.kind {
@@ -483,8 +502,8 @@ fn fmt_ts(ns: u64) -> String {
 
 fn run(args: Args) -> tlog::Result<ExitCode> {
     match args.cmd {
-        Cmd::Import { server, vdisk, block_size, token, reconnect_timeout, image } => {
-            import(server, vdisk, block_size, token, reconnect_timeout, image).map(|_| ExitCode::SUCCESS)
+        Cmd::Import { server, vdisk, block_size, token, reconnect_timeout, failover_timeout_ms, image } => {
+            import(server, vdisk, block_size, token, reconnect_timeout, failover_timeout_ms, image).map(|_| ExitCode::SUCCESS)
         }
         Cmd::Restore { store: _, server: Some(server), token, vdisk, output, to_sequence, to_time, checkpoint } => {
             let to = Point::from_args(to_sequence, to_time.as_deref(), checkpoint.as_deref())?;

@@ -39,6 +39,14 @@ use std::time::{Duration, Instant};
 pub struct ClientConfig {
     /// Server address (host:port).
     pub server: String,
+    /// More tlogd hosts on the same backends, tried in turn after `server` when the one in use
+    /// is unreachable, answers `internalError`, or leaves blocks unanswered for
+    /// `failover_timeout` (frozen or cut off). The new server's `lastFlushedSequence` (read
+    /// from the backends) says what to resend: no block goes into the history twice.
+    pub failover: Vec<String>,
+    /// With `failover` addresses: a connection whose server has answered nothing for this long
+    /// while blocks wait for its received ack is given up for the next address. Default 1 s.
+    pub failover_timeout: Duration,
     /// The vdisk.
     pub vdisk: String,
     /// Auth token ("" = none).
@@ -85,6 +93,8 @@ impl ClientConfig {
     pub fn new(server: &str, vdisk: &str) -> Self {
         ClientConfig {
             server: server.into(),
+            failover: Vec::new(),
+            failover_timeout: Duration::from_secs(1),
             vdisk: vdisk.into(),
             token: String::new(),
             first_sequence: 1,
@@ -143,6 +153,10 @@ struct Shared {
     generation: AtomicU64,
     /// When something was last sent (ms since `origin`), for the keepalive.
     last_send_ms: AtomicU64,
+    /// When the server last sent anything (ms since `origin`), for the failover.
+    last_heard_ms: AtomicU64,
+    /// Which of the addresses (`server`, then `failover`) is in use.
+    current: std::sync::atomic::AtomicUsize,
     origin: Instant,
 }
 
@@ -192,6 +206,51 @@ fn retryable(e: &Error) -> bool {
 }
 
 impl Shared {
+    /// Every address, `server` first.
+    fn servers(&self) -> Vec<&str> {
+        std::iter::once(self.cfg.server.as_str()).chain(self.cfg.failover.iter().map(String::as_str)).collect()
+    }
+
+    /// The address in use.
+    fn server(&self) -> String {
+        let s = self.servers();
+        s[self.current.load(Ordering::SeqCst) % s.len()].to_string()
+    }
+
+    /// Moves to the next address (after a failure); false with a single one.
+    fn next_server(&self) -> bool {
+        let n = self.servers().len();
+        if n < 2 {
+            return false;
+        }
+        let i = (self.current.fetch_add(1, Ordering::SeqCst) + 1) % n;
+        tracing::warn!(vdisk = %self.cfg.vdisk, "failing over to tlogd at {}", self.servers()[i]);
+        true
+    }
+
+    /// Whether the address in use is the first again (a round of them is over).
+    fn wrapped(&self) -> bool {
+        self.current.load(Ordering::SeqCst).is_multiple_of(self.servers().len())
+    }
+
+    fn heard(&self) {
+        self.last_heard_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// With failover addresses: the server in use answered nothing for `failover_timeout`
+    /// while a block sent that long ago waits for its received ack.
+    fn unresponsive(&self) -> bool {
+        if self.cfg.failover.is_empty() {
+            return false;
+        }
+        let t = self.cfg.failover_timeout;
+        let quiet = (self.origin.elapsed().as_millis() as u64).saturating_sub(self.last_heard_ms.load(Ordering::Relaxed));
+        if (quiet as u128) < t.as_millis() {
+            return false;
+        }
+        lock(&self.state).window.iter().any(|p| !p.received && p.sent_at.elapsed() >= t)
+    }
+
     fn touch(&self) {
         self.last_send_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -222,6 +281,8 @@ impl Client {
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             last_send_ms: AtomicU64::new(0),
+            last_heard_ms: AtomicU64::new(0),
+            current: std::sync::atomic::AtomicUsize::new(0),
             origin: Instant::now(),
         });
         let start = Instant::now();
@@ -231,10 +292,13 @@ impl Client {
                 Ok(x) => break x,
                 Err(e) if retryable(&e) && start.elapsed() + delay < shared.cfg.reconnect_timeout => {
                     if delay == Duration::from_millis(50) {
-                        tracing::warn!(vdisk = %shared.cfg.vdisk, "tlogd at {} not reachable yet ({e}); trying again for up to {:?}", shared.cfg.server, shared.cfg.reconnect_timeout);
+                        tracing::warn!(vdisk = %shared.cfg.vdisk, "tlogd at {} not reachable yet ({e}); trying again for up to {:?}", shared.server(), shared.cfg.reconnect_timeout);
                     }
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    // The next address at once; a pause after each full round of them.
+                    if !shared.next_server() || shared.wrapped() {
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -248,11 +312,15 @@ impl Client {
     /// Opens a connection, handshakes, resends the window; installs the writer.
     fn attach(shared: &Arc<Shared>, first: bool) -> Result<(TcpStream, FrameDecoder)> {
         let cfg = &shared.cfg;
-        let addr =
-            cfg.server.to_socket_addrs().ctx(|| format!("resolve {}", cfg.server))?.next().ok_or_else(|| Error::NotFound(format!("address {}", cfg.server)))?;
-        let mut s = TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(|e| Error::io(format!("connect to tlogd at {}", cfg.server), e))?;
+        let server = shared.server();
+        let addr = server.to_socket_addrs().ctx(|| format!("resolve {server}"))?.next().ok_or_else(|| Error::NotFound(format!("address {server}")))?;
+        let mut s = TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(|e| Error::io(format!("connect to tlogd at {server}"), e))?;
         s.set_nodelay(true).ctx(|| "set nodelay".into())?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ctx(|| "set read timeout".into())?;
+        // A takeover may drain the previous writer before it answers (up to the server's
+        // takeover_timeout); with other addresses to go to, a frozen server is not waited for
+        // that long.
+        let answer = if cfg.failover.is_empty() { Duration::from_secs(30) } else { cfg.connect_timeout.max(cfg.failover_timeout * 2) };
+        s.set_read_timeout(Some(answer)).ctx(|| "set read timeout".into())?;
         let mut w = lock(&shared.writer);
         // A reset is asked for until the server took it once; later connects continue.
         let (first_seq, reset, resume_epoch) = {
@@ -268,7 +336,7 @@ impl Client {
             resume_epoch,
             kind: Default::default(),
         };
-        s.write_all(&encode_handshake_request(&req)).ctx(|| format!("send handshake to {}", cfg.server))?;
+        s.write_all(&encode_handshake_request(&req)).ctx(|| format!("send handshake to {server}"))?;
         let mut dec = FrameDecoder::new(16 << 20);
         let mut buf = vec![0u8; 64 << 10];
         let f = read_frame(&mut s, &mut dec, &mut buf)?;
@@ -324,7 +392,16 @@ impl Client {
         *w = Some(s.try_clone().ctx(|| "clone socket".into())?);
         shared.generation.fetch_add(1, Ordering::SeqCst);
         shared.touch();
+        shared.heard();
+        if !first || shared.current.load(Ordering::SeqCst) > 0 {
+            tracing::info!(vdisk = %cfg.vdisk, server = %server, epoch = resp.epoch, last_flushed = resp.last_flushed_sequence, "attached");
+        }
         Ok((s, dec))
+    }
+
+    /// The tlogd address in use now.
+    pub fn server(&self) -> String {
+        self.shared.server()
     }
 
     /// Records ack latencies from now on (for benchmarks).
@@ -526,6 +603,7 @@ fn reader_loop(sh: Arc<Shared>, mut stream: TcpStream, mut dec: FrameDecoder) {
         let broke = loop {
             match dec.next_frame() {
                 Ok(Some(f)) => {
+                    sh.heard();
                     match decode_server_message(&f) {
                         Ok(m) => handle_message(&sh, m),
                         Err(e) => tracing::warn!("undecodable server message: {e}"),
@@ -545,6 +623,9 @@ fn reader_loop(sh: Arc<Shared>, mut stream: TcpStream, mut dec: FrameDecoder) {
                     if sh.closed.load(Ordering::SeqCst) {
                         return;
                     }
+                    if sh.unresponsive() {
+                        break format!("no answer from {} for {:?} with blocks waiting", sh.server(), sh.cfg.failover_timeout);
+                    }
                     keepalive(&sh);
                     continue;
                 }
@@ -558,6 +639,9 @@ fn reader_loop(sh: Arc<Shared>, mut stream: TcpStream, mut dec: FrameDecoder) {
             return;
         }
         tracing::warn!(vdisk = %sh.cfg.vdisk, "connection lost ({broke}); reconnecting");
+        // Shut the socket down first: a sender blocked writing to a frozen server (its buffers
+        // full) holds the writer's lock until the write fails.
+        let _ = stream.shutdown(Shutdown::Both);
         {
             let mut w = lock(&sh.writer);
             if let Some(s) = w.take() {
@@ -566,6 +650,7 @@ fn reader_loop(sh: Arc<Shared>, mut stream: TcpStream, mut dec: FrameDecoder) {
         }
         let start = Instant::now();
         let mut delay = Duration::from_millis(50);
+        let mut moved = sh.next_server();
         loop {
             if sh.closed.load(Ordering::SeqCst) {
                 return;
@@ -585,11 +670,17 @@ fn reader_loop(sh: Arc<Shared>, mut stream: TcpStream, mut dec: FrameDecoder) {
                         }
                     }
                     if start.elapsed() > sh.cfg.reconnect_timeout {
-                        fail(&sh, None, format!("server {} unreachable for {:?}: {e}", sh.cfg.server, sh.cfg.reconnect_timeout));
+                        fail(&sh, None, format!("server {} unreachable for {:?}: {e}", sh.server(), sh.cfg.reconnect_timeout));
                         return;
                     }
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    tracing::warn!(vdisk = %sh.cfg.vdisk, "reconnect to {} failed: {e}", sh.server());
+                    // Around the addresses at once; a pause after each full round.
+                    let wrapped = sh.next_server() && sh.wrapped();
+                    if !moved || wrapped {
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                    moved = true;
                 }
             }
         }

@@ -203,8 +203,8 @@ struct Gateway {
     durable: Mutex<u64>,
     stop: Arc<AtomicBool>,
     connections: AtomicUsize,
-    /// tlogd address and token, for the playbacks of changed-block contexts.
-    server: String,
+    /// The auth token, for the playbacks of changed-block contexts (on the server the client
+    /// uses now).
     token: String,
     /// Changed-block sets of sessions with a `tlog:changed:` context: every write and zero
     /// is recorded in each.
@@ -305,7 +305,8 @@ impl Gateway {
         }
         self.flush()?;
         let from = crate::history::playback::spec(Some(&p));
-        let mut pb = Playback::open(&self.server, &self.token, &self.vdisk, PlaybackRequest { from, to: PointSpec::None, follow: false })?;
+        let server = self.client()?.server();
+        let mut pb = Playback::open(&server, &self.token, &self.vdisk, PlaybackRequest { from, to: PointSpec::None, follow: false })?;
         let mut logged = Extents::default();
         while let Some(item) = pb.next_item()? {
             match item {
@@ -867,23 +868,17 @@ fn serve_conn(g: &Gateway, mut c: Box<dyn Conn>) {
     }
 }
 
-/// Attaches to the first of `servers` that answers.
+/// Attaches through the first of `servers` that answers; the client fails over to the others
+/// (tlogd hosts on the same backends) later.
 fn connect(cfg: &GatewayConfig) -> Result<(Client, String)> {
-    let mut last = None;
-    for (i, s) in cfg.servers.iter().enumerate() {
-        let mut cc = ClientConfig::new(s, &cfg.vdisk);
-        cc.token = cfg.token.clone();
-        // The last address keeps trying for the whole reconnect timeout; earlier ones briefly.
-        cc.reconnect_timeout = if i + 1 == cfg.servers.len() { cfg.reconnect_timeout } else { Duration::from_secs(2) };
-        match Client::connect(cc) {
-            Ok(c) => return Ok((c, s.clone())),
-            Err(e) => {
-                tracing::warn!(server = %s, "nbd: tlogd not usable: {e}");
-                last = Some(e);
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| bad("no tlogd address given".into())))
+    let Some((first, rest)) = cfg.servers.split_first() else { return Err(bad("no tlogd address given".into())) };
+    let mut cc = ClientConfig::new(first, &cfg.vdisk);
+    cc.failover = rest.to_vec();
+    cc.token = cfg.token.clone();
+    cc.reconnect_timeout = cfg.reconnect_timeout;
+    let c = Client::connect(cc)?;
+    let server = c.server();
+    Ok((c, server))
 }
 
 /// Brings `image` up to `head` of the vdisk (building it when missing); returns (size, blocks
@@ -1104,7 +1099,6 @@ pub fn run(cfg: GatewayConfig, stop: Arc<AtomicBool>, ready: impl FnOnce(&Ready)
         durable: Mutex::new(head),
         stop: stop.clone(),
         connections: AtomicUsize::new(0),
-        server: server.clone(),
         token: cfg.token.clone(),
         trackers: Mutex::new(Vec::new()),
     });
