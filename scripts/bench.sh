@@ -37,9 +37,17 @@
 # to its first read answered (one 4 KiB read at 700 MiB by qemu-io), and nbdcopy of the whole
 # read-only export against `tlog restore` of the same point.
 #
+# Then two hosts (DESIGN.md §15): tlogd A and B on loopback ports, separate data directories,
+# the same six redis-server backends. Failover time: `tlog import --server A,B` of 256 MiB,
+# A frozen with SIGSTOP mid-import, the time from the SIGSTOP to the client's first flushed
+# ack from B (its log line "flushed acks resumed after failover"), median of 5; the knob is
+# `tlog import --failover-timeout-ms` (ClientConfig::failover_timeout, default 1000). Metrics
+# cost: durable ingest (`tlog bench --ack flushed`, local store) with /metrics on and scraped
+# every second against metrics off, alternated.
+#
 # Usage: scripts/bench.sh   (env: TLOG_BENCH_SECONDS=10, TLOG_BENCH_VDISKS=8,
 #        TLOG_BENCH_BLOCK=4096, TLOG_BENCH_R=0.5 (lz4 compressibility), TLOG_BENCH_DIR=/tmp,
-#        TLOG_BENCH_SECTIONS="ingest history tree nbd" (any of them), TLOG_BENCH_RESTORE_MIB=1024,
+#        TLOG_BENCH_SECTIONS="ingest history tree nbd hosts" (any of them), TLOG_BENCH_RESTORE_MIB=1024,
 #        TLOG_BENCH_FOLD_MIB=256)
 # The veth rows need root (ip netns); without root they are reported as skipped.
 set -euo pipefail
@@ -49,7 +57,7 @@ DUR=${TLOG_BENCH_SECONDS:-10}
 VD=${TLOG_BENCH_VDISKS:-8}
 BS=${TLOG_BENCH_BLOCK:-4096}
 R=${TLOG_BENCH_R:-0.5}
-SECTIONS=${TLOG_BENCH_SECTIONS:-ingest history tree nbd}
+SECTIONS=${TLOG_BENCH_SECTIONS:-ingest history tree nbd hosts}
 FMIB=${TLOG_BENCH_FOLD_MIB:-256}
 RMIB=${TLOG_BENCH_RESTORE_MIB:-1024}
 features=""
@@ -529,4 +537,83 @@ echo
 echo "| run | --read-only first read ms | --fork first read ms | nbdcopy of the export s | tlog restore s |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${past_rows[@]}"
+fi
+
+if [[ " $SECTIONS " == *" hosts "* ]]; then
+hd="$work/hosts"; mkdir -p "$hd"
+key=$(python3 -c 'import os; print(os.urandom(32).hex())')
+addrs=()
+for i in 0 1 2 3 4 5; do
+  rp=$(port); mkdir -p "$hd/r$i"
+  redis-server --port "$rp" --bind 127.0.0.1 --dir "$hd/r$i" --appendonly yes --appendfsync always --save "" >/dev/null 2>&1 &
+  pids+=($!)
+  wait_port 127.0.0.1 "$rp" ""
+  addrs+=("\"127.0.0.1:$rp\"")
+done
+IFS=, eval 'alist="${addrs[*]}"'
+for h in a b; do
+  printf '[server]\nmetrics_listen = ""\n[backend]\nkind = "redis"\n[backend.redis]\naddresses = [%s]\n' "$alist" >"$hd/$h.toml"
+done
+ap=$(port); bp=$(port)
+TLOG_AES_KEY=$key "$B/tlogd" --config "$hd/a.toml" --data-dir "$hd/a" --listen "127.0.0.1:$ap" 2>"$hd/a.log" &
+apid=$!; pids+=($apid)
+TLOG_AES_KEY=$key "$B/tlogd" --config "$hd/b.toml" --data-dir "$hd/b" --listen "127.0.0.1:$bp" 2>"$hd/b.log" &
+bpid=$!; pids+=($bpid)
+wait_port 127.0.0.1 "$ap" ""; wait_port 127.0.0.1 "$bp" ""
+head -c $((256 << 20)) /dev/urandom >"$hd/img"
+fo_ms=()
+for n in 1 2 3 4 5; do
+  TLOG_LOG=info "$B/tlog" import --server "127.0.0.1:$ap,127.0.0.1:$bp" --vdisk "fo-$n" "$hd/img" >"$hd/imp-$n.out" 2>"$hd/imp-$n.log" &
+  ipid=$!
+  for _ in $(seq 1 300); do
+    a=$("$B/tlog" history --server "127.0.0.1:$ap" --vdisk "fo-$n" --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["aggregations"])' 2>/dev/null || echo 0)
+    [[ ${a:-0} -ge 4 ]] && break
+    sleep 0.05
+  done
+  t0=$(date +%s.%N)
+  kill -STOP "$apid"
+  wait "$ipid"
+  kill -CONT "$apid"
+  fo_ms+=("$(python3 - "$t0" "$hd/imp-$n.log" <<'PY'
+import sys, datetime
+t0 = float(sys.argv[1])
+for line in open(sys.argv[2]):
+    if "flushed acks resumed after failover" in line:
+        ts = line.split()[0].rstrip("Z")
+        t = datetime.datetime.fromisoformat(ts).replace(tzinfo=datetime.timezone.utc).timestamp()
+        print(f"{(t - t0) * 1000:.0f}")
+        break
+else:
+    print("none")
+PY
+)")
+done
+stop_pid "$apid"; stop_pid "$bpid"
+fo_median=$(printf '%s\n' "${fo_ms[@]}" | grep -v none | sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "none")}')
+# Metrics cost: the same durable ingest with /metrics on (scraped each second) and off.
+mc=()
+for n in 1 2; do
+  for m in on off; do
+    tp=$(port); mp=$(port)
+    if [[ $m == on ]]; then ml="127.0.0.1:$mp"; else ml=""; fi
+    printf '[server]\nmetrics_listen = "%s"\n' "$ml" >"$hd/m.toml"
+    rm -rf "$hd/m-data"
+    "$B/tlogd" --config "$hd/m.toml" --data-dir "$hd/m-data" --listen "127.0.0.1:$tp" 2>"$hd/m.log" &
+    mpid=$!; pids+=($mpid)
+    wait_port 127.0.0.1 "$tp" ""
+    scr=""
+    if [[ $m == on ]]; then
+      ( for _ in $(seq 1 $((DUR + 5))); do curl -s "http://127.0.0.1:$mp/metrics" >/dev/null || true; sleep 1; done ) &
+      scr=$!
+    fi
+    j=$(run_bench "127.0.0.1:$tp" "" flushed "mc$m$n")
+    [[ -n $scr ]] && stop_pid "$scr"
+    stop_pid "$mpid"
+    mc+=("$m:$(field "$j" 'round(d["mib_per_sec"],1)')")
+  done
+done
+echo
+echo "Two hosts on six redis-server: failover time (tlog import --server A,B, A frozen mid-import, SIGSTOP to the first flushed ack from B), ms: ${fo_ms[*]}; median $fo_median (goal under 2000; --failover-timeout-ms 1000)"
+echo
+echo "Metrics cost: durable ingest (tlog bench --ack flushed, $VD vdisks, local store) MiB/s with /metrics scraped every second vs off, alternated: ${mc[*]}"
 fi

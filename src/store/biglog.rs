@@ -281,6 +281,11 @@ impl Segment {
         let name = segment_name(base);
         let data_path = dir.join(format!("{name}.data"));
         let index_path = dir.join(format!("{name}.index"));
+        // An index left by a creation cut short before its data file (none is listed without
+        // one) goes first.
+        if index_path.exists() && !data_path.exists() {
+            std::fs::remove_file(&index_path).ctx(|| format!("remove {}", index_path.display()))?;
+        }
         let data = OpenOptions::new().read(true).write(true).create_new(true).open(&data_path).ctx(|| format!("create {}", data_path.display()))?;
         data.write_all_at(&format::encode_data_header(), 0).ctx(|| format!("write {}", data_path.display()))?;
         let index = OpenOptions::new().read(true).write(true).create_new(true).open(&index_path).ctx(|| format!("create {}", index_path.display()))?;
@@ -762,6 +767,27 @@ impl BigLog {
             }
         }
         bases.sort_unstable();
+        // A newest segment whose creation was cut short (a crash between creating its files and
+        // writing their headers) holds no record: it is removed (or, read-only, skipped), and
+        // the one before it is the hot segment again.
+        if let Some(&last) = bases.last() {
+            let data_path = dir.join(format!("{}.data", segment_name(last)));
+            let len = std::fs::metadata(&data_path).map(|m| m.len()).unwrap_or(0);
+            if len <= DATA_HEADER_LEN {
+                if let Err(e) = Segment::open_checked(dir, last, false, false) {
+                    tracing::warn!(store = %dir.display(), segment = %segment_name(last), "segment creation was cut short ({e}); it holds no record and is {}", if writable { "removed" } else { "skipped" });
+                    if writable {
+                        let index_path = dir.join(format!("{}.index", segment_name(last)));
+                        std::fs::remove_file(&data_path).ctx(|| format!("remove {}", data_path.display()))?;
+                        if index_path.exists() {
+                            std::fs::remove_file(&index_path).ctx(|| format!("remove {}", index_path.display()))?;
+                        }
+                        sync_dir(dir)?;
+                    }
+                    bases.pop();
+                }
+            }
+        }
         let mut segments = Vec::with_capacity(bases.len());
         for (i, &b) in bases.iter().enumerate() {
             let hot = i + 1 == bases.len();
@@ -1139,6 +1165,34 @@ mod tests {
         log.trim().unwrap();
         assert!(log.read_at(0).is_err());
         assert_eq!(log.read_at(5).unwrap().unwrap().1, b"f");
+    }
+
+    #[test]
+    fn a_segment_creation_cut_short_is_removed_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let log = BigLog::open(d.path(), small()).unwrap();
+            log.write_n(&[b"a", b"b"]).unwrap();
+            log.sync().unwrap();
+        }
+        // A kill between creating the next segment's data file and writing its header (with
+        // and without its index file).
+        for with_index in [false, true] {
+            let next = segment_name(2);
+            std::fs::write(d.path().join(format!("{next}.data")), b"").unwrap();
+            if with_index {
+                std::fs::write(d.path().join(format!("{next}.index")), b"").unwrap();
+            }
+            assert!(BigLog::open_read_only(d.path()).is_ok(), "verify cannot open the store");
+            let log = BigLog::open(d.path(), small()).unwrap();
+            assert!(!d.path().join(format!("{next}.data")).exists());
+            assert_eq!(log.read_at(1).unwrap().unwrap().1, b"b");
+            assert_eq!(log.next_offset().unwrap(), 2);
+        }
+        let log = BigLog::open(d.path(), small()).unwrap();
+        log.split().unwrap();
+        assert_eq!(log.write(b"c").unwrap(), 2);
+        assert_eq!(log.read_at(2).unwrap().unwrap().1, b"c");
     }
 
     #[test]
