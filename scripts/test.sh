@@ -42,6 +42,7 @@ check_all() {
   want libnbd-bin nbdinfo --version               # e2e_nbd: nbdinfo, nbdcopy (multi-conn), nbdfuse
   want fio fio --version                          # e2e_nbd: fio's nbd engine with verify
   want prometheus promtool --version              # e2e_metrics: promtool check metrics
+  want systemd systemd-analyze --version          # service_unit: systemd-analyze verify config/tlogd.service
   want pkg-config pkg-config --version            # build.rs asks it for libdpdk's flags
   want libdpdk-dev pkg-config --exists libdpdk
   have_libclang || need+=(libclang-dev)

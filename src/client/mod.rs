@@ -157,6 +157,9 @@ struct Shared {
     last_heard_ms: AtomicU64,
     /// Which of the addresses (`server`, then `failover`) is in use.
     current: std::sync::atomic::AtomicUsize,
+    /// Set when the client moved to another address: the first flushed ack from there is
+    /// logged (bench.sh measures failover time from it).
+    moved_at: Mutex<Option<Instant>>,
     origin: Instant,
 }
 
@@ -225,6 +228,7 @@ impl Shared {
         }
         let i = (self.current.fetch_add(1, Ordering::SeqCst) + 1) % n;
         tracing::warn!(vdisk = %self.cfg.vdisk, "failing over to tlogd at {}", self.servers()[i]);
+        lock(&self.moved_at).get_or_insert_with(Instant::now);
         true
     }
 
@@ -283,6 +287,7 @@ impl Client {
             last_send_ms: AtomicU64::new(0),
             last_heard_ms: AtomicU64::new(0),
             current: std::sync::atomic::AtomicUsize::new(0),
+            moved_at: Mutex::new(None),
             origin: Instant::now(),
         });
         let start = Instant::now();
@@ -733,6 +738,9 @@ fn handle_message(sh: &Shared, m: ServerMessage) {
             let mut st = lock(&sh.state);
             release(&mut st, l);
             drop(st);
+            if let Some(t) = lock(&sh.moved_at).take() {
+                tracing::info!(vdisk = %sh.cfg.vdisk, server = %sh.server(), "flushed acks resumed after failover ({:.0} ms after the first server was given up)", t.elapsed().as_secs_f64() * 1e3);
+            }
             sh.cond.notify_all();
         }
         ServerMessage::ForceFlushReceived => {}
