@@ -268,8 +268,6 @@ pub(crate) fn held_epoch(sh: &Shared, vdisk: &str) -> u64 {
 /// tlogd, perhaps only cut off) can no longer reach its write quorum: each of its later writes
 /// is refused there. Errors: fewer taken (backends down, or a newer writer raced this one).
 pub(crate) fn fence_backends(sh: &Shared, vdisk: &str, epoch: u64) -> Result<(), AttachError> {
-    #[cfg(feature = "failpoints")]
-    fail::fail_point!("flush::fence_backends", |arg| crate::failpoint_action(arg).map_err(|e| AttachError::Storage(e.to_string())));
     let n = sh.backends.len();
     let need = (n + 1).saturating_sub(sh.write_quorum).max(1);
     let names: Vec<String> = sh.backends.iter().map(|b| b.name()).collect();
