@@ -155,6 +155,8 @@ struct Shared {
     last_send_ms: AtomicU64,
     /// When the server last sent anything (ms since `origin`), for the failover.
     last_heard_ms: AtomicU64,
+    /// `last_heard_ms` when the last liveness probe went out (one per quiet spell).
+    probed: AtomicU64,
     /// Which of the addresses (`server`, then `failover`) is in use.
     current: std::sync::atomic::AtomicUsize,
     /// Set when the client moved to another address: the first flushed ack from there is
@@ -241,18 +243,38 @@ impl Shared {
         self.last_heard_ms.store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Milliseconds since the server last sent anything.
+    fn quiet_ms(&self) -> u64 {
+        (self.origin.elapsed().as_millis() as u64).saturating_sub(self.last_heard_ms.load(Ordering::Relaxed))
+    }
+
     /// With failover addresses: the server in use answered nothing for `failover_timeout`
-    /// while a block sent that long ago waits for its received ack.
+    /// while blocks wait for its acks (a probe went out at half of it: a live server answers
+    /// `forceFlushReceived` at once, whatever its backends do).
     fn unresponsive(&self) -> bool {
-        if self.cfg.failover.is_empty() {
+        if self.cfg.failover.is_empty() || (self.quiet_ms() as u128) < self.cfg.failover_timeout.as_millis() {
             return false;
         }
-        let t = self.cfg.failover_timeout;
-        let quiet = (self.origin.elapsed().as_millis() as u64).saturating_sub(self.last_heard_ms.load(Ordering::Relaxed));
-        if (quiet as u128) < t.as_millis() {
-            return false;
+        !lock(&self.state).window.is_empty()
+    }
+
+    /// With failover addresses: once the server has been quiet for half of `failover_timeout`
+    /// while blocks wait, one `forceFlush` asks it to show it is alive.
+    fn probe(&self) {
+        if self.cfg.failover.is_empty() || (self.quiet_ms() as u128) < self.cfg.failover_timeout.as_millis() / 2 {
+            return;
         }
-        lock(&self.state).window.iter().any(|p| !p.received && p.sent_at.elapsed() >= t)
+        let heard = self.last_heard_ms.load(Ordering::Relaxed);
+        if self.probed.swap(heard, Ordering::SeqCst) == heard || lock(&self.state).window.is_empty() {
+            return;
+        }
+        // Never waits for the writer's lock: a sender blocked on a frozen server holds it, and
+        // the silence alone then gives the server up.
+        if let Ok(mut w) = self.writer.try_lock() {
+            if let Some(s) = w.as_mut() {
+                let _ = s.write_all(&encode_client_message(&ClientMessage::ForceFlush));
+            }
+        }
     }
 
     fn touch(&self) {
@@ -286,6 +308,7 @@ impl Client {
             generation: AtomicU64::new(0),
             last_send_ms: AtomicU64::new(0),
             last_heard_ms: AtomicU64::new(0),
+            probed: AtomicU64::new(u64::MAX),
             current: std::sync::atomic::AtomicUsize::new(0),
             moved_at: Mutex::new(None),
             origin: Instant::now(),
@@ -631,6 +654,7 @@ fn reader_loop(sh: Arc<Shared>, mut stream: TcpStream, mut dec: FrameDecoder) {
                     if sh.unresponsive() {
                         break format!("no answer from {} for {:?} with blocks waiting", sh.server(), sh.cfg.failover_timeout);
                     }
+                    sh.probe();
                     keepalive(&sh);
                     continue;
                 }
@@ -823,6 +847,7 @@ pub fn import(client: &Client, mut image: impl Read, block_size: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::encode_server_message;
     use std::io::Read;
     use std::net::TcpListener;
 
@@ -878,5 +903,97 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(300));
         drop(c);
         server.join().unwrap();
+    }
+
+    /// A fake tlogd: answers the handshake, acks every block received, and, when `flushes`,
+    /// flushed too and answers forceFlush; without, it goes silent after the received acks (a
+    /// host frozen with blocks received but not flushed). Serves one connection at a time for
+    /// `secs` seconds.
+    fn fake_server(flushes: bool, secs: u64) -> (String, std::thread::JoinHandle<u64>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let h = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(secs);
+            let mut blocks = 0u64;
+            while Instant::now() < until {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                let mut dec = FrameDecoder::new(1 << 20);
+                let mut buf = vec![0u8; 64 << 10];
+                let mut answered = false;
+                'conn: while Instant::now() < until {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => dec.push(&buf[..n]),
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                        Err(_) => break,
+                    }
+                    while let Ok(Some(f)) = dec.next_frame() {
+                        if !answered {
+                            let r = crate::wire::HandshakeResponse {
+                                version: PROTOCOL_VERSION,
+                                status: HandshakeStatus::Ok,
+                                last_flushed_sequence: 0,
+                                has_flushed: false,
+                                message: String::new(),
+                                epoch: 2,
+                            };
+                            if s.write_all(&crate::wire::encode_handshake_response(&r)).is_err() {
+                                break 'conn;
+                            }
+                            answered = true;
+                            continue;
+                        }
+                        let mut out = Vec::new();
+                        match crate::wire::decode_client_message(&f) {
+                            Ok(ClientMessage::Block(b)) => {
+                                blocks += 1;
+                                out.extend(encode_server_message(&ServerMessage::Received(b.sequence, b.sequence)));
+                                if flushes {
+                                    out.extend(encode_server_message(&ServerMessage::Flushed(b.sequence, b.sequence)));
+                                }
+                            }
+                            Ok(ClientMessage::ForceFlush) if flushes => out.extend(encode_server_message(&ServerMessage::ForceFlushReceived)),
+                            _ => {}
+                        }
+                        if s.write_all(&out).is_err() {
+                            break 'conn;
+                        }
+                    }
+                }
+            }
+            blocks
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn a_server_that_received_everything_and_went_silent_is_given_up_for_the_next() {
+        let (a, sa) = fake_server(false, 4);
+        let (b, sb) = fake_server(true, 4);
+        let mut cfg = ClientConfig::new(&a, "vd");
+        cfg.failover = vec![b];
+        cfg.failover_timeout = Duration::from_millis(400);
+        cfg.flush_timeout = Duration::from_secs(5);
+        let c = Client::connect(cfg).unwrap();
+        for i in 0..8u64 {
+            c.write(i * 8, vec![i as u8 + 1; 4096]).unwrap();
+        }
+        let t = Instant::now();
+        c.flush().expect("flushed through the second server");
+        assert!(t.elapsed() < Duration::from_secs(3), "failover took {:?}", t.elapsed());
+        assert!(c.server().ends_with(&sb_port(&c)), "not on the second server");
+        c.close().unwrap();
+        assert_eq!(sa.join().unwrap(), 8, "the first server got every block");
+        assert_eq!(sb.join().unwrap(), 8, "the second server got every block again (none was flushed)");
+    }
+
+    fn sb_port(c: &Client) -> String {
+        c.shared.cfg.failover[0].rsplit(':').next().unwrap_or("").to_string()
     }
 }
