@@ -20,6 +20,8 @@
 //! | `tlog_backend_errors_total`, `tlog_backend_queued_bytes`, `tlog_backend_degraded` | backend | failed batch writes, bytes queued, degraded (queue past `backend.queue_bytes` or last write failed) |
 //! | `tlog_connections` | frontend | connections open |
 //! | `tlog_aggregations_flushed_total`, `tlog_write_retries_total`, `tlog_repairs_queued_total`, `tlog_repair_backlog`, `tlog_buffered_bytes` | | engine-wide |
+//! | `tlog_playbacks`, `tlog_playback_lag_blocks` | vdisk | playbacks running (follows, replications), and the furthest one's lag in flushed blocks |
+//! | `tlog_scrub_passes_total`, `tlog_scrub_findings_total`, `tlog_scrub_last_aggregations`, `tlog_scrub_last_unrepaired`, `tlog_scrub_last_completed_timestamp_seconds` | | the scheduled scrub's progress |
 
 use crate::error::{Error, Result};
 use crate::flush::{EngineMetrics, VdiskMetrics};
@@ -124,9 +126,25 @@ pub fn render(s: &Snapshot) -> Result<String> {
         c.inc_by(v);
         add(&r, c)?;
     }
+    let pb: Vec<(String, f64)> = en.playbacks.iter().map(|(v, n, _)| (v.clone(), *n as f64)).collect();
+    gauges(&r, "tlog_playbacks", "Playbacks running (follows and replications among them).", "vdisk", &pb)?;
+    let lag: Vec<(String, f64)> = en.playbacks.iter().map(|(v, _, b)| (v.clone(), *b as f64)).collect();
+    gauges(&r, "tlog_playback_lag_blocks", "Flushed blocks the furthest-behind playback of the vdisk has yet to stream (a replication's lag).", "vdisk", &lag)?;
+    let (passes, aggs, found, unrepaired, at) = en.scrub;
     for (name, help, v) in
-        [("tlog_repair_backlog", "Shards waiting for repair.", en.repair_backlog), ("tlog_buffered_bytes", "Bytes buffered by all vdisks.", en.buffered_bytes)]
+        [("tlog_scrub_passes_total", "Scheduled scrub passes completed.", passes), ("tlog_scrub_findings_total", "Problems the scrub passes found.", found)]
     {
+        let c = IntCounter::new(name, help).map_err(m)?;
+        c.inc_by(v);
+        add(&r, c)?;
+    }
+    for (name, help, v) in [
+        ("tlog_repair_backlog", "Shards waiting for repair.", en.repair_backlog),
+        ("tlog_buffered_bytes", "Bytes buffered by all vdisks.", en.buffered_bytes),
+        ("tlog_scrub_last_aggregations", "Aggregations the last scrub pass checked.", aggs),
+        ("tlog_scrub_last_unrepaired", "Problems the last scrub pass could not repair.", unrepaired),
+        ("tlog_scrub_last_completed_timestamp_seconds", "When the last scrub pass ended (0: none yet).", at),
+    ] {
         let g = Gauge::new(name, help).map_err(m)?;
         g.set(v as f64);
         add(&r, g)?;

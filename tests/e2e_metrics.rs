@@ -46,7 +46,8 @@ fn metrics_count_what_was_flushed_and_show_a_stopped_redis_as_degraded() {
     let data = d.path().join("data");
     let mport = free_port();
     let cfg = d.path().join("tlogd.toml");
-    let conf = redis.config(&data, 4, 2).replacen("[server]\n", &format!("[server]\nmetrics_listen = \"127.0.0.1:{mport}\"\n"), 1);
+    let conf = redis.config(&data, 4, 2).replacen("[server]\n", &format!("[server]\nmetrics_listen = \"127.0.0.1:{mport}\"\n"), 1)
+        + "[upkeep]\nscrub_interval = \"2s\"\n";
     std::fs::write(&cfg, conf).unwrap();
     let t = Tlogd::start(&data, Some(&cfg), free_port());
     let img = d.path().join("a.raw");
@@ -70,6 +71,43 @@ fn metrics_count_what_was_flushed_and_show_a_stopped_redis_as_degraded() {
     let o = run(Command::new(tlog_bin()).args(["status", "--server", &t.addr(), "--interval-ms", "100"]));
     assert_ok(&o, "tlog status");
     assert!(text(&o).contains("mv") && text(&o).contains("redis 127.0.0.1"), "{}", text(&o));
+
+    // A replication follows the vdisk: one playback, caught up (lag 0); gone when it stops.
+    let standby = d.path().join("standby.raw");
+    let mut rep = Command::new(tlog_bin())
+        .args(["replicate", "--server", &t.addr(), "--vdisk", "mv", "--output", standby.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = scrape(mport);
+        if value(&body, "tlog_playbacks{vdisk=\"mv\"}") == Some(1.0) && value(&body, "tlog_playback_lag_blocks{vdisk=\"mv\"}") == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no caught-up playback of mv: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = rep.kill();
+    let _ = rep.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while value(&scrape(mport).1, "tlog_playbacks{vdisk=\"mv\"}").is_some() {
+        assert!(Instant::now() < deadline, "the playback record outlived its client");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The scheduled scrub (every 2 s here) reports its passes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = scrape(mport);
+        if value(&body, "tlog_scrub_passes_total").unwrap_or(0.0) >= 1.0 {
+            assert!(value(&body, "tlog_scrub_last_aggregations").unwrap_or(0.0) >= 1.0, "{body}");
+            assert_eq!(value(&body, "tlog_scrub_last_unrepaired"), Some(0.0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no scrub pass in the metrics: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A stopped redis-server: its writes fail and it shows as degraded.
     redis.signal(2, "STOP");

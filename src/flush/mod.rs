@@ -332,6 +332,12 @@ pub struct EngineMetrics {
     pub repair_backlog: u64,
     /// Bytes buffered by all vdisks.
     pub buffered_bytes: u64,
+    /// Playbacks running (follows and replications among them), by vdisk: (vdisk, how many,
+    /// the most flushed blocks one of them has yet to stream).
+    pub playbacks: Vec<(String, u64, u64)>,
+    /// Scrub: passes done, aggregations in the last, problems found in all, unrepaired in the
+    /// last, when the last ended (s since the Unix epoch, 0: none).
+    pub scrub: (u64, u64, u64, u64, u64),
 }
 
 /// One vdisk inside the engine: its namespace (state transitions), chain position, the sink of
@@ -445,6 +451,16 @@ pub struct Stats {
     pub repairs_queued: AtomicU64,
     /// Shard writes retried because the quorum was not reached.
     pub retries: AtomicU64,
+    /// Scheduled scrub passes completed.
+    pub scrub_passes: AtomicU64,
+    /// Aggregations the last pass checked.
+    pub scrub_aggregations: AtomicU64,
+    /// Problems found by all passes.
+    pub scrub_findings: AtomicU64,
+    /// Problems the last pass could not repair.
+    pub scrub_unrepaired: AtomicU64,
+    /// When the last pass ended, s since the Unix epoch (0: none yet).
+    pub scrub_completed_at: AtomicU64,
 }
 
 impl Default for Stats {
@@ -454,6 +470,11 @@ impl Default for Stats {
             flush_latency: latency_histogram("tlog_flush_latency_seconds", "Seconds from an aggregation's seal to its write quorum.", &[]),
             repairs_queued: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            scrub_passes: AtomicU64::new(0),
+            scrub_aggregations: AtomicU64::new(0),
+            scrub_findings: AtomicU64::new(0),
+            scrub_unrepaired: AtomicU64::new(0),
+            scrub_completed_at: AtomicU64::new(0),
         }
     }
 }
@@ -512,6 +533,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     repair: Arc<repair::Queue>,
     attach_tx: Sender<Option<attach::Job>>,
+    /// Playbacks running: id -> (vdisk, flushed blocks yet to stream).
+    playbacks: Mutex<HashMap<u64, (String, u64)>>,
     next_id: AtomicU64,
     stats: Stats,
 }
@@ -537,6 +560,22 @@ impl Shared {
             repairs_queued: st.repairs_queued.load(Ordering::Relaxed),
             repair_backlog: self.repair.backlog() as u64,
             buffered_bytes: self.total.load(Ordering::SeqCst),
+            playbacks: {
+                let mut by: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+                for (v, b) in lock(&self.playbacks).values() {
+                    let e = by.entry(v.clone()).or_default();
+                    e.0 += 1;
+                    e.1 = e.1.max(*b);
+                }
+                by.into_iter().map(|(v, (n, b))| (v, n, b)).collect()
+            },
+            scrub: (
+                st.scrub_passes.load(Ordering::Relaxed),
+                st.scrub_aggregations.load(Ordering::Relaxed),
+                st.scrub_findings.load(Ordering::Relaxed),
+                st.scrub_unrepaired.load(Ordering::Relaxed),
+                st.scrub_completed_at.load(Ordering::Relaxed),
+            ),
         }
     }
 

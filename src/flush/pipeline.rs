@@ -126,6 +126,7 @@ impl Engine {
             attach_tx,
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
+            playbacks: Mutex::new(HashMap::new()),
         });
         let mut threads = Vec::new();
         for (i, rx) in writer_rxs.into_iter().enumerate() {
@@ -295,6 +296,12 @@ fn scrubber(sh: Arc<Shared>, every: Duration) {
         let start = Instant::now();
         match crate::history::scrub::scrub(&sh.backends, &sh.sealer, &opts) {
             Ok(r) => {
+                let st = &sh.stats;
+                st.scrub_passes.fetch_add(1, Ordering::Relaxed);
+                st.scrub_aggregations.store(r.aggregations as u64, Ordering::Relaxed);
+                st.scrub_findings.fetch_add(r.findings.len() as u64, Ordering::Relaxed);
+                st.scrub_unrepaired.store(r.unrepaired() as u64, Ordering::Relaxed);
+                st.scrub_completed_at.store(sh.clock.wall_ns() / 1_000_000_000, Ordering::Relaxed);
                 for f in &r.findings {
                     tracing::warn!(vdisk = %f.vdisk, key = ?f.key, backend = ?f.backend, kind = ?f.kind, repaired = f.repaired, "scrub: {}", f.detail);
                 }
@@ -325,6 +332,18 @@ struct LiveEngine(Arc<Shared>);
 impl crate::history::playback::Live for LiveEngine {
     fn last_flushed(&self, vdisk: &str) -> Option<u64> {
         self.0.vdisk(vdisk).ok().and_then(|v| v.last_flushed())
+    }
+
+    fn behind(&self, id: u64, vdisk: &str, behind: Option<u64>) {
+        let mut p = super::lock(&self.0.playbacks);
+        match behind {
+            Some(b) => {
+                p.insert(id, (vdisk.to_string(), b));
+            }
+            None => {
+                p.remove(&id);
+            }
+        }
     }
 
     fn wait_flushed(&self, vdisk: &str, past: Option<u64>, timeout: Duration) -> Option<u64> {

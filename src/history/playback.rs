@@ -49,6 +49,25 @@ pub trait Live: Send + Sync {
     /// Waits until the last flushed sequence of `vdisk` passes `past`, at most `timeout`;
     /// returns it.
     fn wait_flushed(&self, vdisk: &str, past: Option<u64>, timeout: Duration) -> Option<u64>;
+    /// Playback `id` of `vdisk` has `behind` flushed blocks yet to stream (its lag; a
+    /// replication's standby is that far behind); `None`: it ended. Default: not recorded.
+    fn behind(&self, _id: u64, _vdisk: &str, _behind: Option<u64>) {}
+}
+
+/// Ids of playbacks, for their lag records.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Removes a playback's lag record when it ends, however it ends.
+struct LagRecord<'a> {
+    live: Arc<dyn Live>,
+    id: u64,
+    vdisk: &'a str,
+}
+
+impl Drop for LagRecord<'_> {
+    fn drop(&mut self) {
+        self.live.behind(self.id, self.vdisk, None);
+    }
 }
 
 /// From the protocol's form.
@@ -178,7 +197,17 @@ fn stream(
         None => 0,
     };
     let mut gone = false;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let _record = live.clone().map(|l| LagRecord { live: l, id, vdisk });
+    let head = live.as_ref().and_then(|l| l.last_flushed(vdisk));
+    let reporter = live.clone();
+    let report = move |sent: Option<u64>, head: Option<u64>| {
+        if let (Some(l), Some(h)) = (reporter.as_ref(), head) {
+            l.behind(id, vdisk, Some(h.saturating_sub(sent.unwrap_or(0))));
+        }
+    };
     h.for_each_aggregation(start..end.max(start), PARALLEL, |_, agg| {
+        report(agg.blocks.last().map(|b| b.sequence), head);
         for b in agg.blocks {
             if from.map(|f| b.sequence <= f).unwrap_or(false) || to.map(|t| b.sequence > t).unwrap_or(true) {
                 continue;
@@ -210,6 +239,7 @@ fn stream(
             return Ok(());
         }
         let seen = last.map(|e| e.last_sequence);
+        report(last_sent, live.last_flushed(vdisk));
         let Some(now) = live.wait_flushed(vdisk, seen, Duration::from_millis(500)) else { continue };
         if seen.map(|s| now <= s).unwrap_or(false) {
             continue;
