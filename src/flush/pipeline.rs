@@ -298,7 +298,7 @@ fn scrubber(sh: Arc<Shared>, every: Duration) {
             Ok(r) => {
                 let st = &sh.stats;
                 st.scrub_passes.fetch_add(1, Ordering::Relaxed);
-                st.scrub_aggregations.store(r.aggregations as u64, Ordering::Relaxed);
+                st.scrub_aggregations.store(r.aggregations, Ordering::Relaxed);
                 st.scrub_findings.fetch_add(r.findings.len() as u64, Ordering::Relaxed);
                 st.scrub_unrepaired.store(r.unrepaired() as u64, Ordering::Relaxed);
                 st.scrub_completed_at.store(sh.clock.wall_ns() / 1_000_000_000, Ordering::Relaxed);
