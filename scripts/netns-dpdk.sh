@@ -87,6 +87,25 @@ if [ "$fail" = 0 ]; then
   "$bin/tlog" restore --server 198.18.0.2:11211 --vdisk dvd0 --output "$work/played0.img" >/dev/null || fail=1
   cmp "$img" "$work/played0.img" && echo "netns-dpdk: the restore through tlogd's playback is identical" || fail=1
 fi
+# Metrics over the namespace's kernel loopback (server.metrics_listen's default): the DPDK
+# port's and queues' counters.
+python3 - "$work/metrics.txt" <<'PY' || { echo "netns-dpdk: /metrics lacks the DPDK counters"; fail=1; }
+import sys, time, urllib.request
+t = ""
+for _ in range(50):
+    try:
+        t = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode()
+        if "tlog_dpdk_port_rx_packets_total" in t:
+            break
+    except OSError:
+        pass
+    time.sleep(0.1)
+open(sys.argv[1], "w").write(t)
+rx = [float(l.split()[-1]) for l in t.splitlines() if l.startswith("tlog_dpdk_port_rx_packets_total")]
+q = [float(l.split()[-1]) for l in t.splitlines() if l.startswith("tlog_dpdk_queue_rx_packets_total")]
+assert rx and rx[0] > 0 and q and sum(q) > 0, t[:3000]
+print(f"netns-dpdk: /metrics shows the DPDK port's {int(rx[0])} received frames over {len(q)} queues")
+PY
 kill -TERM "$tlogd_pid"
 rc=0
 wait "$tlogd_pid" || rc=$?

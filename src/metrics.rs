@@ -21,6 +21,8 @@
 //! | `tlog_connections` | frontend | connections open |
 //! | `tlog_aggregations_flushed_total`, `tlog_write_retries_total`, `tlog_repairs_queued_total`, `tlog_repair_backlog`, `tlog_buffered_bytes` | | engine-wide |
 //! | `tlog_playbacks`, `tlog_playback_lag_blocks` | vdisk | playbacks running (follows, replications), and the furthest one's lag in flushed blocks |
+//! | `tlog_dpdk_port_{rx,tx}_{packets,bytes}_total`, `_missed_total`, `_{rx,tx}_errors_total`, `_rx_nombuf_total` | port | dpdk mode: the PMD's port counters |
+//! | `tlog_dpdk_queue_{rx,tx}_{packets,bytes}_total`, `_tx_drops_total`, `_alloc_failures_total`, `_oversize_drops_total` | queue | dpdk mode: each poll loop's |
 //! | `tlog_scrub_passes_total`, `tlog_scrub_findings_total`, `tlog_scrub_last_aggregations`, `tlog_scrub_last_unrepaired`, `tlog_scrub_last_completed_timestamp_seconds` | | the scheduled scrub's progress |
 
 use crate::error::{Error, Result};
@@ -42,6 +44,8 @@ pub struct Snapshot {
     pub backend_latency: Vec<Histogram>,
     /// The front-end (`kernel`, `tap`, `dpdk`) and its open connections.
     pub frontend: (String, u64),
+    /// In dpdk mode: the port's and each queue's counters.
+    pub dpdk: Option<(crate::net::PortCounters, Vec<crate::net::QueueCounters>)>,
 }
 
 /// Where a scrape's numbers come from.
@@ -149,6 +153,37 @@ pub fn render(s: &Snapshot) -> Result<String> {
         g.set(v as f64);
         add(&r, g)?;
     }
+    if let Some((p, qs)) = &s.dpdk {
+        let name = p.port.to_string();
+        let one = |v: u64| -> Vec<(String, u64)> { vec![(name.clone(), v)] };
+        for (name, help, v) in [
+            ("tlog_dpdk_port_rx_packets_total", "Frames the DPDK port received.", p.rx_packets),
+            ("tlog_dpdk_port_rx_bytes_total", "Bytes the DPDK port received.", p.rx_bytes),
+            ("tlog_dpdk_port_tx_packets_total", "Frames the DPDK port sent.", p.tx_packets),
+            ("tlog_dpdk_port_tx_bytes_total", "Bytes the DPDK port sent.", p.tx_bytes),
+            ("tlog_dpdk_port_missed_total", "Frames the DPDK port dropped for want of room on a receive queue.", p.missed),
+            ("tlog_dpdk_port_rx_errors_total", "Receive errors of the DPDK port.", p.rx_errors),
+            ("tlog_dpdk_port_tx_errors_total", "Transmit errors of the DPDK port.", p.tx_errors),
+            ("tlog_dpdk_port_rx_nombuf_total", "Receive mbuf allocation failures of the DPDK port.", p.rx_nombuf),
+        ] {
+            counters(&r, name, help, "port", &one(v))?;
+        }
+        let per_q =
+            |f: &dyn Fn(&crate::net::QueueCounters) -> u64| -> Vec<(String, u64)> { qs.iter().enumerate().map(|(i, q)| (i.to_string(), f(q))).collect() };
+        counters(&r, "tlog_dpdk_queue_rx_packets_total", "Frames a DPDK queue received.", "queue", &per_q(&|q| q.rx_packets))?;
+        counters(&r, "tlog_dpdk_queue_rx_bytes_total", "Bytes a DPDK queue received.", "queue", &per_q(&|q| q.rx_bytes))?;
+        counters(&r, "tlog_dpdk_queue_tx_packets_total", "Frames a DPDK queue sent.", "queue", &per_q(&|q| q.tx_packets))?;
+        counters(&r, "tlog_dpdk_queue_tx_bytes_total", "Bytes a DPDK queue sent.", "queue", &per_q(&|q| q.tx_bytes))?;
+        counters(&r, "tlog_dpdk_queue_tx_drops_total", "Frames a DPDK queue's port did not take.", "queue", &per_q(&|q| q.tx_drops))?;
+        counters(&r, "tlog_dpdk_queue_alloc_failures_total", "Transmit mbuf allocation failures of a DPDK queue.", "queue", &per_q(&|q| q.alloc_failures))?;
+        counters(
+            &r,
+            "tlog_dpdk_queue_oversize_drops_total",
+            "Frames longer than the MTU a DPDK queue could not segment.",
+            "queue",
+            &per_q(&|q| q.oversize_drops),
+        )?;
+    }
     prometheus::TextEncoder::new().encode_to_string(&r.gather()).map_err(m)
 }
 
@@ -218,6 +253,10 @@ mod tests {
                 })
                 .collect(),
             frontend: ("kernel".into(), 3),
+            dpdk: Some((
+                crate::net::PortCounters { port: 0, rx_packets: 7, ..Default::default() },
+                vec![Default::default(), crate::net::QueueCounters { tx_packets: 5, ..Default::default() }],
+            )),
         };
         s.backend_latency[0].observe(0.002);
         let t = render(&s).unwrap();
@@ -227,5 +266,6 @@ mod tests {
         assert!(t.contains("tlog_backend_write_latency_seconds_count{backend=\"local /d/0\"} 1"), "{t}");
         assert!(t.contains("tlog_connections{frontend=\"kernel\"} 3"), "{t}");
         assert_eq!(t.matches("# TYPE tlog_backend_write_latency_seconds histogram").count(), 1, "{t}");
+        assert!(t.contains("tlog_dpdk_port_rx_packets_total{port=\"0\"} 7") && t.contains("tlog_dpdk_queue_tx_packets_total{queue=\"1\"} 5"), "{t}");
     }
 }

@@ -266,7 +266,7 @@ pub fn run(cfg: Config, sink: bool, stop: Arc<AtomicBool>) -> Result<()> {
         let f = crate::bench::sink_factory();
         return match cfg.net.mode {
             NetMode::Kernel => crate::bench::sink(&cfg.server.listen, stop, Duration::from_secs(100 * 365 * 86_400)),
-            mode => serve_front_end(mode, f, &cfg, stop),
+            mode => serve_front_end(mode, f, &cfg, stop, Default::default()),
         };
     }
     std::fs::create_dir_all(&cfg.server.data_dir).ctx(|| format!("create data directory {}", cfg.server.data_dir.display()))?;
@@ -282,9 +282,10 @@ pub fn run(cfg: Config, sink: bool, stop: Arc<AtomicBool>) -> Result<()> {
     let engine = Engine::start(cfg.clone(), sealer, backends, crate::time::SystemClock::shared())?;
     let limits = Arc::new(SessionLimits::from_config(&cfg, auth));
     let e = engine.clone();
-    let metrics = start_metrics(&cfg, &engine, &limits, stop.clone());
+    let published = Arc::new(crate::net::FrontendStats::default());
+    let metrics = start_metrics(&cfg, &engine, &limits, &published, stop.clone());
     let factory: crate::net::Factory = Arc::new(move |peer| Box::new(Session::new(e.clone(), limits.clone(), peer)));
-    let served = serve_front_end(cfg.net.mode, factory, &cfg, stop);
+    let served = serve_front_end(cfg.net.mode, factory, &cfg, stop, published);
     if let Some(h) = metrics {
         let _ = h.join();
     }
@@ -302,6 +303,7 @@ struct Live {
     engine: Arc<Engine>,
     limits: Arc<SessionLimits>,
     mode: &'static str,
+    published: Arc<crate::net::FrontendStats>,
 }
 
 impl crate::metrics::Source for Live {
@@ -312,18 +314,26 @@ impl crate::metrics::Source for Live {
             flush_latency,
             backend_latency,
             frontend: (self.mode.to_string(), self.limits.connections.load(std::sync::atomic::Ordering::Relaxed)),
+            dpdk: self.published.dpdk.lock().ok().and_then(|d| d.clone()),
         }
     }
 }
 
 /// Serves metrics on `server.metrics_listen` unless it is empty; an address that cannot be
 /// bound is logged and metrics stay off (they are not worth refusing to run for).
-fn start_metrics(cfg: &Config, engine: &Arc<Engine>, limits: &Arc<SessionLimits>, stop: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+fn start_metrics(
+    cfg: &Config,
+    engine: &Arc<Engine>,
+    limits: &Arc<SessionLimits>,
+    published: &Arc<crate::net::FrontendStats>,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
     let listen = cfg.server.metrics_listen.trim();
     if listen.is_empty() {
         return None;
     }
-    let src: Arc<dyn crate::metrics::Source> = Arc::new(Live { engine: engine.clone(), limits: limits.clone(), mode: cfg.net.mode.as_str() });
+    let src: Arc<dyn crate::metrics::Source> =
+        Arc::new(Live { engine: engine.clone(), limits: limits.clone(), mode: cfg.net.mode.as_str(), published: published.clone() });
     match crate::metrics::serve(listen, src, stop) {
         Ok((addr, h)) => {
             tracing::info!("metrics at http://{addr}/metrics");
@@ -338,11 +348,13 @@ fn start_metrics(cfg: &Config, engine: &Arc<Engine>, limits: &Arc<SessionLimits>
     }
 }
 
-fn serve_front_end(mode: NetMode, factory: crate::net::Factory, cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
+fn serve_front_end(mode: NetMode, factory: crate::net::Factory, cfg: &Config, stop: Arc<AtomicBool>, published: Arc<crate::net::FrontendStats>) -> Result<()> {
+    #[cfg(not(feature = "dpdk"))]
+    let _ = published;
     match mode {
         NetMode::Tap => crate::net::tap::serve(factory, cfg, stop),
         #[cfg(feature = "dpdk")]
-        NetMode::Dpdk => crate::net::dpdk::serve(factory, cfg, stop),
+        NetMode::Dpdk => crate::net::dpdk::serve(factory, cfg, stop, published),
         #[cfg(not(feature = "dpdk"))]
         NetMode::Dpdk => Err(Error::Config("net.mode = \"dpdk\" needs a build with the dpdk feature".into())),
         NetMode::Kernel => {

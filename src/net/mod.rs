@@ -22,6 +22,56 @@ use std::time::Duration;
 /// Makes the protocol endpoint of a new connection from its peer's address.
 pub type Factory = Arc<dyn Fn(String) -> Box<dyn Protocol> + Send + Sync>;
 
+/// A DPDK port's counters (the PMD's `rte_eth_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    /// The port id.
+    pub port: u16,
+    /// Frames and bytes received and sent.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames the port dropped for want of room on a receive queue.
+    pub missed: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Transmit errors.
+    pub tx_errors: u64,
+    /// Receive mbuf allocation failures.
+    pub rx_nombuf: u64,
+}
+
+/// One DPDK queue pair's counters (its poll loop's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames the port did not take.
+    pub tx_drops: u64,
+    /// Transmit mbuf allocation failures.
+    pub alloc_failures: u64,
+    /// Frames longer than the MTU that could not be segmented (dropped).
+    pub oversize_drops: u64,
+}
+
+/// What a front-end publishes for the metrics: in dpdk mode the port's and each queue's
+/// counters, refreshed every second.
+#[derive(Debug, Default)]
+pub struct FrontendStats {
+    /// The DPDK port and its queues, once the port is up.
+    pub dpdk: std::sync::Mutex<Option<(PortCounters, Vec<QueueCounters>)>>,
+}
+
 /// Connection rules of a front-end (from `[server]`).
 #[derive(Clone, Copy, Debug)]
 pub struct Rules {

@@ -26,7 +26,7 @@ mod serve_impl {
     /// per-queue statistics every `stats_interval_secs` and at exit.
     ///
     /// Errors: EAL or port setup failures, and fewer lcores than `dpdk.queues`.
-    pub fn serve(factory: Factory, cfg: &Config, stop: Arc<AtomicBool>) -> Result<()> {
+    pub fn serve(factory: Factory, cfg: &Config, stop: Arc<AtomicBool>, published: Arc<crate::net::FrontendStats>) -> Result<()> {
         let d = &cfg.dpdk;
         Eal::init(&d.eal_args)?;
         let lcores = lcore::lcores();
@@ -94,12 +94,16 @@ mod serve_impl {
             std::thread::Builder::new()
                 .name("dpdk-stats".into())
                 .spawn(move || {
-                    let mut last = Instant::now();
+                    let (mut last, mut last_pub) = (Instant::now(), Instant::now() - Duration::from_secs(1));
                     while !stop.load(Ordering::SeqCst) {
                         std::thread::sleep(Duration::from_millis(100));
                         if interval > 0 && last.elapsed() >= Duration::from_secs(interval) {
                             log_stats(&port, &stats);
                             last = Instant::now();
+                        }
+                        if last_pub.elapsed() >= Duration::from_secs(1) {
+                            publish(&port, &stats, &published);
+                            last_pub = Instant::now();
                         }
                     }
                 })
@@ -184,6 +188,40 @@ mod serve_impl {
         }
         if let Ok(mut s) = stats.lock() {
             s[q] = dev.stats();
+        }
+    }
+
+    /// Copies the port's and the queues' counters where the metrics read them.
+    fn publish(port: &Port, stats: &Mutex<Vec<QueueStats>>, out: &crate::net::FrontendStats) {
+        let p = port.stats();
+        let pc = crate::net::PortCounters {
+            port: port.id(),
+            rx_packets: p.ipackets,
+            rx_bytes: p.ibytes,
+            tx_packets: p.opackets,
+            tx_bytes: p.obytes,
+            missed: p.imissed,
+            rx_errors: p.ierrors,
+            tx_errors: p.oerrors,
+            rx_nombuf: p.rx_nombuf,
+        };
+        let qs: Vec<crate::net::QueueCounters> = match stats.lock() {
+            Ok(s) => s
+                .iter()
+                .map(|x| crate::net::QueueCounters {
+                    rx_packets: x.rx_packets,
+                    rx_bytes: x.rx_bytes,
+                    tx_packets: x.tx_packets,
+                    tx_bytes: x.tx_bytes,
+                    tx_drops: x.tx_drops,
+                    alloc_failures: x.alloc_failures,
+                    oversize_drops: x.oversize_drops,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Ok(mut o) = out.dpdk.lock() {
+            *o = Some((pc, qs));
         }
     }
 
