@@ -187,6 +187,90 @@ pub fn render(s: &Snapshot) -> Result<String> {
     prometheus::TextEncoder::new().encode_to_string(&r.gather()).map_err(m)
 }
 
+/// What `tlog status --metrics URL` shows: `GET` of a tlogd's `/metrics` (`http://HOST:PORT/PATH`,
+/// 10 s bound), read back into the JSON shape of the `status` control answer (vdisks, backends,
+/// engine-wide numbers). Errors: a bad URL, the server unreachable or not answering 200, text
+/// that is not this module's.
+pub fn status_from_url(url: &str) -> Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or_else(|| Error::InvalidArgument(format!("--metrics {url}: an http:// URL")))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/metrics"),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+        .map_err(|e| Error::io(format!("resolve {host}"), e))?
+        .next()
+        .ok_or_else(|| Error::NotFound(format!("address {host}")))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| Error::io(format!("connect to {host}"), e))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| Error::io("set read timeout", e))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).map_err(|e| Error::io(format!("send to {host}"), e))?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).map_err(|e| Error::io(format!("read from {host}"), e))?;
+    let (head, body) = r.split_once("\r\n\r\n").ok_or_else(|| Error::Protocol(format!("{url}: not an HTTP answer")))?;
+    if !head.lines().next().unwrap_or("").contains(" 200") {
+        return Err(Error::Protocol(format!("{url}: {}", head.lines().next().unwrap_or(""))));
+    }
+    Ok(parse_status(body))
+}
+
+/// The `status` JSON shape from metrics text (series this module renders).
+fn parse_status(body: &str) -> serde_json::Value {
+    use std::collections::BTreeMap;
+    let mut vd: BTreeMap<String, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+    let mut be: BTreeMap<String, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+    let mut top = serde_json::Map::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(v) = value.parse::<f64>() else { continue };
+        let (name, label) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}').split_once("=\"").map(|(k, v)| (k.to_string(), v.trim_end_matches('"').to_string()))),
+            None => (series, None),
+        };
+        let num = |v: f64| serde_json::json!(v as u64);
+        match (name, label) {
+            (n, Some((k, l))) if k == "vdisk" && n.starts_with("tlog_vdisk_") => {
+                let e = vd.entry(l.clone()).or_default();
+                e.insert("name".into(), serde_json::json!(l));
+                let field = n.trim_start_matches("tlog_vdisk_").trim_end_matches("_total");
+                let j = match field {
+                    "unflushed_age_seconds" => serde_json::json!(v),
+                    "attached" => serde_json::json!(v == 1.0),
+                    "last_flushed_sequence" => {
+                        e.insert("last_flushed".into(), if v < 0.0 { serde_json::Value::Null } else { num(v) });
+                        continue;
+                    }
+                    _ => num(v),
+                };
+                e.insert(field.into(), j);
+            }
+            (n, Some((k, l))) if k == "backend" && !n.ends_with("_bucket") && !n.ends_with("_sum") && !n.ends_with("_count") => {
+                let e = be.entry(l.clone()).or_default();
+                e.insert("name".into(), serde_json::json!(l));
+                match n {
+                    "tlog_backend_degraded" => e.insert("degraded".into(), serde_json::json!(v == 1.0)),
+                    "tlog_backend_errors_total" => e.insert("errors".into(), num(v)),
+                    "tlog_backend_queued_bytes" => e.insert("queued_bytes".into(), num(v)),
+                    _ => None,
+                };
+            }
+            ("tlog_aggregations_flushed_total", None) => {
+                top.insert("flushed_aggregations".into(), num(v));
+            }
+            ("tlog_repair_backlog", None) => {
+                top.insert("repair_backlog".into(), num(v));
+            }
+            ("tlog_buffered_bytes", None) => {
+                top.insert("buffered_bytes".into(), num(v));
+            }
+            _ => {}
+        }
+    }
+    top.insert("vdisks".into(), serde_json::Value::Array(vd.into_values().map(serde_json::Value::Object).collect()));
+    top.insert("backends".into(), serde_json::Value::Array(be.into_values().map(serde_json::Value::Object).collect()));
+    serde_json::Value::Object(top)
+}
+
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 

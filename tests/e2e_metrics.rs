@@ -68,6 +68,12 @@ fn metrics_count_what_was_flushed_and_show_a_stopped_redis_as_degraded() {
     let v = j["vdisks"].as_array().unwrap().iter().find(|v| v["name"] == "mv").cloned().unwrap();
     assert_eq!(v["flushed_bytes"].as_u64(), Some(nonzero));
     assert_eq!(j["backends"].as_array().unwrap().len(), 6);
+    let url = format!("http://127.0.0.1:{mport}/metrics");
+    let o = run(Command::new(tlog_bin()).args(["status", "--metrics", &url, "--interval-ms", "100", "--json"]));
+    assert_ok(&o, "tlog status --metrics --json");
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = j["vdisks"].as_array().unwrap().iter().find(|v| v["name"] == "mv").cloned().unwrap_or_default();
+    assert_eq!((v["flushed_bytes"].as_u64(), j["backends"].as_array().map(|b| b.len())), (Some(nonzero), Some(6)), "{j}");
     let o = run(Command::new(tlog_bin()).args(["status", "--server", &t.addr(), "--interval-ms", "100"]));
     assert_ok(&o, "tlog status");
     assert!(text(&o).contains("mv") && text(&o).contains("redis 127.0.0.1"), "{}", text(&o));

@@ -317,8 +317,11 @@ enum Cmd {
     /// and the repair backlog; the numbers its /metrics serves.
     Status {
         /// tlogd address.
+        #[arg(long, required_unless_present = "metrics", conflicts_with = "metrics")]
+        server: Option<String>,
+        /// Read tlogd's /metrics instead (e.g. http://127.0.0.1:9464/metrics).
         #[arg(long)]
-        server: String,
+        metrics: Option<String>,
         /// Auth token.
         #[arg(long, default_value = "")]
         token: String,
@@ -741,11 +744,15 @@ fn run(args: Args) -> tlog::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { server, token, interval_ms, json } => {
+        Cmd::Status { server, metrics, token, interval_ms, json } => {
             let sample = || -> tlog::Result<serde_json::Value> {
-                let j = done(tlog::client::remote::control(&server, &token, ControlRequest::Status)?)?;
-                Ok(j)
+                match (&server, &metrics) {
+                    (Some(s), _) => done(tlog::client::remote::control(s, &token, ControlRequest::Status)?),
+                    (None, Some(url)) => tlog::metrics::status_from_url(url),
+                    (None, None) => Err(tlog::Error::InvalidArgument("give --server ADDR or --metrics URL".into())),
+                }
             };
+            let server = server.clone().or(metrics.clone()).unwrap_or_default();
             let a = sample()?;
             let t0 = std::time::Instant::now();
             std::thread::sleep(std::time::Duration::from_millis(interval_ms.max(1)));
