@@ -228,6 +228,34 @@ fn segment_name(base: u64) -> String {
     format!("{base:020}")
 }
 
+/// Whether segment `base` in `dir` is in a state only a creation cut short leaves
+/// ([`Segment::create`] writes the data file's header, then creates the index, sizes it and
+/// writes its header): an empty data file and no index, or a data file of just a valid header
+/// and an index that is missing, empty, or sized but with a zero header. Damage of another
+/// shape (a short or garbled index of a store that held records) is not this.
+fn creation_cut_short(dir: &Path, base: u64) -> bool {
+    let name = segment_name(base);
+    let data_path = dir.join(format!("{name}.data"));
+    let index_path = dir.join(format!("{name}.index"));
+    let Ok(data) = std::fs::read(&data_path).map(|mut d| {
+        d.truncate(DATA_HEADER_LEN as usize + 1);
+        d
+    }) else {
+        return false;
+    };
+    let index = std::fs::File::open(&index_path).ok().map(|f| {
+        let mut h = vec![0u8; INDEX_HEADER_LEN];
+        let n = f.read_at(&mut h, 0).unwrap_or(0);
+        (f.metadata().map(|m| m.len()).unwrap_or(0), h[..n].iter().all(|b| *b == 0))
+    });
+    match (data.len() as u64, index) {
+        (0, None) => true,
+        (n, None) if n == DATA_HEADER_LEN => format::check_data_header(&data_path, &data).is_ok(),
+        (n, Some((len, zero))) if n == DATA_HEADER_LEN => (len == 0 || zero) && format::check_data_header(&data_path, &data).is_ok(),
+        _ => false,
+    }
+}
+
 impl Segment {
     fn slot(&self, i: u64) -> Slot {
         let b = self.index.bytes();
@@ -772,8 +800,7 @@ impl BigLog {
         // the one before it is the hot segment again.
         if let Some(&last) = bases.last() {
             let data_path = dir.join(format!("{}.data", segment_name(last)));
-            let len = std::fs::metadata(&data_path).map(|m| m.len()).unwrap_or(0);
-            if len <= DATA_HEADER_LEN {
+            if creation_cut_short(dir, last) {
                 if let Err(e) = Segment::open_checked(dir, last, false, false) {
                     tracing::warn!(store = %dir.display(), segment = %segment_name(last), "segment creation was cut short ({e}); it holds no record and is {}", if writable { "removed" } else { "skipped" });
                     if writable {
@@ -1177,11 +1204,17 @@ mod tests {
         }
         // A kill between creating the next segment's data file and writing its header (with
         // and without its index file).
-        for with_index in [false, true] {
+        for state in 0..3 {
             let next = segment_name(2);
-            std::fs::write(d.path().join(format!("{next}.data")), b"").unwrap();
-            if with_index {
-                std::fs::write(d.path().join(format!("{next}.index")), b"").unwrap();
+            if state == 0 {
+                // Killed right after creating the data file.
+                std::fs::write(d.path().join(format!("{next}.data")), b"").unwrap();
+            } else {
+                // After its header; the index created (empty) or not yet.
+                std::fs::write(d.path().join(format!("{next}.data")), format::encode_data_header()).unwrap();
+                if state == 2 {
+                    std::fs::write(d.path().join(format!("{next}.index")), b"").unwrap();
+                }
             }
             assert!(BigLog::open_read_only(d.path()).is_ok(), "verify cannot open the store");
             let log = BigLog::open(d.path(), small()).unwrap();
@@ -1193,6 +1226,13 @@ mod tests {
         log.split().unwrap();
         assert_eq!(log.write(b"c").unwrap(), 2);
         assert_eq!(log.read_at(2).unwrap().unwrap().1, b"c");
+        drop(log);
+        // A garbled index of a store that holds no record yet is damage, not a creation cut
+        // short: the store does not open (tlogd starts degraded, or refuses).
+        let e = tempfile::tempdir().unwrap();
+        drop(BigLog::open(e.path(), small()).unwrap());
+        std::fs::write(e.path().join(format!("{}.index", segment_name(0))), b"garbage").unwrap();
+        assert!(BigLog::open(e.path(), small()).is_err(), "a garbled index was taken for a torn creation");
     }
 
     #[test]
