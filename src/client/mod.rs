@@ -851,6 +851,19 @@ mod tests {
     use std::io::Read;
     use std::net::TcpListener;
 
+    /// A fake server's answer to a handshake: accepted in `epoch`, nothing flushed yet.
+    fn handshake_ok(epoch: u64) -> Vec<u8> {
+        let r = crate::wire::HandshakeResponse {
+            version: PROTOCOL_VERSION,
+            status: HandshakeStatus::Ok,
+            last_flushed_sequence: 0,
+            has_flushed: false,
+            message: String::new(),
+            epoch,
+        };
+        crate::wire::encode_handshake_response(&r)
+    }
+
     /// A server that answers the handshake and then acks nothing.
     fn silent_server() -> (String, std::thread::JoinHandle<()>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -869,15 +882,7 @@ mod tests {
                     Err(_) => continue,
                 }
                 if !answered && dec.next_frame().unwrap().is_some() {
-                    let r = crate::wire::HandshakeResponse {
-                        version: PROTOCOL_VERSION,
-                        status: HandshakeStatus::Ok,
-                        last_flushed_sequence: 0,
-                        has_flushed: false,
-                        message: String::new(),
-                        epoch: 1,
-                    };
-                    s.write_all(&crate::wire::encode_handshake_response(&r)).unwrap();
+                    s.write_all(&handshake_ok(1)).unwrap();
                     answered = true;
                 }
                 while dec.next_frame().unwrap().is_some() {}
@@ -935,15 +940,7 @@ mod tests {
                     }
                     while let Ok(Some(f)) = dec.next_frame() {
                         if !answered {
-                            let r = crate::wire::HandshakeResponse {
-                                version: PROTOCOL_VERSION,
-                                status: HandshakeStatus::Ok,
-                                last_flushed_sequence: 0,
-                                has_flushed: false,
-                                message: String::new(),
-                                epoch: 2,
-                            };
-                            if s.write_all(&crate::wire::encode_handshake_response(&r)).is_err() {
+                            if s.write_all(&handshake_ok(2)).is_err() {
                                 break 'conn;
                             }
                             answered = true;
