@@ -161,8 +161,8 @@ fn import_fails_over_when_a_is_killed() {
     failover(true);
 }
 
-/// A second client attaches on B while A is alive and its client writes on: A's client is
-/// refused (fenced), B's completes; the history is A's acknowledged prefix then B's image.
+/// A second client attaches on B while A is alive and its client is mid-import (held with
+/// SIGSTOP meanwhile, then writing on): A's client is refused (fenced), B's completes; the history is A's acknowledged prefix then B's image.
 #[test]
 fn a_second_writer_on_b_fences_the_first_on_a() {
     let d = tempfile::tempdir().unwrap();
@@ -174,7 +174,11 @@ fn a_second_writer_on_b_fences_the_first_on_a() {
     let out1 = d.path().join("first.out");
     let mut w1 = spawn_import(&h.a.addr(), "fo-two", &first, &out1);
     wait_some_flushed(&h.a, "fo-two");
+    // The first writer is held mid-import (its window is smaller than what it has left), so
+    // it cannot finish before the second attaches however fast the path is; it writes on after.
+    signal(w1.id(), "STOP");
     let o = Command::new(tlog_bin()).args(["import", "--server", &h.b.addr(), "--vdisk", "fo-two"]).arg(&second).stdin(Stdio::null()).output().unwrap();
+    signal(w1.id(), "CONT");
     assert_ok(&o, "the second writer's import on B");
     let st = w1.wait().unwrap();
     let text = std::fs::read_to_string(out1.with_extension("err")).unwrap_or_default();

@@ -259,6 +259,14 @@ impl RawClient {
         self.0.write_all(data).unwrap();
     }
 
+    /// The `n` bytes of data after a read's simple reply.
+    fn data(&mut self, n: usize) -> Vec<u8> {
+        use std::io::Read;
+        let mut d = vec![0u8; n];
+        self.0.read_exact(&mut d).unwrap();
+        d
+    }
+
     /// The next simple reply (error, cookie), or None within `timeout`.
     fn reply(&mut self, timeout: Duration) -> Option<(u32, u64)> {
         use std::io::Read;
@@ -294,9 +302,15 @@ fn writes_wait_for_tlogd_and_flushes_cover_them() {
     c.send(cmd::WRITE, cmd_flag::FUA, 3, 8192, &[9u8; 4096], 4096);
     c.send(cmd::FLUSH, 0, 4, 0, &[], 0);
     let more = c.reply(Duration::from_millis(500));
+    // The waiting flush and FUA write hold up no other request: a read is answered meanwhile.
+    c.send(cmd::READ, 0, 10, 0, &[], 4096);
+    let read = c.reply(Duration::from_secs(5));
+    let data = read.map(|_| c.data(4096));
     assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
     assert_eq!(plain, None, "a write was answered while tlogd was stopped (before it received it)");
     assert_eq!(more, None, "a FUA write or flush was answered while tlogd was stopped");
+    assert_eq!(read, Some((0, 10)), "a read behind a waiting flush was not answered");
+    assert!(data.unwrap().iter().all(|b| *b == 7));
     // Replies may come in any order (the protocol allows it; plain writes are answered by a
     // replier beside the reader).
     let mut got: Vec<(u32, u64)> = (0..3).map(|_| c.reply(Duration::from_secs(30)).expect("an answer after SIGCONT")).collect();
@@ -380,7 +394,8 @@ fn fio_with_verify_over_the_unix_socket_and_nbdcopy_multi_conn() {
     let sock = d.path().join("nbd.sock");
     let mut g = Gateway::start(d.path(), &t, "fv", &gw_img, &["--size", "33554432", "--socket", sock.to_str().unwrap()]);
     let uri = format!("nbd+unix:///?socket={}", sock.display());
-    let o = run(Command::new("fio").args([
+    // fio saves its verify state in the working directory: the test's own.
+    let o = run(Command::new("fio").current_dir(d.path()).args([
         "--name=tlog",
         "--ioengine=nbd",
         &format!("--uri={uri}"),

@@ -559,8 +559,14 @@ impl Client {
     /// Asks the server to flush now and waits until every block sent so far is flushed.
     /// Errors: a fatal server error, reconnecting gave up, or `flush_timeout` passed.
     pub fn flush(&self) -> Result<()> {
+        let target = lock(&self.shared.state).next_sequence.saturating_sub(1);
+        self.flush_upto(target)
+    }
+
+    /// Asks the server to flush now and waits until every block with a sequence up to
+    /// `target` is flushed; later blocks may still be in flight. Errors as [`Client::flush`].
+    pub fn flush_upto(&self, target: u64) -> Result<()> {
         let sh = &self.shared;
-        let target = lock(&sh.state).next_sequence.saturating_sub(1);
         let deadline = Instant::now() + sh.cfg.flush_timeout;
         let mut last_ask = None::<Instant>;
         let mut st = lock(&sh.state);

@@ -50,11 +50,14 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 /// Largest block the gateway sends to tlogd (bytes): longer writes and zeroes are split.
 pub const MAX_BLOCK: usize = 1 << 20;
+/// Writes of at least this many bytes start the image's writeback at once (the flush after
+/// them waits less); smaller ones, which a file system rewrites often, wait for the flush.
+const EARLY_WRITEBACK_BYTES: usize = 256 << 10;
 /// Largest read or write payload a client may send (bytes), advertised as the maximum
 /// payload.
 pub const MAX_PAYLOAD: u32 = 32 << 20;
@@ -199,8 +202,12 @@ struct Gateway {
     size: u64,
     /// Held while a block is sent to tlogd and written to the image.
     order: Mutex<()>,
-    /// The last sequence recorded in the state file.
+    /// The group commit of flushes.
+    syncs: Syncs,
+    /// The state file's record: the last sequence written to it, and the one to write next.
     durable: Mutex<u64>,
+    pending_state: Mutex<Option<u64>>,
+    state_cond: Condvar,
     stop: Arc<AtomicBool>,
     connections: AtomicUsize,
     /// The auth token, for the playbacks of changed-block contexts (on the server the client
@@ -213,6 +220,22 @@ struct Gateway {
 
 fn bad(what: String) -> Error {
     Error::InvalidArgument(what)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The group commit of flushes (see [`Gateway::flush_upto`]): every sequence up to `synced` is
+/// flushed by tlogd and in the fdatasync'd image; `running` while a sync is under way.
+struct Syncs {
+    st: Mutex<SyncState>,
+    cond: Condvar,
+}
+
+struct SyncState {
+    synced: u64,
+    running: bool,
 }
 
 impl Gateway {
@@ -232,7 +255,13 @@ impl Gateway {
         }
         self.image.write_all_at(data, offset).ctx(|| format!("write {}", self.path.display()))?;
         self.track(offset, offset + data.len() as u64, Kind::Write);
-        Ok(client.next_sequence().saturating_sub(1))
+        let seq = client.next_sequence().saturating_sub(1);
+        drop(_o);
+        if data.len() >= EARLY_WRITEBACK_BYTES && self.state_file {
+            // Streaming: the next flush's fdatasync finds these pages written already.
+            let _ = crate::sys::file::start_writeback(&self.image, offset, data.len() as u64);
+        }
+        Ok(seq)
     }
 
     /// The writer. Errors: a read-only export.
@@ -343,25 +372,94 @@ impl Gateway {
         Ok(())
     }
 
-    /// Every block sent so far flushed by tlogd, the image fdatasync'd, the state recorded.
+    /// Every block sent so far flushed by tlogd and the image fdatasync'd (see
+    /// [`Gateway::flush_upto`]).
     fn flush(&self) -> Result<()> {
         let Some(client) = &self.client else { return Ok(()) };
         let seq = {
-            let _o = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            let _o = lock(&self.order);
             client.next_sequence().saturating_sub(1)
         };
-        client.flush()?;
-        if !self.state_file {
-            // A fork export's overlay is a cache of what tlogd holds: nothing to sync.
+        self.flush_upto(seq)
+    }
+
+    /// Makes every block with a sequence up to `seq` (one already sent) durable: flushed by
+    /// tlogd, and in the image, fdatasync'd; the two run in parallel. Concurrent callers share
+    /// one sync (group commit): a caller that finds one running waits for it, and starts the
+    /// next only when that one did not cover `seq`. Each sync covers everything sent when it
+    /// starts. The state file is recorded afterwards by the state thread, off this path: a
+    /// state behind the image only makes a restart replay more. Errors: tlogd's flush (a fatal
+    /// error, its timeout), the fdatasync.
+    fn flush_upto(&self, seq: u64) -> Result<()> {
+        let Some(client) = &self.client else { return Ok(()) };
+        let mut st = lock(&self.syncs.st);
+        while st.synced < seq && st.running {
+            st = self.syncs.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if st.synced >= seq {
             return Ok(());
         }
-        rustix::fs::fdatasync(&self.image).map_err(|e| Error::io(format!("fdatasync {}", self.path.display()), e.into()))?;
-        let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        st.running = true;
+        drop(st);
+        let target = {
+            let _o = lock(&self.order);
+            client.next_sequence().saturating_sub(1)
+        };
+        let r = self.sync(client, target);
+        let mut st = lock(&self.syncs.st);
+        st.running = false;
+        if r.is_ok() {
+            st.synced = st.synced.max(target);
+        }
+        drop(st);
+        self.syncs.cond.notify_all();
+        r?;
+        if self.state_file {
+            *lock(&self.pending_state) = Some(target);
+            self.state_cond.notify_all();
+        }
+        Ok(())
+    }
+
+    /// tlogd's flush up to `target` and, for an image with a state file, the image's
+    /// fdatasync, in parallel.
+    fn sync(&self, client: &Client, target: u64) -> Result<()> {
+        if !self.state_file {
+            // A fork export's overlay is a cache of what tlogd holds: nothing to sync.
+            return client.flush_upto(target);
+        }
+        std::thread::scope(|sc| {
+            let image = sc.spawn(|| rustix::fs::fdatasync(&self.image));
+            let logged = client.flush_upto(target);
+            let synced = image.join().unwrap_or(Err(rustix::io::Errno::IO));
+            logged?;
+            synced.map_err(|e| Error::io(format!("fdatasync {}", self.path.display()), e.into()))
+        })
+    }
+
+    /// Writes the state file for `seq` (durable in the image) unless it records as much.
+    fn record_state(&self, seq: u64) -> Result<()> {
+        let mut d = lock(&self.durable);
         if seq > *d {
             write_state(&self.path, &ImageState { vdisk: self.vdisk.clone(), sequence: seq })?;
             *d = seq;
         }
         Ok(())
+    }
+
+    /// The state thread: records what the syncs made durable, until the gateway stops.
+    fn record_states(&self) {
+        loop {
+            let mut p = lock(&self.pending_state);
+            while p.is_none() && !self.stop.load(Ordering::SeqCst) {
+                p = self.state_cond.wait_timeout(p, Duration::from_millis(200)).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            }
+            let Some(seq) = p.take() else { return };
+            drop(p);
+            if let Err(e) = self.record_state(seq) {
+                tracing::warn!(vdisk = %self.vdisk, "nbd: recording the image's state: {e} (a restart replays more of the log)");
+            }
+        }
     }
 
     /// `base:allocation` extents of `[offset, offset + len)`: (length, flags), from the image's
@@ -653,11 +751,18 @@ fn errno_of(e: &Error) -> u32 {
     }
 }
 
-/// The transmission phase: requests in order, until the client disconnects.
+/// Where the reader hands a request whose answer waits: (cookie, the last sequence it covers).
+struct Waiting {
+    /// Plain writes, answered once tlogd received them.
+    received: crossbeam_channel::Sender<(u64, u64)>,
+    /// Flushes and FUA writes, answered once durable.
+    durable: crossbeam_channel::Sender<(u64, u64)>,
+}
+
 /// The reader side of the transmission phase: requests in order; replies go out through `out`,
-/// those of plain writes from the replier once tlogd received them (`replies`: cookie, last
-/// sequence).
-fn requests(g: &Gateway, c: &mut dyn Conn, out: &Out, s: &Session, replies: &crossbeam_channel::Sender<(u64, u64)>) -> Result<()> {
+/// those that wait for tlogd from the replier and the syncer ([`Waiting`]), so the reader goes
+/// on with the next requests meanwhile.
+fn requests(g: &Gateway, c: &mut dyn Conn, out: &Out, s: &Session, waiting: &Waiting) -> Result<()> {
     let mut h = [0u8; REQUEST_BYTES];
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -738,33 +843,28 @@ fn requests(g: &Gateway, c: &mut dyn Conn, out: &Out, s: &Session, replies: &cro
                     cmd::TRIM => g.log_zero(r.offset, r.length as u64, true),
                     _ => g.log_zero(r.offset, r.length as u64, r.flags & cmd_flag::NO_HOLE == 0),
                 };
-                // A plain write is answered by the replier once tlogd received it; this
-                // reader goes on with the next request meanwhile. FUA waits here.
-                let res = match logged {
-                    Ok(seq) if !fua => {
-                        if replies.send((r.cookie, seq)).is_err() {
+                // A plain write is answered by the replier once tlogd received it, a FUA one
+                // by the syncer once it is durable; this reader goes on meanwhile.
+                match logged {
+                    Ok(seq) => {
+                        let to = if fua { &waiting.durable } else { &waiting.received };
+                        if to.send((r.cookie, seq)).is_err() {
                             return Err(Error::Protocol("nbd: the replier ended".into()));
                         }
-                        continue;
                     }
-                    Ok(seq) => g.client().and_then(|c| c.wait_received_upto(seq, Duration::from_secs(3600))).and_then(|()| g.flush()),
-                    Err(e) => Err(e),
-                };
-                match res {
-                    Ok(()) => out.send(&proto::simple_reply(0, r.cookie), "send reply")?,
                     Err(e) => {
                         tracing::warn!(vdisk = %g.vdisk, "nbd: write failed: {e}");
                         fail(out, s, &r, errno_of(&e), &e.to_string())?;
                     }
                 }
             }
-            cmd::FLUSH => match g.flush() {
-                Ok(()) => out.send(&proto::simple_reply(0, r.cookie), "send reply")?,
-                Err(e) => {
-                    tracing::warn!(vdisk = %g.vdisk, "nbd: flush failed: {e}");
-                    fail(out, s, &r, errno_of(&e), &e.to_string())?;
+            cmd::FLUSH => {
+                // Covers every write answered before it: each was sent before this point.
+                let seq = g.client.as_ref().map(|c| c.next_sequence().saturating_sub(1)).unwrap_or(0);
+                if waiting.durable.send((r.cookie, seq)).is_err() {
+                    return Err(Error::Protocol("nbd: the syncer ended".into()));
                 }
-            },
+            }
             cmd::CACHE => {
                 if !in_range {
                     fail(out, s, &r, errno::EINVAL, "cache outside the export")?;
@@ -800,33 +900,48 @@ fn requests(g: &Gateway, c: &mut dyn Conn, out: &Out, s: &Session, replies: &cro
     }
 }
 
-/// The transmission phase: a reader of requests and a replier of plain writes, until the
-/// client disconnects.
+/// The transmission phase: a reader of requests, a replier of plain writes (once tlogd
+/// received them) and a syncer of flushes and FUA writes (once durable, through the group
+/// commit of [`Gateway::flush_upto`]), until the client disconnects. Replies may go out of
+/// order, as the protocol allows.
 fn transmission(g: &Gateway, c: &mut dyn Conn, out: &Out, s: Session) -> Result<()> {
     std::thread::scope(|sc| {
-        let (tx, rx) = crossbeam_channel::bounded::<(u64, u64)>(1024);
+        let (received, received_rx) = crossbeam_channel::bounded::<(u64, u64)>(1024);
+        let (durable, durable_rx) = crossbeam_channel::bounded::<(u64, u64)>(1024);
         let structured = s.structured;
         let replier = sc.spawn(move || -> Result<()> {
-            for (cookie, seq) in rx {
-                match g.client().and_then(|c| c.wait_received_upto(seq, Duration::from_secs(3600))) {
-                    Ok(()) => out.send(&proto::simple_reply(0, cookie), "send reply")?,
-                    Err(e) => {
-                        tracing::warn!(vdisk = %g.vdisk, "nbd: write failed: {e}");
-                        if structured {
-                            out.send(&proto::error_chunk(cookie, errno_of(&e), &e.to_string()), "send reply")?;
-                        } else {
-                            out.send(&proto::simple_reply(errno_of(&e), cookie), "send reply")?;
-                        }
-                    }
-                }
+            for (cookie, seq) in received_rx {
+                answer(g, out, structured, cookie, g.client().and_then(|c| c.wait_received_upto(seq, Duration::from_secs(3600))))?;
             }
             Ok(())
         });
-        let r = requests(g, c, out, &s, &tx);
-        drop(tx);
+        let syncer = sc.spawn(move || -> Result<()> {
+            for (cookie, seq) in durable_rx {
+                answer(g, out, structured, cookie, g.flush_upto(seq))?;
+            }
+            Ok(())
+        });
+        let r = requests(g, c, out, &s, &Waiting { received, durable });
         let w = replier.join().unwrap_or_else(|_| Err(Error::Protocol("nbd: the replier panicked".into())));
-        r.and(w)
+        let y = syncer.join().unwrap_or_else(|_| Err(Error::Protocol("nbd: the syncer panicked".into())));
+        r.and(w).and(y)
     })
+}
+
+/// Sends the reply to `cookie`: success, or the error's errno (with its message in a
+/// structured reply).
+fn answer(g: &Gateway, out: &Out, structured: bool, cookie: u64, r: Result<()>) -> Result<()> {
+    match r {
+        Ok(()) => out.send(&proto::simple_reply(0, cookie), "send reply"),
+        Err(e) => {
+            tracing::warn!(vdisk = %g.vdisk, "nbd: write or flush failed: {e}");
+            if structured {
+                out.send(&proto::error_chunk(cookie, errno_of(&e), &e.to_string()), "send reply")
+            } else {
+                out.send(&proto::simple_reply(errno_of(&e), cookie), "send reply")
+            }
+        }
+    }
 }
 
 /// The sending half of a connection, shared by the reader and the replier: each reply goes out
@@ -1096,7 +1211,10 @@ pub fn run(cfg: GatewayConfig, stop: Arc<AtomicBool>, ready: impl FnOnce(&Ready)
         vdisk: vdisk.clone(),
         size,
         order: Mutex::new(()),
+        syncs: Syncs { st: Mutex::new(SyncState { synced: head, running: false }), cond: Condvar::new() },
         durable: Mutex::new(head),
+        pending_state: Mutex::new(None),
+        state_cond: Condvar::new(),
         stop: stop.clone(),
         connections: AtomicUsize::new(0),
         token: cfg.token.clone(),
@@ -1128,6 +1246,12 @@ pub fn run(cfg: GatewayConfig, stop: Arc<AtomicBool>, ready: impl FnOnce(&Ready)
     ready(&Ready { address: address.clone(), size, head, caught_up_blocks: caught_up, built, elapsed: start.elapsed(), mode, point });
     tracing::info!(vdisk = %vdisk, %address, size, head, ?mode, "nbd: serving");
     let mut threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    let recorder = if mode == Mode::Head {
+        let g2 = g.clone();
+        Some(std::thread::Builder::new().name("nbd-state".into()).spawn(move || g2.record_states()).ctx(|| "spawn the nbd state thread".into())?)
+    } else {
+        None
+    };
     while !stop.load(Ordering::SeqCst) {
         let accepted: Option<Box<dyn Conn>> = match &listener {
             L::Tcp(l) => match l.accept() {
@@ -1182,6 +1306,14 @@ pub fn run(cfg: GatewayConfig, stop: Arc<AtomicBool>, ready: impl FnOnce(&Ready)
         let _ = std::fs::remove_file(p);
     }
     g.flush()?;
+    if let Some(c) = &g.client {
+        if g.state_file {
+            g.record_state(c.next_sequence().saturating_sub(1))?;
+        }
+    }
+    if let Some(t) = recorder {
+        let _ = t.join();
+    }
     tracing::info!(vdisk = %cfg.vdisk, "nbd: stopped; everything answered is flushed");
     Ok(())
 }
