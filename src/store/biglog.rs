@@ -45,7 +45,10 @@ pub struct BigLogOptions {
     /// Moot for segments written with direct I/O, which never enter the page cache.
     pub drop_cache: bool,
     /// Write the hot segment's data with direct I/O (`O_DIRECT`), past the page cache (default
-    /// true): no copy into the cache, no writeback of it at fsync, nothing to drop afterwards.
+    /// false): no copy into the cache, no writeback of it at fsync, nothing to drop afterwards,
+    /// but every write waits for the device, one at a time per store, where a write through
+    /// the cache hands the kernel the whole batch at its fsync (measured faster, README
+    /// "Performance").
     /// Where the filesystem does not offer it (statx(2) reports no direct-I/O alignment, or
     /// open or a write refuses it with EINVAL) the segment is written through the page cache,
     /// and that is logged.
@@ -54,7 +57,7 @@ pub struct BigLogOptions {
 
 impl Default for BigLogOptions {
     fn default() -> Self {
-        BigLogOptions { segment_bytes: 512 << 20, index_capacity: 131_072, drop_cache: true, direct_io: true }
+        BigLogOptions { segment_bytes: 512 << 20, index_capacity: 131_072, drop_cache: true, direct_io: false }
     }
 }
 
