@@ -675,17 +675,27 @@ impl Backend for LocalBackend {
             return Ok(());
         }
         let refs: Vec<&[&[u8]]> = recs.iter().map(|r| r.as_slice()).collect();
+        let backend_err = |e: Error| Error::Backend { backend: self.name(), detail: e.to_string() };
         let mut m = self.lock()?;
-        let first = self.log.write_parts(&refs).map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
-        self.log.sync().map_err(|e| Error::Backend { backend: self.name(), detail: e.to_string() })?;
+        // The shards go in one store entry and the small records (heads, index entries and
+        // other metadata, deletes) in the next: a read of one record reads and checks its whole
+        // entry, so an index entry beside a shard cost a read of the shard. Both entries are
+        // synced together below; a crash between them leaves an unsynced shard that no head
+        // names (as a backend that missed the head would), never a head without its shard.
+        let (shard_refs, small_refs) = refs.split_at(shards.len());
+        let first = if shard_refs.is_empty() { None } else { Some(self.log.write_parts(shard_refs).map_err(backend_err)?) };
+        let rest = if small_refs.is_empty() { None } else { Some(self.log.write_parts(small_refs).map_err(backend_err)?) };
+        self.log.sync().map_err(backend_err)?;
+        let first = first.unwrap_or(0);
+        let rest = rest.unwrap_or(first + shards.len() as u64);
         for (i, s) in shards.iter().enumerate() {
             m.shards.insert(*s.key, first + i as u64);
         }
         for (i, h) in heads.iter().enumerate() {
-            set_head(&mut m, h.vdisk, first + (shards.len() + i) as u64, h.epoch, h.height);
+            set_head(&mut m, h.vdisk, rest + i as u64, h.epoch, h.height);
         }
         for (i, x) in metas.iter().enumerate() {
-            let off = first + (shards.len() + heads.len() + i) as u64;
+            let off = rest + (heads.len() + i) as u64;
             match x.value {
                 Some(_) => {
                     m.metas.entry(x.vdisk.to_string()).or_default().insert(x.name.to_string(), off);
@@ -704,7 +714,7 @@ impl Backend for LocalBackend {
             m.heads.remove(*v);
             m.metas.remove(*v);
         }
-        m.covered = first + recs.len() as u64;
+        m.covered = rest + (recs.len() - shards.len()) as u64;
         m.since_save += recs.len() as u64;
         if m.since_save >= KEYMAP_SAVE_EVERY {
             save_keymap(&self.dir, &m)?;
@@ -931,6 +941,48 @@ mod tests {
         drop(r);
         let after: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(before, after);
+    }
+
+    /// Every `.data` file under `dir`.
+    fn data_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(data_files(&p));
+            } else if p.extension().map(|x| x == "data").unwrap_or(false) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_damaged_shard_leaves_the_head_and_index_entry_of_its_batch_readable() {
+        let d = store();
+        let b = LocalBackend::open(d.path(), BigLogOptions::default()).unwrap();
+        let k = [5u8; 32];
+        let shard = vec![0xABu8; 64 << 10];
+        let mw = MetaWrite { vdisk: "vd", name: "i/1", value: Some(&b"entry"[..]) };
+        b.write(&Batch { shards: vec![sw(&k, &shard)], heads: vec![hw("vd", 1, 1, &head(1))], metas: vec![mw], ..Default::default() }).unwrap();
+        // One bit flipped inside the shard's bytes on disk.
+        let files = data_files(d.path());
+        let (f, at) = files
+            .iter()
+            .find_map(|f| {
+                let bytes = std::fs::read(f).unwrap();
+                bytes.windows(1024).position(|w| w.iter().all(|x| *x == 0xAB)).map(|i| (f.clone(), i + 4096))
+            })
+            .expect("the shard's bytes are in a data file");
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&f).unwrap();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, at as u64).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x10], at as u64).unwrap();
+        assert!(matches!(b.get(&k), Err(Error::Corrupt { .. })), "the flipped shard still read back");
+        // The small records of the batch are in an entry of their own, checked on their own.
+        assert_eq!(b.get_meta("vd", "i/1").unwrap(), Some(b"entry".to_vec()));
+        assert_eq!(b.get_head("vd").unwrap(), Some(head(1)));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - a plain write (or trim, or zero) is answered once tlogd has *received* it, and after it
 //!   reached the image (page cache);
 //! - a `FLUSH` is answered once every block sent before it is flushed by tlogd (its flushed
-//!   acks) and the image is fdatasync'd; a command with `FUA` is answered only so;
+//!   acks) and the image is fdatasync'd; a command with `FUA` is answered only so. Both wait
+//!   beside the request reader, in a group commit ([`Gateway::flush_upto`]) whose tlogd flush
+//!   and fdatasync run in parallel;
 //! - one client connection to tlogd carries the writes of every NBD connection, and a flush
 //!   waits for all of them, so `CAN_MULTI_CONN` holds: a flush on one connection covers what was
 //!   answered on all;
@@ -19,8 +21,9 @@
 //!   flushes wait; the library reconnects and resends; nothing is answered that tlogd has not
 //!   received.
 //!
-//! Restart and recovery: after each flush the gateway records, in `IMAGE.tlog-state`
-//! (written atomically), the vdisk and the last sequence its image holds durably. On start it
+//! Restart and recovery: after flushes the gateway records, in `IMAGE.tlog-state` (written
+//! atomically, off the flush path; it may lag, which only makes a restart replay more), the
+//! vdisk and the last sequence its image holds durably. On start it
 //! attaches to tlogd (which answers the vdisk's last flushed sequence), and when the image is
 //! behind (a crash between logging and writing, or an image copied from elsewhere) it replays
 //! the missing range through playback before serving. With the image missing and the vdisk
