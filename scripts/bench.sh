@@ -33,7 +33,8 @@
 # raw file on the same disk: 4 KiB random writes at queue depth 32 with a flush every 32
 # writes, 1 MiB sequential writes, 4 KiB random reads; IOPS, MiB/s and the p99 flush latency,
 # alternated. Then exports of a past point (the checkpoint after the 1 GiB fill, with the fio
-# jobs' writes over it): the time from `tlog nbd --read-only --checkpoint` (and `--fork`) start
+# jobs' writes over it; the section keeps about 11 GB in TLOG_BENCH_DIR at 10 s per job): the
+# time from `tlog nbd --read-only --checkpoint` (and `--fork`) start
 # to its first read answered (one 4 KiB read at 700 MiB by qemu-io), and nbdcopy of the whole
 # read-only export against `tlog restore` of the same point.
 #
