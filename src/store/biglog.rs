@@ -240,9 +240,12 @@ fn creation_cut_short(dir: &Path, base: u64) -> bool {
     let name = segment_name(base);
     let data_path = dir.join(format!("{name}.data"));
     let index_path = dir.join(format!("{name}.index"));
-    let Ok(data) = std::fs::read(&data_path).map(|mut d| {
-        d.truncate(DATA_HEADER_LEN as usize + 1);
-        d
+    // The first header's worth and one byte more: enough to tell a header-only file, without
+    // reading a hot segment of hundreds of MiB at every open.
+    let Ok(data) = std::fs::File::open(&data_path).and_then(|f| {
+        let mut d = Vec::with_capacity(DATA_HEADER_LEN as usize + 1);
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, DATA_HEADER_LEN + 1), &mut d)?;
+        Ok(d)
     }) else {
         return false;
     };
