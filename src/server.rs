@@ -20,7 +20,13 @@ use std::time::Duration;
 
 impl From<&LocalConfig> for BigLogOptions {
     fn from(l: &LocalConfig) -> Self {
-        BigLogOptions { segment_bytes: l.segment_bytes, index_capacity: l.index_capacity, drop_cache: l.drop_cache, direct_io: l.direct_io }
+        BigLogOptions {
+            segment_bytes: l.segment_bytes,
+            index_capacity: l.index_capacity,
+            drop_cache: l.drop_cache,
+            direct_io: l.direct_io,
+            zero_fill_bytes: l.zero_fill_bytes,
+        }
     }
 }
 

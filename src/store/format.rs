@@ -24,7 +24,8 @@
 //! | 28..32 | entry CRC-32    | CRC-32 of bytes 0..28 of this slot                        |
 //!
 //! The last written slot is always the marker: relative offset = the next offset to be
-//! written, data offset = the data file's length, data length and CRC 0, and in the timestamp
+//! written, data offset = the end of the data (the data file's length but for zeros after it:
+//! direct-I/O padding or zero-filled room, cut off at open), data length and CRC 0, and in the timestamp
 //! field the *synced mark*: the data offset up to which the data file was fsync'd before the
 //! mark was written (0 in stores written before the mark existed). On open, an entry below the
 //! mark whose data is missing or fails its CRC is lost synced data (damage, reported), while one
