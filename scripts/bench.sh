@@ -32,7 +32,8 @@
 # each) through `tlog nbd` (tlogd on loopback, the local store) and through `qemu-nbd` serving a
 # raw file on the same disk: 4 KiB random writes at queue depth 32 with a flush every 32
 # writes, 1 MiB sequential writes, 4 KiB random reads; IOPS, MiB/s and the p99 flush latency,
-# alternated. Then exports of a past point (the checkpoint after the 1 GiB fill, with the fio
+# alternated (tlog first in run 1, qemu-nbd in run 2, a `sync` before each job), with the
+# gateway's own split of its syncs into tlogd's flush and the image's fdatasync. Then exports of a past point (the checkpoint after the 1 GiB fill, with the fio
 # jobs' writes over it; the section keeps about 11 GB in TLOG_BENCH_DIR at 10 s per job): the
 # time from `tlog nbd --read-only --checkpoint` (and `--fork`) start
 # to its first read answered (one 4 KiB read at 700 MiB by qemu-io), and nbdcopy of the whole
@@ -464,7 +465,9 @@ np=$(port); gp=$(port); qp=$(port)
 "$B/tlogd" --data-dir "$nd/data" --listen "127.0.0.1:$np" 2>"$nd/tlogd.log" &
 npid=$!; pids+=($npid)
 wait_port 127.0.0.1 "$np" ""
-"$B/tlog" nbd --server "127.0.0.1:$np" --vdisk nb --image "$nd/gw.img" --size $((1024 << 20)) --listen "127.0.0.1:$gp" >"$nd/gw.out" 2>"$nd/gw.log" &
+# At info level the gateway logs, as each fio client leaves, how long the two parts of its
+# syncs took (tlogd's flush and the image's fdatasync, which run in parallel).
+TLOG_LOG=info "$B/tlog" nbd --server "127.0.0.1:$np" --vdisk nb --image "$nd/gw.img" --size $((1024 << 20)) --listen "127.0.0.1:$gp" >"$nd/gw.out" 2>"$nd/gw.log" &
 gpid=$!; pids+=($gpid)
 truncate -s 1G "$nd/q.img"
 qemu-nbd -f raw -b 127.0.0.1 -p "$qp" -t -e 8 --cache=writeback "$nd/q.img" 2>"$nd/qemu-nbd.log" &
@@ -484,6 +487,23 @@ print("%.0f %.1f %.2f" % (io["iops"], io["bw_bytes"] / 1048576, p99))'
 fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$gp" --rw=write --bs=1m --size=1g --iodepth=8 >/dev/null 2>&1
 fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$qp" --rw=write --bs=1m --size=1g --iodepth=8 >/dev/null 2>&1
 "$B/tlog" checkpoint --server "127.0.0.1:$np" --vdisk nb filled >/dev/null
+# Each job starts on a quiet disk: qemu-nbd's fill (writeback cache, no flush) leaves its whole
+# 1 GiB dirty, and the first fdatasync of its next job would write it back; the same for what
+# either side leaves behind a job. The order alternates per round.
+sync
+# The gateway's sync reports so far, and the newest once there are more than $1 (up to 2 s):
+# "tlogd p50 / p99 | image p50 / p99", or "- | -" when the job made no sync.
+reports() { awk '/syncs since the last report/ {n++} END {print n + 0}' "$nd/gw.log"; }
+sync_report() {
+  local before=$1 line=""
+  for _ in $(seq 1 40); do
+    if [[ $(reports) -gt $before ]]; then line=$(awk '/syncs since the last report/ {l = $0} END {print l}' "$nd/gw.log"); break; fi
+    sleep 0.05
+  done
+  python3 -c 'import re, sys
+m = re.search(r"flush p50 ([\d.]+) ms p99 ([\d.]+) ms, the image.s fdatasync p50 ([\d.]+) ms p99 ([\d.]+) ms", sys.argv[1])
+print("%s / %s | %s / %s" % m.groups() if m else "- | -")' "$line"
+}
 nbd_rows=()
 for n in 1 2; do
   for job in randwrite write randread; do
@@ -492,9 +512,17 @@ for n in 1 2; do
       write) args=(--rw=write --bs=1m --iodepth=8 --fsync=32) ;;
       randread) args=(--rw=randread --bs=4k --iodepth=32) ;;
     esac
-    read -r ti tm tf <<<"$(fio_nbd "$gp" "${args[@]}")"
-    read -r qi qm qf <<<"$(fio_nbd "$qp" "${args[@]}")"
-    nbd_rows+=("| $n | $job | $ti / $tm / $tf | $qi / $qm / $qf | $(python3 -c "print(f'{$ti / max($qi, 1):.2f}')") |")
+    before=$(reports)
+    if [[ $n == 1 ]]; then
+      sync; read -r ti tm tf <<<"$(fio_nbd "$gp" "${args[@]}")"
+      sync; read -r qi qm qf <<<"$(fio_nbd "$qp" "${args[@]}")"
+    else
+      sync; read -r qi qm qf <<<"$(fio_nbd "$qp" "${args[@]}")"
+      sync; read -r ti tm tf <<<"$(fio_nbd "$gp" "${args[@]}")"
+    fi
+    parts="- | -"
+    if [[ $job != randread ]]; then parts=$(sync_report "$before"); fi
+    nbd_rows+=("| $n | $job | $ti / $tm / $tf | $qi / $qm / $qf | $(python3 -c "print(f'{$ti / max($qi, 1):.2f}')") | $parts |")
   done
 done
 stop_pid "$gpid"; stop_pid "$qpid"
@@ -530,10 +558,10 @@ for n in 1 2; do
 done
 stop_pid "$npid"
 echo
-echo "NBD: fio (nbd engine, $DUR s per job) through tlog nbd (tlogd on loopback, local store) and through qemu-nbd serving a raw file on the same disk; IOPS / MiB/s / p99 flush ms:"
+echo "NBD: fio (nbd engine, $DUR s per job, a sync before each, tlog first in run 1 and qemu-nbd first in run 2) through tlog nbd (tlogd on loopback, local store) and through qemu-nbd serving a raw file on the same disk; IOPS / MiB/s / p99 flush ms, and the two parallel parts of the gateway's syncs during the tlog job (ms):"
 echo
-echo "| run | job | tlog nbd | qemu-nbd | tlog / qemu-nbd IOPS |"
-echo "|---|---|---|---|---|"
+echo "| run | job | tlog nbd | qemu-nbd | tlog / qemu-nbd IOPS | tlogd's flush p50 / p99 | image fdatasync p50 / p99 |"
+echo "|---|---|---|---|---|---|---|"
 printf '%s\n' "${nbd_rows[@]}"
 echo
 echo "Exports of a past point of the 1 GiB vdisk (the checkpoint after the fill, with the fio writes over it): ms from start to the first read answered, and seconds to copy the whole read-only export (nbdcopy) against tlog restore of the same point:"
