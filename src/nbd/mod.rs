@@ -1402,3 +1402,24 @@ pub fn run(cfg: GatewayConfig, stop: Arc<AtomicBool>, ready: impl FnOnce(&Ready)
     tracing::info!(vdisk = %cfg.vdisk, "nbd: stopped; everything answered is flushed");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_give_percentiles_to_a_bucket() {
+        let mut b = LatencyBuckets::default();
+        assert_eq!(b.quantile_ms(0.5), 0.0);
+        // 98 samples of 1.2 ms, one of 7 ms, one past the range.
+        for _ in 0..98 {
+            b.record(Duration::from_micros(1200));
+        }
+        b.record(Duration::from_millis(7));
+        b.record(Duration::from_secs(3));
+        assert_eq!(b.n, 100);
+        assert_eq!(b.quantile_ms(0.5), 1.25);
+        assert_eq!(b.quantile_ms(0.99), 7.05);
+        assert_eq!(b.quantile_ms(1.0), 200.0);
+    }
+}
