@@ -473,7 +473,9 @@ truncate -s 1G "$nd/q.img"
 qemu-nbd -f raw -b 127.0.0.1 -p "$qp" -t -e 8 --cache=writeback "$nd/q.img" 2>"$nd/qemu-nbd.log" &
 qpid=$!; pids+=($qpid)
 wait_port 127.0.0.1 "$gp" ""; wait_port 127.0.0.1 "$qp" ""
-# fio JOB-ARGS... against PORT -> "IOPS MIB_S P99_FLUSH_MS"
+# fio JOB-ARGS... against PORT -> "IOPS MIB_S P99_FLUSH_MS FLUSHES_PER_WRITE" (fio 3.33's nbd
+# engine at iodepth 32 with --fsync=32 sends a flush with about every write, not every 32nd:
+# counted here rather than assumed)
 fio_nbd() {
   local p=$1; shift
   fio --name=b --ioengine=nbd --uri="nbd://127.0.0.1:$p" --size=1g --time_based --runtime="$DUR" --output-format=json "$@" 2>/dev/null | python3 -c '
@@ -481,7 +483,8 @@ import json, sys
 t = sys.stdin.read(); j = json.loads(t[t.index("{"):])["jobs"][0]
 io = j["write"] if j["write"]["io_bytes"] > 0 else j["read"]
 p99 = j.get("sync", {}).get("lat_ns", {}).get("percentile", {}).get("99.000000", 0) / 1e6
-print("%.0f %.1f %.2f" % (io["iops"], io["bw_bytes"] / 1048576, p99))'
+flushes = j.get("sync", {}).get("lat_ns", {}).get("N", 0)
+print("%.0f %.1f %.2f %.2f" % (io["iops"], io["bw_bytes"] / 1048576, p99, flushes / max(io["total_ios"], 1)))'
 }
 # Fill both exports once so reads read data.
 fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$gp" --rw=write --bs=1m --size=1g --iodepth=8 >/dev/null 2>&1
@@ -514,15 +517,15 @@ for n in 1 2; do
     esac
     before=$(reports)
     if [[ $n == 1 ]]; then
-      sync; read -r ti tm tf <<<"$(fio_nbd "$gp" "${args[@]}")"
-      sync; read -r qi qm qf <<<"$(fio_nbd "$qp" "${args[@]}")"
+      sync; read -r ti tm tf tr <<<"$(fio_nbd "$gp" "${args[@]}")"
+      sync; read -r qi qm qf qr <<<"$(fio_nbd "$qp" "${args[@]}")"
     else
-      sync; read -r qi qm qf <<<"$(fio_nbd "$qp" "${args[@]}")"
-      sync; read -r ti tm tf <<<"$(fio_nbd "$gp" "${args[@]}")"
+      sync; read -r qi qm qf qr <<<"$(fio_nbd "$qp" "${args[@]}")"
+      sync; read -r ti tm tf tr <<<"$(fio_nbd "$gp" "${args[@]}")"
     fi
     parts="- | -"
     if [[ $job != randread ]]; then parts=$(sync_report "$before"); fi
-    nbd_rows+=("| $n | $job | $ti / $tm / $tf | $qi / $qm / $qf | $(python3 -c "print(f'{$ti / max($qi, 1):.2f}')") | $parts |")
+    nbd_rows+=("| $n | $job | $ti / $tm / $tf | $qi / $qm / $qf | $tr / $qr | $(python3 -c "print(f'{$ti / max($qi, 1):.2f}')") | $parts |")
   done
 done
 stop_pid "$gpid"; stop_pid "$qpid"
@@ -560,8 +563,8 @@ stop_pid "$npid"
 echo
 echo "NBD: fio (nbd engine, $DUR s per job, a sync before each, tlog first in run 1 and qemu-nbd first in run 2) through tlog nbd (tlogd on loopback, local store) and through qemu-nbd serving a raw file on the same disk; IOPS / MiB/s / p99 flush ms, and the two parallel parts of the gateway's syncs during the tlog job (ms):"
 echo
-echo "| run | job | tlog nbd | qemu-nbd | tlog / qemu-nbd IOPS | tlogd's flush p50 / p99 | image fdatasync p50 / p99 |"
-echo "|---|---|---|---|---|---|---|"
+echo "| run | job | tlog nbd | qemu-nbd | flushes per write (tlog / qemu-nbd) | tlog / qemu-nbd IOPS | tlogd's flush p50 / p99 | image fdatasync p50 / p99 |"
+echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${nbd_rows[@]}"
 echo
 echo "Exports of a past point of the 1 GiB vdisk (the checkpoint after the fill, with the fio writes over it): ms from start to the first read answered, and seconds to copy the whole read-only export (nbdcopy) against tlog restore of the same point:"
