@@ -31,9 +31,12 @@
 # Then the NBD gateway (DESIGN.md §13): the same fio jobs (fio's nbd engine, TLOG_BENCH_SECONDS
 # each) through `tlog nbd` (tlogd on loopback, the local store) and through `qemu-nbd` serving a
 # raw file on the same disk: 4 KiB random writes at queue depth 32 with a flush every 32
-# writes, 1 MiB sequential writes, 4 KiB random reads; IOPS, MiB/s and the p99 flush latency,
-# alternated (tlog first in run 1, qemu-nbd in run 2, a `sync` before each job), with the
-# gateway's own split of its syncs into tlogd's flush and the image's fdatasync. Then exports of a past point (the checkpoint after the 1 GiB fill, with the fio
+# writes (both as fio's --fsync=32, which fio 3.33 turns into a flush with about every write,
+# and as a replayed iolog that flushes after exactly every 32), 1 MiB sequential writes, 4 KiB
+# random reads; IOPS, MiB/s and the p99 flush latency, alternated (tlog first in run 1,
+# qemu-nbd in run 2, a `sync` before each job), with the gateway's own split of its syncs
+# into tlogd's flush and the image's fdatasync. Then exports of a past point (the checkpoint
+# after the 1 GiB fill, with the fio
 # jobs' writes over it; the section keeps about 11 GB in TLOG_BENCH_DIR at 10 s per job): the
 # time from `tlog nbd --read-only --checkpoint` (and `--fork`) start
 # to its first read answered (one 4 KiB read at 700 MiB by qemu-io), and nbdcopy of the whole
@@ -507,11 +510,25 @@ sync_report() {
 m = re.search(r"flush p50 ([\d.]+) ms p99 ([\d.]+) ms, the image.s fdatasync p50 ([\d.]+) ms p99 ([\d.]+) ms", sys.argv[1])
 print("%s / %s | %s / %s" % m.groups() if m else "- | -")' "$line"
 }
+# The same job with a flush after exactly every 32 writes, which fio 3.33 cannot do from
+# --fsync=32 at queue depth 32 (see fio_nbd): a replayed iolog of 32 random 4 KiB writes and a
+# sync, repeated (a fixed seed; enough for DUR seconds at 50K IOPS), at queue depth 32.
+python3 - "$nd/randwrite32.log" "$DUR" <<'PY'
+import random, sys
+random.seed(32)
+out = ["fio version 2 iolog", "nbd add", "nbd open"]
+for _ in range(1600 * int(sys.argv[2])):
+    out.extend("nbd write %d 4096" % (random.randrange(262144) * 4096) for _ in range(32))
+    out.append("nbd sync 0 0")
+out.append("nbd close")
+open(sys.argv[1], "w").write("\n".join(out) + "\n")
+PY
 nbd_rows=()
 for n in 1 2; do
-  for job in randwrite write randread; do
+  for job in randwrite randwrite32 write randread; do
     case $job in
       randwrite) args=(--rw=randwrite --bs=4k --iodepth=32 --fsync=32) ;;
+      randwrite32) args=(--read_iolog="$nd/randwrite32.log" --replay_no_stall=1 --iodepth=32) ;;
       write) args=(--rw=write --bs=1m --iodepth=8 --fsync=32) ;;
       randread) args=(--rw=randread --bs=4k --iodepth=32) ;;
     esac
