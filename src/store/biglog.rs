@@ -850,12 +850,13 @@ fn fill_loop(inner: &RwLock<Inner>, state: &(Mutex<FillState>, Condvar), ahead: 
             }
             st.wanted = false;
         }
-        let mut to_sync: Option<File> = None;
+        // The file written to this round, synced at its end: a split meanwhile ends the round.
+        let mut to_sync: Option<(u64, File)> = None;
         let mut written = 0u64;
         while written < ZERO_FILL_ROUND {
             let Ok(mut g) = inner.write() else { return };
             let Some(s) = g.segments.last_mut() else { break };
-            if s.direct.is_some() || s.damage.is_some() {
+            if s.direct.is_some() || s.damage.is_some() || to_sync.as_ref().is_some_and(|(base, _)| *base != s.base) {
                 break;
             }
             let target = (s.data_len + ahead).min(limit.max(s.data_len));
@@ -872,10 +873,10 @@ fn fill_loop(inner: &RwLock<Inner>, state: &(Mutex<FillState>, Condvar), ahead: 
             s.file_len = start + n as u64;
             written += n as u64;
             if to_sync.is_none() {
-                to_sync = s.data.try_clone().ok();
+                to_sync = s.data.try_clone().ok().map(|f| (s.base, f));
             }
         }
-        if let Some(f) = to_sync {
+        if let Some((_, f)) = to_sync {
             if let Err(e) = f.sync_data() {
                 tracing::debug!("zero fill sync: {e}");
             }
