@@ -531,17 +531,10 @@ mod tests {
         assert_eq!(sealed.sealed_len, 3844);
     }
 
-    /// Bytes no compressor shrinks (xorshift64*).
+    /// `n` bytes no compressor shrinks: the benchmark's payload generator with no compressible
+    /// part.
     fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x >> 12;
-                x ^= x << 25;
-                x ^= x >> 27;
-                (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-            })
-            .collect()
+        crate::bench::payloads(n, 0.0, 1, seed).remove(0)
     }
 
     #[test]
