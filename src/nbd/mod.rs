@@ -58,6 +58,13 @@ use std::time::{Duration, Instant};
 
 /// Largest block the gateway sends to tlogd (bytes): longer writes and zeroes are split.
 pub const MAX_BLOCK: usize = 1 << 20;
+/// The gateway writes its image in pieces of at most this many bytes (64 KiB), so the page
+/// cache holds the image in folios of at most this size. With large folios (ext4 since Linux
+/// 6.16) one 1 MiB write makes a 1 MiB folio, and every later 4 KiB write into it walks all
+/// 256 buffer heads of that folio, at write and again at writeback: after a sequential fill,
+/// that cost the gateway a fifth of its random-write IOPS (`scripts/bench.sh nbd`, README
+/// Performance). 64 KiB pieces cost sequential writes nothing measurable.
+const IMAGE_PIECE: usize = 64 << 10;
 /// Writes of at least this many bytes start the image's writeback at once (the flush after
 /// them waits less); smaller ones, which a file system rewrites often, wait for the flush.
 const EARLY_WRITEBACK_BYTES: usize = 256 << 10;
@@ -310,7 +317,10 @@ impl Gateway {
                 client.write(lba, piece.to_vec())?;
             }
         }
-        self.image.write_all_at(data, offset).ctx(|| format!("write {}", self.path.display()))?;
+        for (i, piece) in data.chunks(IMAGE_PIECE).enumerate() {
+            let at = offset + (i * IMAGE_PIECE) as u64;
+            self.image.write_all_at(piece, at).ctx(|| format!("write {}", self.path.display()))?;
+        }
         self.track(offset, offset + data.len() as u64, Kind::Write);
         let seq = client.next_sequence().saturating_sub(1);
         drop(_o);
@@ -419,7 +429,7 @@ impl Gateway {
             return Ok(());
         }
         // A file system without hole punching: write the zeroes.
-        let z = vec![0u8; MAX_BLOCK];
+        let z = vec![0u8; IMAGE_PIECE];
         let mut p = offset;
         while p < offset + len {
             let n = (offset + len - p).min(z.len() as u64) as usize;
@@ -1133,6 +1143,12 @@ fn prepare(cfg: &GatewayConfig, image: &Path, server: &str, head: u64) -> Result
             }
         }
         w.finish()?;
+        // The replay wrote in runs of up to a MiB, which left large folios in the page cache;
+        // they are clean now (fsync'd), so drop them and let client writes make small ones
+        // (see IMAGE_PIECE).
+        if let Err(e) = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed) {
+            tracing::debug!(image = %image.display(), "posix_fadvise(DONTNEED): {e}");
+        }
         write_state(image, &ImageState { vdisk: cfg.vdisk.clone(), sequence: head })?;
         tracing::info!(vdisk = %cfg.vdisk, from, head, replayed, "nbd: image brought up to the log");
     }
