@@ -3,9 +3,10 @@
 //! ([`crate::history::retention`]).
 //!
 //! - **Fork** at the parent's head holds the parent's intake for the instant it takes (as a
-//!   checkpoint does), so the cut is exactly its last flushed block; at a named point it reads
-//!   the parent's index. Either way no data is copied: two metadata records (O(1) in the
-//!   history's size for the head).
+//!   checkpoint does), so the cut is exactly its last flushed block; at a sequence or a
+//!   checkpoint it finds the cut's aggregation by a binary search over the index records
+//!   (O(log n) reads), and at a time it reads the parent's index. Either way no data is
+//!   copied: two metadata records.
 //! - **Rebase** keeps writers out of the fork while it runs (an attach is answered busy, the
 //!   client retries), begins an epoch of its own, appends the parent's blocks after the point the
 //!   fork stood on and then the fork's own writes again, waits until they are durable, and
@@ -115,6 +116,12 @@ pub(crate) fn fork(sh: &Shared, parent: &str, new: &str, at: &PointSpec) -> Resu
     let now = sh.clock.wall_ns();
     let fast = match point(at) {
         Some(Point::Sequence(cut)) => fork_fast(sh, &pv, parent, cut, now)?,
+        // A checkpoint names its sequence (a metadata read): the same search, no index load.
+        // One before the first block, or unknown, takes the slow path, which names the error.
+        Some(Point::Checkpoint(name)) => match crate::history::checkpoint::list(&sh.backends, &sh.codec, parent).get(&name).and_then(|c| c.sequence) {
+            Some(cut) => fork_fast(sh, &pv, parent, cut, now)?,
+            None => None,
+        },
         _ => None,
     };
     let f = match (fast, point(at)) {
