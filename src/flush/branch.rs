@@ -94,6 +94,7 @@ pub(crate) fn fork(sh: &Shared, parent: &str, new: &str, at: &PointSpec) -> Resu
     if parent == new {
         return Err(Error::InvalidArgument("a vdisk cannot be forked into itself".into()));
     }
+    let started = Instant::now();
     // The new name must be free: no head, no fork record, no tombstone, no writer.
     if crate::seal::find_head(&sh.backends, &sh.sealer, new)?.is_some()
         || tree::fork_of(&sh.backends, &sh.codec, new)?.is_some()
@@ -159,7 +160,7 @@ pub(crate) fn fork(sh: &Shared, parent: &str, new: &str, at: &PointSpec) -> Resu
             detail: format!("fork record of {new} stored on {stored} backends, write_quorum is {}", sh.write_quorum),
         });
     }
-    tracing::info!(vdisk = new, parent, cut = f.cut, "fork created");
+    tracing::info!(vdisk = new, parent, cut = f.cut, ms = started.elapsed().as_secs_f64() * 1e3, "fork created");
     Ok(serde_json::json!({"vdisk": new, "parent": parent, "cut": f.cut, "cut_time": crate::time::format_time(f.cut_timestamp), "parent_key": hex::encode(f.parent_key)}).to_string())
 }
 
