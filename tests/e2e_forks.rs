@@ -4,7 +4,8 @@
 //! - SRC gets image A; DST and DSTB fork it there; then SRC gets image B while DST gets image C
 //!   (two imports at once). SRC restores to B, DST to C, DST at its fork point and DSTB to A,
 //!   each `cmp`-exact and `e2fsck`-clean; a reader with only the backends (no tlogd) gets the
-//!   same for DST.
+//!   same for DST. DSTC forks SRC at a checkpoint taken after A, once B is in: the same cut,
+//!   and it restores to A; a fork at an unknown checkpoint is refused, naming the ones there are.
 //! - A fork of DST at a sequence inside an aggregation restores to exactly that sequence (a
 //!   model: C's first blocks over A), takes writes of its own (its sequences continue after the
 //!   cut), and a fork of it (depth 3) restores to its state.
@@ -99,6 +100,11 @@ fn scenario(d: &Path, t: &Tlogd, direct: Vec<String>) {
     // The name of an existing vdisk is refused.
     let o = s.control(&["fork", "--vdisk", "src", "--new", "dstb"]);
     assert!(!o.status.success() && text(&o).contains("already exists"), "{}", text(&o));
+    // A checkpoint names the same cut (found by the search over the index records); an unknown
+    // one is refused, naming the checkpoints there are.
+    assert_ok(&s.control(&["checkpoint", "--vdisk", "src", "after-a"]), "checkpoint after-a");
+    let o = s.control(&["fork", "--vdisk", "src", "--new", "dstc", "--checkpoint", "nosuch"]);
+    assert!(!o.status.success() && text(&o).contains("no checkpoint \"nosuch\"") && text(&o).contains("after-a"), "{}", text(&o));
 
     // B into src and C into dst at once.
     let (ia, ib) = std::thread::scope(|sc| {
@@ -108,6 +114,11 @@ fn scenario(d: &Path, t: &Tlogd, direct: Vec<String>) {
     });
     assert_ok(&ia, "import B into src");
     assert_ok(&ib, "import C into dst");
+    let o = s.control(&["fork", "--vdisk", "src", "--new", "dstc", "--checkpoint", "after-a"]);
+    assert_ok(&o, "tlog fork src -> dstc at checkpoint after-a");
+    assert_eq!(number_after(&text(&o), "at sequence "), cut, "{}", text(&o));
+    let r = s.restore("dstc", &[], "dstc-a");
+    assert_same(&r, &a);
 
     let r = s.restore("src", &[], "src-b");
     assert_same(&r, &b);
